@@ -1,0 +1,642 @@
+//! Configuration: raw serde structs that refuse unknown keys, and a validation step that
+//! turns them into typed values and names the key that is wrong.
+//!
+//! [`Config::from_yaml`] takes a string so tests need no files; [`Config::load`] adds the
+//! file name to every message. Validation here is pure (no file is opened): files named by
+//! the config (certificates, CA bundles, secrets) are read by the modules that use them,
+//! at start-up and by `registry-guard check`, and their errors name the key too.
+
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration problem: which file, which key, what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{}: ", file.display())?;
+        }
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: None,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+    fn in_file(mut self, file: &Path) -> Self {
+        self.file = Some(file.to_owned());
+        self
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw: exactly the YAML, nothing checked beyond types and key names.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    upstream: RawUpstream,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    plaintext: bool,
+    public_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    self_signed: Option<RawSelfSigned>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSelfSigned {
+    ca_out: PathBuf,
+    names: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: String,
+    ca_file: Option<PathBuf>,
+    connect_timeout: Option<String>,
+    response_header_timeout: Option<String>,
+    pool_idle_timeout: Option<String>,
+    pool_max_idle: Option<usize>,
+    credentials: Option<RawCredentials>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredentials {
+    username: String,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    header_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_header_bytes: Option<usize>,
+    max_manifest_bytes: Option<u64>,
+    shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Validated.
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub upstream: Upstream,
+    pub limits: Limits,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub tls: Tls,
+    /// Origin (`https://host[:port]`) clients use; `None`: taken from each request's Host.
+    pub public_origin: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Tls {
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    SelfSigned {
+        ca_out: PathBuf,
+        names: Vec<String>,
+    },
+    /// Plain HTTP, only when the config says `plaintext: true` (behind a TLS balancer).
+    Plaintext,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub scheme: UpstreamScheme,
+    /// `host[:port]` as written in the URL.
+    pub authority: String,
+    /// `scheme://authority` with the default port made explicit, lower-cased: what a
+    /// `Location` on the upstream's own origin starts with.
+    pub origin: String,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle: usize,
+    pub credentials: Option<Credentials>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamScheme {
+    Http,
+    Https,
+}
+
+impl UpstreamScheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamScheme::Http => "http",
+            UpstreamScheme::Https => "https",
+        }
+    }
+    pub fn default_port(self) -> u16 {
+        match self {
+            UpstreamScheme::Http => 80,
+            UpstreamScheme::Https => 443,
+        }
+    }
+}
+
+/// Where the proxy's own upstream password comes from. The password itself is read at
+/// start-up (`proxy::upstream`), never stored in this struct, never logged.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: SecretSource,
+}
+
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    File(PathBuf),
+    Env(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_manifest_bytes: u64,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub format: LogFormat,
+}
+
+/// Manifests up to this size must always be accepted (checklist I).
+pub const MIN_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
+/// hyper's smallest read buffer; the header cap cannot be lower.
+pub const MIN_HEADER_BYTES: usize = 8192;
+
+impl Config {
+    /// Reads and validates a config file; every error names the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new("", format!("cannot read config file: {e}")).in_file(path)
+        })?;
+        let mut cfg = Config::from_yaml(&text).map_err(|e| e.in_file(path))?;
+        cfg.resolve_relative_to(path.parent().unwrap_or(Path::new(".")));
+        Ok(cfg)
+    }
+
+    /// Parses and validates YAML text.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(yaml_error)?;
+        validate(raw)
+    }
+
+    /// Paths in a config file are relative to the file's folder, like nginx's includes.
+    fn resolve_relative_to(&mut self, dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        match &mut self.server.tls {
+            Tls::Files { cert, key } => {
+                fix(cert);
+                fix(key);
+            }
+            Tls::SelfSigned { ca_out, .. } => fix(ca_out),
+            Tls::Plaintext => {}
+        }
+        if let Some(ca) = &mut self.upstream.ca_file {
+            fix(ca);
+        }
+        if let Some(Credentials {
+            password: SecretSource::File(f),
+            ..
+        }) = &mut self.upstream.credentials
+        {
+            fix(f);
+        }
+    }
+}
+
+/// serde_yaml's message already says "unknown field `x`, expected one of ..." and where;
+/// the key path is in the message, so `key` stays empty.
+fn yaml_error(e: serde_yaml::Error) -> ConfigError {
+    ConfigError::new("", e.to_string())
+}
+
+fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+    let Some(v) = value else { return Ok(default) };
+    let d = humantime::parse_duration(v.trim()).map_err(|e| {
+        ConfigError::new(
+            key,
+            format!("{v:?} is not a duration like 10s, 500ms or 5m: {e}"),
+        )
+    })?;
+    if d.is_zero() {
+        return Err(ConfigError::new(key, "must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let server = validate_server(raw.server)?;
+    let upstream = validate_upstream(raw.upstream)?;
+    let l = raw.limits;
+    let limits = Limits {
+        header_read_timeout: duration(
+            "limits.header_read_timeout",
+            l.header_read_timeout.as_deref(),
+            Duration::from_secs(10),
+        )?,
+        idle_timeout: duration("limits.idle_timeout", l.idle_timeout.as_deref(), Duration::from_secs(120))?,
+        max_connections: match l.max_connections {
+            Some(0) => return Err(ConfigError::new("limits.max_connections", "must be at least 1")),
+            Some(n) => n,
+            None => 4096,
+        },
+        max_header_bytes: match l.max_header_bytes {
+            Some(n) if n < MIN_HEADER_BYTES => {
+                return Err(ConfigError::new(
+                    "limits.max_header_bytes",
+                    format!("must be at least {MIN_HEADER_BYTES}"),
+                ))
+            }
+            Some(n) => n,
+            None => 64 * 1024,
+        },
+        max_manifest_bytes: match l.max_manifest_bytes {
+            Some(n) if n < MIN_MANIFEST_BYTES => {
+                return Err(ConfigError::new(
+                    "limits.max_manifest_bytes",
+                    format!("must be at least {MIN_MANIFEST_BYTES} (4 MiB): registries accept manifests that large"),
+                ))
+            }
+            Some(n) => n,
+            None => MIN_MANIFEST_BYTES,
+        },
+        shutdown_grace: duration("limits.shutdown_grace", l.shutdown_grace.as_deref(), Duration::from_secs(30))?,
+    };
+    let log = Log {
+        format: match raw.log.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "log.format",
+                    format!("{other:?} is not text or json"),
+                ))
+            }
+        },
+    };
+    Ok(Config {
+        server,
+        upstream,
+        limits,
+        log,
+    })
+}
+
+fn validate_server(s: RawServer) -> Result<Server, ConfigError> {
+    let listen: SocketAddr = s.listen.parse().map_err(|_| {
+        ConfigError::new(
+            "server.listen",
+            format!(
+                "{:?} is not an address:port like 0.0.0.0:5443 or [::]:5443",
+                s.listen
+            ),
+        )
+    })?;
+    let tls = match (s.tls, s.plaintext) {
+        (Some(_), true) => {
+            return Err(ConfigError::new(
+                "server.plaintext",
+                "plaintext: true and a tls section exclude each other",
+            ))
+        }
+        (None, false) => {
+            return Err(ConfigError::new(
+                "server.tls",
+                "missing: give tls.cert and tls.key, or tls.self_signed, or set plaintext: true to serve plain HTTP behind a TLS terminator",
+            ))
+        }
+        (None, true) => Tls::Plaintext,
+        (Some(t), false) => match (t.cert, t.key, t.self_signed) {
+            (Some(cert), Some(key), None) => Tls::Files { cert, key },
+            (None, None, Some(ss)) => {
+                let names = ss
+                    .names
+                    .unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]);
+                if names.is_empty() {
+                    return Err(ConfigError::new("server.tls.self_signed.names", "must name at least one host"));
+                }
+                for n in &names {
+                    let ok = n.parse::<std::net::IpAddr>().is_ok()
+                        || (!n.is_empty()
+                            && n.len() <= 253
+                            && n.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.'));
+                    if !ok {
+                        return Err(ConfigError::new(
+                            "server.tls.self_signed.names",
+                            format!("{n:?} is not a DNS name or IP address"),
+                        ));
+                    }
+                }
+                Tls::SelfSigned { ca_out: ss.ca_out, names }
+            }
+            (Some(_), None, None) => return Err(ConfigError::new("server.tls.key", "missing: tls.cert needs tls.key")),
+            (None, Some(_), None) => return Err(ConfigError::new("server.tls.cert", "missing: tls.key needs tls.cert")),
+            (None, None, None) => {
+                return Err(ConfigError::new(
+                    "server.tls",
+                    "give tls.cert and tls.key, or tls.self_signed",
+                ))
+            }
+            (_, _, Some(_)) => {
+                return Err(ConfigError::new(
+                    "server.tls.self_signed",
+                    "self_signed excludes tls.cert and tls.key",
+                ))
+            }
+        },
+    };
+    let public_origin = match s.public_url {
+        None => None,
+        Some(u) => {
+            let (scheme, authority, _) =
+                parse_origin(&u).map_err(|m| ConfigError::new("server.public_url", m))?;
+            Some(format!("{}://{authority}", scheme.as_str()))
+        }
+    };
+    Ok(Server {
+        listen,
+        tls,
+        public_origin,
+    })
+}
+
+/// Splits `scheme://host[:port][/]` into (scheme, authority, normalised origin).
+/// The origin has a lower-case scheme and host and an explicit port.
+fn parse_origin(url: &str) -> Result<(UpstreamScheme, String, String), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let scheme = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+        Some("http") => UpstreamScheme::Http,
+        Some("https") => UpstreamScheme::Https,
+        _ => return Err(format!("{url:?} must start with http:// or https://")),
+    };
+    let Some(auth) = uri.authority() else {
+        return Err(format!("{url:?} has no host"));
+    };
+    if auth.as_str().contains('@') {
+        return Err(format!(
+            "{url:?} holds credentials: put them in upstream.credentials (a file or an environment variable)"
+        ));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "{url:?} has a path or query: the registry must be served at the root of its origin"
+        ));
+    }
+    let port = auth.port_u16().unwrap_or(scheme.default_port());
+    let origin = format!(
+        "{}://{}:{}",
+        scheme.as_str(),
+        auth.host().to_ascii_lowercase(),
+        port
+    );
+    Ok((scheme, auth.as_str().to_owned(), origin))
+}
+
+fn validate_upstream(u: RawUpstream) -> Result<Upstream, ConfigError> {
+    let (scheme, authority, origin) =
+        parse_origin(&u.url).map_err(|m| ConfigError::new("upstream.url", m))?;
+    if u.ca_file.is_some() && scheme == UpstreamScheme::Http {
+        return Err(ConfigError::new(
+            "upstream.ca_file",
+            "only applies to an https:// upstream",
+        ));
+    }
+    let credentials = match u.credentials {
+        None => None,
+        Some(c) => {
+            if c.username.is_empty() || c.username.contains(':') {
+                return Err(ConfigError::new(
+                    "upstream.credentials.username",
+                    "must be non-empty and hold no ':'",
+                ));
+            }
+            let password = match (c.password_file, c.password_env) {
+                (Some(f), None) => SecretSource::File(f),
+                (None, Some(e)) if !e.is_empty() => SecretSource::Env(e),
+                _ => {
+                    return Err(ConfigError::new(
+                        "upstream.credentials",
+                        "give exactly one of password_file or password_env (a password is never written in the config)",
+                    ))
+                }
+            };
+            Some(Credentials {
+                username: c.username,
+                password,
+            })
+        }
+    };
+    Ok(Upstream {
+        scheme,
+        authority,
+        origin,
+        ca_file: u.ca_file,
+        connect_timeout: duration(
+            "upstream.connect_timeout",
+            u.connect_timeout.as_deref(),
+            Duration::from_secs(5),
+        )?,
+        response_header_timeout: duration(
+            "upstream.response_header_timeout",
+            u.response_header_timeout.as_deref(),
+            Duration::from_secs(60),
+        )?,
+        pool_idle_timeout: duration(
+            "upstream.pool_idle_timeout",
+            u.pool_idle_timeout.as_deref(),
+            Duration::from_secs(90),
+        )?,
+        pool_max_idle: u.pool_max_idle.unwrap_or(128),
+        credentials,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "server:\n  listen: 127.0.0.1:5443\n  plaintext: true\nupstream:\n  url: http://127.0.0.1:5000\n";
+
+    fn err(yaml: &str) -> String {
+        Config::from_yaml(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_config_has_defaults() {
+        let c = Config::from_yaml(MIN).unwrap();
+        assert!(matches!(c.server.tls, Tls::Plaintext));
+        assert_eq!(c.upstream.origin, "http://127.0.0.1:5000");
+        assert_eq!(c.limits.max_manifest_bytes, MIN_MANIFEST_BYTES);
+        assert_eq!(c.limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = err(&format!("{MIN}limits:\n  max_conections: 3\n"));
+        assert!(e.contains("unknown field `max_conections`"), "{e}");
+        let e = err(&format!("{MIN}bogus: 1\n"));
+        assert!(e.contains("unknown field `bogus`"), "{e}");
+    }
+
+    #[test]
+    fn messages_name_the_key() {
+        let cases = [
+            (MIN.replace("127.0.0.1:5443", "nowhere"), "server.listen"),
+            (
+                MIN.replace("http://127.0.0.1:5000", "ftp://x"),
+                "upstream.url",
+            ),
+            (
+                MIN.replace("http://127.0.0.1:5000", "http://u:p@x:5000"),
+                "upstream.url",
+            ),
+            (
+                MIN.replace("http://127.0.0.1:5000", "http://x:5000/sub"),
+                "upstream.url",
+            ),
+            (
+                format!("{MIN}limits:\n  idle_timeout: soon\n"),
+                "limits.idle_timeout",
+            ),
+            (
+                format!("{MIN}limits:\n  idle_timeout: 0s\n"),
+                "limits.idle_timeout",
+            ),
+            (
+                format!("{MIN}limits:\n  max_manifest_bytes: 1000\n"),
+                "limits.max_manifest_bytes",
+            ),
+            (
+                format!("{MIN}limits:\n  max_connections: 0\n"),
+                "limits.max_connections",
+            ),
+            (format!("{MIN}log:\n  format: xml\n"), "log.format"),
+            (MIN.replace("  plaintext: true\n", ""), "server.tls"),
+            (
+                MIN.replace("  plaintext: true\n", "  tls:\n    cert: a.pem\n"),
+                "server.tls.key",
+            ),
+            (
+                MIN.replace(
+                    "  plaintext: true\n",
+                    "  plaintext: true\n  tls:\n    cert: a\n    key: b\n",
+                ),
+                "server.plaintext",
+            ),
+            (
+                format!("{}  credentials:\n    username: u\n", MIN),
+                "upstream.credentials",
+            ),
+        ];
+        for (yaml, key) in cases {
+            let e = err(&yaml);
+            assert!(e.starts_with(&format!("{key}: ")), "{key}: got {e}");
+        }
+    }
+
+    #[test]
+    fn self_signed_defaults_its_names() {
+        let y = MIN.replace(
+            "  plaintext: true\n",
+            "  tls:\n    self_signed:\n      ca_out: ca.pem\n",
+        );
+        let c = Config::from_yaml(&y).unwrap();
+        match c.server.tls {
+            Tls::SelfSigned { names, .. } => assert_eq!(names, ["localhost", "127.0.0.1", "::1"]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn origins_are_normalised() {
+        let (s, a, o) = parse_origin("HTTPS://Registry.Example:443/").unwrap();
+        assert_eq!(
+            (s, a.as_str(), o.as_str()),
+            (
+                UpstreamScheme::Https,
+                "Registry.Example:443",
+                "https://registry.example:443"
+            )
+        );
+        let (_, _, o) = parse_origin("http://[::1]").unwrap();
+        assert_eq!(o, "http://[::1]:80");
+    }
+}

@@ -1,0 +1,20 @@
+//! registry-guard: a TLS-terminating proxy in front of a Docker/OCI registry
+//! (Registry HTTP API v2). One request flows one way:
+//!
+//!     TLS accept (server) → route (registry) → forward (handler, proxy) → stream back
+//!
+//! The pure cores (`registry`, `proxy::headers`, `response`, `config` validation) do no
+//! I/O and are unit-tested, property-tested and fuzzed; only `server`, `proxy::upstream`,
+//! `tls` and `cli` touch the outside world.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod handler;
+pub mod log;
+pub mod proxy;
+pub mod registry;
+pub mod response;
+pub mod server;
+pub mod tls;

@@ -1,0 +1,138 @@
+//! Logging: tracing set up from `RUST_LOG` (default `info`) in text or JSON, and the
+//! access log line, one per request, emitted when its response body is done.
+//!
+//! Nothing here ever sees a header value: credentials cannot reach the log through it.
+
+use crate::config::LogFormat;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber. Safe to call more than once (later calls do nothing).
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Per-connection activity, read by the idle watchdog in `server.rs`.
+#[derive(Debug, Default)]
+pub struct ConnActivity {
+    pub in_flight: AtomicUsize,
+    /// Milliseconds since [`process_clock`] of the last byte read or written.
+    pub last_io_ms: AtomicU64,
+}
+
+/// A monotonic clock origin shared by all connections.
+pub fn process_clock() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+pub fn now_ms() -> u64 {
+    process_clock().elapsed().as_millis() as u64
+}
+
+/// Marks one request in flight on a connection until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<ConnActivity>);
+
+impl InFlight {
+    pub fn new(conn: Arc<ConnActivity>) -> Self {
+        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(conn)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.last_io_ms.store(now_ms(), Ordering::Release);
+    }
+}
+
+/// What the access log says about one request.
+#[derive(Debug)]
+pub struct AccessRecord {
+    pub request_id: String,
+    pub method: http::Method,
+    /// Path only: queries carry upload state tokens, not worth a log line.
+    pub path: String,
+    pub client: IpAddr,
+    pub route: &'static str,
+    pub repo: Option<String>,
+    pub status: u16,
+    pub upstream_status: Option<u16>,
+    pub error: Option<String>,
+    pub started: Instant,
+    pub in_flight: Option<InFlight>,
+}
+
+impl AccessRecord {
+    pub fn new(request_id: String, method: http::Method, path: &str, client: IpAddr) -> Self {
+        AccessRecord {
+            request_id,
+            method,
+            path: path.chars().take(512).collect(),
+            client,
+            route: "none",
+            repo: None,
+            status: 0,
+            upstream_status: None,
+            error: None,
+            started: Instant::now(),
+            in_flight: None,
+        }
+    }
+
+    /// Writes the access line: `complete` is false when the client or upstream went away
+    /// before the body ended.
+    pub fn emit(&self, bytes: u64, complete: bool) {
+        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(
+            target: "registry_guard::access",
+            request_id = %self.request_id,
+            client = %self.client,
+            method = %self.method,
+            path = %self.path,
+            route = self.route,
+            repo = self.repo.as_deref().unwrap_or("-"),
+            status = self.status,
+            upstream_status = self.upstream_status,
+            bytes,
+            complete,
+            duration_ms = format_args!("{duration_ms:.2}"),
+            error = self.error.as_deref(),
+        );
+    }
+}
+
+/// Request ids: a per-process random prefix and a counter, unique across restarts in
+/// practice and cheap (no syscall per request).
+pub fn next_request_id() -> String {
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        h.finish() as u32
+    });
+    format!(
+        "{prefix:08x}-{:012x}",
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}

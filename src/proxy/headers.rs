@@ -1,0 +1,316 @@
+//! PURE: the header rules of checklist section E.
+//!
+//! Requests: hop-by-hop headers (and every header `Connection` names) are dropped; the
+//! client's `Authorization`, `Proxy-Authorization`, `Forwarded`, `X-Forwarded-*` and
+//! `X-Real-IP` are dropped and the proxy sets its own; `Host` and `Expect` are the
+//! proxy's business on each hop. Everything else, every value of repeated headers
+//! (several `Accept`), `Range` and `If-*` included, passes unchanged.
+//!
+//! Responses: hop-by-hop headers are dropped; a `Location` on the upstream's own origin
+//! is rewritten to the public origin with the rest kept byte for byte; every other
+//! header (`Docker-Content-Digest`, `Docker-Upload-UUID`, `Range`, `Link`, `OCI-*`,
+//! `Content-Length`, also on HEAD) passes unchanged.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers meaningful for one connection only (RFC 9110 §7.6.1), never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+/// Request headers the proxy owns: dropped from the client's request.
+const CLIENT_SET_DROPPED: [&str; 10] = [
+    "authorization",
+    "proxy-authorization",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-real-ip",
+    "host",
+    "expect",
+];
+
+/// What the proxy knows about the request that the headers it adds carry.
+#[derive(Debug, Clone)]
+pub struct ForwardContext<'a> {
+    /// The peer address of the client connection.
+    pub client_ip: std::net::IpAddr,
+    /// `https` or `http`: how the client reached the proxy.
+    pub proto: &'static str,
+    /// `host[:port]` of the public origin, for `X-Forwarded-Host`.
+    pub public_host: Option<&'a str>,
+    /// The proxy's own credentials for the upstream, if configured.
+    pub upstream_authorization: Option<&'a HeaderValue>,
+}
+
+/// Removes hop-by-hop headers, including those named by `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Rewrites the client's request headers, in place, into the upstream request's.
+pub fn forward_request(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
+    strip_hop_by_hop(headers);
+    for name in CLIENT_SET_DROPPED {
+        headers.remove(name);
+    }
+    let ip = ctx.client_ip.to_canonical().to_string();
+    if let Ok(v) = HeaderValue::from_str(&ip) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(ctx.proto));
+    if let Some(h) = ctx.public_host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        headers.insert("x-forwarded-host", h);
+    }
+    if let Some(auth) = ctx.upstream_authorization {
+        headers.insert(header::AUTHORIZATION, auth.clone());
+    }
+}
+
+/// Rewrites the upstream's response headers, in place, into the client response's.
+pub fn forward_response(headers: &mut HeaderMap, upstream_origin: &str, public_origin: &str) {
+    strip_hop_by_hop(headers);
+    if let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
+        if let Some(new) = rewrite_location(loc, upstream_origin, public_origin) {
+            if let Ok(v) = HeaderValue::from_str(&new) {
+                headers.insert(header::LOCATION, v);
+            }
+        }
+    }
+}
+
+/// A `Location` on the upstream's own origin (normalised `scheme://host:port`, as in
+/// `config::Upstream::origin`) → the same location on `public_origin`, the path and
+/// query kept byte for byte. `None`: leave it as it is (relative, or another host such
+/// as object storage).
+pub fn rewrite_location(
+    location: &str,
+    upstream_origin: &str,
+    public_origin: &str,
+) -> Option<String> {
+    let (scheme, rest) = location.split_once("://")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if authority.contains('@') {
+        return None;
+    }
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => "80",
+        "https" => "443",
+        _ => return None,
+    };
+    let authority = authority.to_ascii_lowercase();
+    // host:port, with IPv6 literals in brackets; an authority without port gets the default.
+    let has_port = match authority.rfind(':') {
+        Some(i) => !authority[i..].contains(']'),
+        None => false,
+    };
+    let normalised = if has_port {
+        format!("{scheme}://{authority}")
+    } else {
+        format!("{scheme}://{authority}:{default_port}")
+    };
+    (normalised == upstream_origin).then(|| format!("{public_origin}{tail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> ForwardContext<'static> {
+        ForwardContext {
+            client_ip: "192.0.2.7".parse().unwrap(),
+            proto: "https",
+            public_host: Some("registry.example:5443"),
+            upstream_authorization: None,
+        }
+    }
+
+    #[test]
+    fn request_drops_hop_by_hop_credentials_and_forwarding_claims() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic eA=="),
+            ("authorization", "Basic dXNlcjpwYXNz"),
+            ("forwarded", "host=evil.example"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "http"),
+            ("host", "evil.example"),
+            ("expect", "100-continue"),
+            ("accept", "application/vnd.oci.image.manifest.v1+json"),
+            (
+                "accept",
+                "application/vnd.docker.distribution.manifest.v2+json",
+            ),
+            ("range", "bytes=0-99"),
+            ("if-none-match", "\"sha256:x\""),
+            ("user-agent", "skopeo/1.9.3"),
+        ] {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        forward_request(&mut h, &ctx());
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+            "authorization",
+            "forwarded",
+            "host",
+            "expect",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} was forwarded");
+        }
+        assert_eq!(h.get_all("accept").iter().count(), 2);
+        assert_eq!(h["range"], "bytes=0-99");
+        assert_eq!(h["if-none-match"], "\"sha256:x\"");
+        assert_eq!(h["user-agent"], "skopeo/1.9.3");
+        assert_eq!(
+            h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
+            ["192.0.2.7"]
+        );
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "registry.example:5443");
+    }
+
+    #[test]
+    fn upstream_credentials_replace_the_clients() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("Basic Y2xpZW50OnB3"),
+        );
+        let proxy = HeaderValue::from_static("Basic cHJveHk6cHc=");
+        let mut c = ctx();
+        c.upstream_authorization = Some(&proxy);
+        forward_request(&mut h, &c);
+        assert_eq!(
+            h.get_all("authorization").iter().collect::<Vec<_>>(),
+            [&proxy]
+        );
+    }
+
+    #[test]
+    fn ipv4_mapped_peers_are_logged_as_ipv4() {
+        let mut h = HeaderMap::new();
+        let mut c = ctx();
+        c.client_ip = "::ffff:127.0.0.1".parse().unwrap();
+        forward_request(&mut h, &c);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    }
+
+    #[test]
+    fn locations() {
+        let up = "http://127.0.0.1:5000";
+        let public = "https://registry.example:5443";
+        let q = "/v2/a/blobs/uploads/u1?_state=AbC%2Bd%3D%3D&x=1";
+        assert_eq!(
+            rewrite_location(&format!("http://127.0.0.1:5000{q}"), up, public).as_deref(),
+            Some(format!("{public}{q}").as_str())
+        );
+        assert_eq!(
+            rewrite_location("HTTP://127.0.0.1:5000/v2/", up, public).as_deref(),
+            Some("https://registry.example:5443/v2/")
+        );
+        // other hosts, other ports, relative and odd locations stay as they are
+        for keep in [
+            "https://s3.example/bucket/blob?X-Amz-Signature=abc",
+            "http://127.0.0.1:5001/v2/",
+            "http://127.0.0.1:5000.evil.example/v2/",
+            "http://user@127.0.0.1:5000/v2/",
+            "/v2/a/blobs/uploads/u1?_state=x",
+            "ftp://127.0.0.1:5000/",
+            "",
+        ] {
+            assert_eq!(rewrite_location(keep, up, public), None, "{keep}");
+        }
+        assert_eq!(
+            rewrite_location("http://registry:80/v2/", "http://registry:80", public).as_deref(),
+            Some("https://registry.example:5443/v2/")
+        );
+        assert_eq!(
+            rewrite_location("http://registry/v2/", "http://registry:80", public).as_deref(),
+            Some("https://registry.example:5443/v2/")
+        );
+        assert_eq!(
+            rewrite_location("http://[::1]:5000?x", "http://[::1]:5000", public).as_deref(),
+            Some("https://registry.example:5443?x")
+        );
+    }
+
+    #[test]
+    fn response_keeps_registry_headers_and_drops_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("docker-content-digest", "sha256:abc"),
+            ("docker-upload-uuid", "u1"),
+            ("range", "0-99"),
+            ("link", "</v2/a/tags/list?n=1&last=b>; rel=\"next\""),
+            ("oci-subject", "sha256:def"),
+            ("content-length", "1234"),
+            ("connection", "close"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            (
+                "location",
+                "http://127.0.0.1:5000/v2/a/blobs/uploads/u1?_state=q%2F",
+            ),
+        ] {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        forward_response(&mut h, "http://127.0.0.1:5000", "https://r.example");
+        for keep in [
+            "docker-content-digest",
+            "docker-upload-uuid",
+            "range",
+            "link",
+            "oci-subject",
+            "content-length",
+        ] {
+            assert!(h.contains_key(keep), "{keep} dropped");
+        }
+        for gone in ["connection", "keep-alive", "transfer-encoding"] {
+            assert!(!h.contains_key(gone), "{gone} kept");
+        }
+        assert_eq!(
+            h["location"],
+            "https://r.example/v2/a/blobs/uploads/u1?_state=q%2F"
+        );
+    }
+}

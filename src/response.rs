@@ -1,0 +1,150 @@
+//! PURE: every response the proxy makes itself. Refusals become the registry's JSON
+//! error format (`{"errors":[{"code","message","detail"}]}`) with the right status, and
+//! all carry `Docker-Distribution-API-Version: registry/2.0`. [`status_and_code`] is the
+//! one mapping from error to status and code; a test pins it.
+
+use crate::error::ProxyError;
+use crate::proxy::body::ResponseBody;
+use crate::registry::RouteError;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Response, StatusCode};
+
+pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
+pub const API_VERSION: HeaderValue = HeaderValue::from_static("registry/2.0");
+
+/// Status and registry error code of an error.
+pub fn status_and_code(e: &ProxyError) -> (StatusCode, &'static str) {
+    match e {
+        ProxyError::Route(r) => match r {
+            RouteError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            RouteError::NameInvalid(_) => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
+            RouteError::TagInvalid(_) => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
+            RouteError::DigestInvalid(_) => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
+            RouteError::UploadInvalid => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
+            RouteError::QueryInvalid(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
+        },
+        ProxyError::ManifestTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
+        ProxyError::ClientBody(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
+        ProxyError::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
+        ProxyError::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
+    }
+}
+
+/// The message a client sees. Upstream faults are summarised: their detail (addresses,
+/// OS errors) is for the proxy's log, not for clients.
+fn client_message(e: &ProxyError) -> String {
+    match e {
+        ProxyError::UpstreamUnavailable(_) => {
+            "the registry behind this proxy is unavailable".into()
+        }
+        ProxyError::UpstreamTimeout(_) => {
+            "the registry behind this proxy did not answer in time".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The registry JSON error body.
+pub fn error_body(code: &str, message: &str) -> Bytes {
+    let body = serde_json::json!({
+        "errors": [{ "code": code, "message": message, "detail": null }]
+    });
+    Bytes::from(body.to_string())
+}
+
+/// A response made by the proxy itself: JSON body (none for HEAD) and the API header.
+pub fn own(status: StatusCode, method: &Method, body: Bytes) -> Response<ResponseBody> {
+    let len = body.len();
+    let body = if *method == Method::HEAD {
+        ResponseBody::empty()
+    } else {
+        ResponseBody::full(body)
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(API_VERSION_HEADER, API_VERSION);
+    resp
+}
+
+/// Renders an error.
+pub fn refusal(e: &ProxyError, method: &Method) -> Response<ResponseBody> {
+    let (status, code) = status_and_code(e);
+    own(status, method, error_body(code, &client_message(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+
+    #[test]
+    fn mapping_is_pinned() {
+        let cases: Vec<(ProxyError, u16, &str)> = vec![
+            (RouteError::NotFound("x").into(), 404, "NOT_FOUND"),
+            (RouteError::NameInvalid("x").into(), 400, "NAME_INVALID"),
+            (RouteError::TagInvalid("x").into(), 400, "TAG_INVALID"),
+            (RouteError::DigestInvalid("x").into(), 400, "DIGEST_INVALID"),
+            (RouteError::UploadInvalid.into(), 400, "BLOB_UPLOAD_INVALID"),
+            (RouteError::QueryInvalid("x").into(), 400, "UNSUPPORTED"),
+            (
+                ProxyError::ManifestTooLarge { limit: 1 },
+                413,
+                "SIZE_INVALID",
+            ),
+            (
+                ProxyError::ClientBody("x".into()),
+                400,
+                "BLOB_UPLOAD_INVALID",
+            ),
+            (
+                ProxyError::UpstreamUnavailable("x".into()),
+                502,
+                "UNAVAILABLE",
+            ),
+            (
+                ProxyError::UpstreamTimeout(Duration::from_secs(1)),
+                504,
+                "UNAVAILABLE",
+            ),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!(
+                status_and_code(&e),
+                (StatusCode::from_u16(status).unwrap(), code),
+                "{e}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_are_registry_json_with_the_api_header() {
+        let r = refusal(&RouteError::NotFound("not a v2 path").into(), &Method::GET);
+        assert_eq!(r.status(), 404);
+        assert_eq!(r.headers()[API_VERSION_HEADER], "registry/2.0");
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["errors"][0]["code"], "NOT_FOUND");
+        assert_eq!(v["errors"][0]["message"], "not a v2 path");
+        assert!(v["errors"][0]["detail"].is_null());
+    }
+
+    #[tokio::test]
+    async fn head_refusals_have_no_body_but_keep_the_length() {
+        let r = refusal(&RouteError::NotFound("x").into(), &Method::HEAD);
+        assert_ne!(r.headers()[header::CONTENT_LENGTH], "0");
+        assert!(r.into_body().collect().await.unwrap().to_bytes().is_empty());
+    }
+
+    #[test]
+    fn upstream_details_stay_out_of_client_messages() {
+        let e = ProxyError::UpstreamUnavailable("tcp connect error 10.1.2.3:5000".into());
+        assert!(!client_message(&e).contains("10.1.2.3"));
+    }
+}

@@ -1,0 +1,201 @@
+//! TLS material: the server's rustls config (from PEM files, or a self-signed CA and leaf
+//! made at start for the quick start) and the upstream client's trust roots.
+//!
+//! TLS 1.2 and 1.3 only, ALPN `h2` and `http/1.1`, the `ring` provider. Every failure
+//! names the config key and the file: a missing, unreadable, empty or mismatched
+//! certificate or key stops start-up.
+
+use crate::config::{ConfigError, Tls};
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::Path;
+use std::sync::Arc;
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path)
+        .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", path.display())))
+}
+
+/// Every certificate in a PEM file, in order; at least one.
+pub fn load_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let pem = read(key, path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::new(key, format!("{}: not valid PEM: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ConfigError::new(
+            key,
+            format!("{}: holds no CERTIFICATE block", path.display()),
+        ));
+    }
+    Ok(certs)
+}
+
+/// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub fn load_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    let pem = read(key, path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        ConfigError::new(
+            key,
+            format!(
+                "{}: no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}",
+                path.display()
+            ),
+        )
+    })
+}
+
+/// What the self-signed mode made: the CA clients are pointed at, and the leaf served.
+pub struct SelfSigned {
+    pub ca_pem: String,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// Makes a throw-away CA and a leaf for `names`, signed by it. The CA key is dropped at
+/// once: nothing else can ever be signed with it.
+pub fn make_self_signed(names: &[String]) -> Result<SelfSigned, rcgen::Error> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let now = time_now();
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.distinguished_name
+        .push(DnType::CommonName, "registry-guard self-signed CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.not_before = now - rcgen_days(1);
+    ca.not_after = now + rcgen_days(365);
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+
+    let mut leaf = CertificateParams::new(names.to_vec())?;
+    leaf.distinguished_name.push(
+        DnType::CommonName,
+        names.first().map(String::as_str).unwrap_or("localhost"),
+    );
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    leaf.use_authority_key_identifier_extension = true;
+    leaf.not_before = now - rcgen_days(1);
+    leaf.not_after = now + rcgen_days(365);
+    let leaf_key = KeyPair::generate()?;
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
+    Ok(SelfSigned {
+        ca_pem: ca_cert.pem(),
+        chain: vec![leaf_cert.der().clone(), ca_cert.der().clone()],
+        key: PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    })
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+fn rcgen_days(n: i64) -> time::Duration {
+    time::Duration::days(n)
+}
+
+/// Writes the self-signed CA where clients are pointed at it (temporary file + rename,
+/// so a client never reads half a certificate).
+fn write_ca(path: &Path, pem: &str) -> Result<(), ConfigError> {
+    let key = "server.tls.self_signed.ca_out";
+    let err =
+        |e: std::io::Error| ConfigError::new(key, format!("cannot write {}: {e}", path.display()));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let tmp = path.with_extension("pem.tmp");
+    std::fs::write(&tmp, pem).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// The server's TLS config, or `None` for plain HTTP. Writes the self-signed CA file.
+pub fn server_config(tls: &Tls) -> Result<Option<Arc<ServerConfig>>, ConfigError> {
+    let (chain, key) = match tls {
+        Tls::Plaintext => return Ok(None),
+        Tls::Files { cert, key } => (
+            load_certs("server.tls.cert", cert)?,
+            load_key("server.tls.key", key)?,
+        ),
+        Tls::SelfSigned { ca_out, names } => {
+            let made = make_self_signed(names).map_err(|e| {
+                ConfigError::new(
+                    "server.tls.self_signed",
+                    format!("cannot make a certificate: {e}"),
+                )
+            })?;
+            write_ca(ca_out, &made.ca_pem)?;
+            (made.chain, made.key)
+        }
+    };
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| ConfigError::new("server.tls", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| {
+            let what = match tls {
+                Tls::Files { cert, key } => format!("{} and {}", cert.display(), key.display()),
+                _ => "the generated certificate".into(),
+            };
+            ConfigError::new(
+                "server.tls.key",
+                format!("{what} do not form a usable certificate and key: {e}"),
+            )
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(config)))
+}
+
+/// The upstream client's TLS config: the CA file if given, else the system's roots.
+pub fn upstream_client_config(ca_file: Option<&Path>) -> Result<ClientConfig, ConfigError> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for cert in load_certs("upstream.ca_file", path)? {
+                roots.add(cert).map_err(|e| {
+                    ConfigError::new(
+                        "upstream.ca_file",
+                        format!("{}: unusable CA certificate: {e}", path.display()),
+                    )
+                })?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(ConfigError::new(
+                    "upstream.ca_file",
+                    "no system CA certificates found: install ca-certificates or give upstream.ca_file",
+                ));
+            }
+        }
+    }
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| ConfigError::new("upstream", e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// A client config that trusts nothing: for an `http://` upstream, where TLS is never used.
+pub fn upstream_client_config_empty() -> ClientConfig {
+    ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth()
+}
