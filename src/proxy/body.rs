@@ -81,16 +81,16 @@ impl Body for ResponseBody {
             Inner::Bytes(b) => b.take().map(|b| Ok(Frame::data(b))),
             Inner::Upstream(body) => ready!(Pin::new(body).poll_frame(cx)),
         };
+        let end = polled.is_none() || this.is_end_stream();
         if let Some(m) = &mut this.meter {
-            match &polled {
-                Some(Ok(frame)) => {
-                    if let Some(d) = frame.data_ref() {
-                        m.bytes += d.len() as u64;
-                    }
+            if let Some(Ok(frame)) = &polled {
+                if let Some(d) = frame.data_ref() {
+                    m.bytes += d.len() as u64;
                 }
-                None => m.complete = true,
-                Some(Err(_)) => {}
             }
+            // hyper stops polling a body of known length after its last byte, so the
+            // end is seen through is_end_stream as well as through `None`.
+            m.complete |= end && !matches!(polled, Some(Err(_)));
         }
         Poll::Ready(polled)
     }

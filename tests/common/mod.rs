@@ -1,0 +1,350 @@
+//! Test harness: real processes (the registry-guard binary, Debian's docker-registry)
+//! on ephemeral loopback ports, each stopped by its PID when its handle is dropped, and
+//! small clients to talk to them.
+//!
+//! Real parts are required: when `RG_REQUIRE_REAL=1` or `CI=true` (scripts/test and
+//! .ci/run set them) a missing docker-registry or skopeo fails the test instead of
+//! skipping it.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_registry-guard"))
+}
+
+fn required() -> bool {
+    std::env::var("RG_REQUIRE_REAL").is_ok_and(|v| v == "1")
+        || std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Whether an external program is on PATH. When it is missing and real parts are
+/// required, this panics; otherwise the caller skips, saying so.
+pub fn have(program: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(!required(), "{program} is required (RG_REQUIRE_REAL/CI) but not installed: run scripts/install-deps");
+        eprintln!("SKIPPING: {program} is not installed (set RG_REQUIRE_REAL=1 to fail instead)");
+    }
+    found
+}
+
+/// A port that was free a moment ago (for programs that cannot report the port they got).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` every 50 ms until it returns Some or `limit` passes.
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Status code of a plain-HTTP GET, or None if nothing answered.
+pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    let line = std::str::from_utf8(&buf[..n]).ok()?;
+    line.split(' ').nth(1)?.parse().ok()
+}
+
+/// Sends a signal to a PID we started.
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+fn stop_child(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        signal(child.id(), "TERM");
+        let gone = wait_for(Duration::from_secs(5), || child.try_wait().ok().flatten());
+        if gone.is_none() {
+            let _ = child.kill();
+        }
+    }
+    let _ = child.wait();
+}
+
+/// Debian's docker-registry (CNCF distribution 2.8), filesystem storage in a temporary
+/// folder, deletes enabled, on a free loopback port.
+pub struct Registry {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Registry {
+    /// None when docker-registry is missing and not required.
+    pub fn start() -> Option<Registry> {
+        if !have("docker-registry") {
+            return None;
+        }
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let cfg = dir.path().join("config.yml");
+            std::fs::write(
+                &cfg,
+                format!(
+                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                    dir.path().join("data").display()
+                ),
+            )
+            .unwrap();
+            let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+            let mut child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(&cfg)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start docker-registry");
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let up = wait_for(Duration::from_secs(15), || {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return Some(false); // exited: port taken meanwhile, try another
+                }
+                (http_status(addr, "/v2/") == Some(200)).then_some(true)
+            });
+            if up == Some(true) {
+                return Some(Registry {
+                    addr,
+                    url: format!("http://{addr}"),
+                    dir,
+                    child,
+                });
+            }
+            stop_child(&mut child);
+        }
+        panic!("docker-registry did not start on a free port in 5 tries");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+    }
+}
+
+/// How the proxy under test terminates TLS.
+pub enum TlsMode {
+    SelfSigned,
+    Plaintext,
+}
+
+/// The registry-guard binary, started with a config written to a temporary folder,
+/// listening on 127.0.0.1:0 and reporting its address through `--addr-file`.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    /// `https://127.0.0.1:PORT` (or `http://` in plaintext mode).
+    pub base: String,
+    /// The self-signed CA to trust (self-signed mode).
+    pub ca: PathBuf,
+    /// A folder holding `ca.crt`, for skopeo's `--cert-dir`.
+    pub cert_dir: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct ProxyBuilder {
+    upstream: String,
+    tls: TlsMode,
+    extra: String,
+    env: Vec<(String, String)>,
+}
+
+impl ProxyBuilder {
+    pub fn tls(mut self, tls: TlsMode) -> Self {
+        self.tls = tls;
+        self
+    }
+    /// Extra top-level YAML (e.g. a `limits:` section).
+    pub fn extra_yaml(mut self, yaml: &str) -> Self {
+        self.extra.push_str(yaml);
+        self
+    }
+    /// An environment variable for the proxy process.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn start(self) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let tls = match self.tls {
+            TlsMode::SelfSigned => {
+                format!("  tls:\n    self_signed:\n      ca_out: {}\n", ca.display())
+            }
+            TlsMode::Plaintext => "  plaintext: true\n".to_owned(),
+        };
+        let yaml = format!(
+            "server:\n  listen: 127.0.0.1:0\n{tls}upstream:\n  url: {}\n  connect_timeout: 2s\n  response_header_timeout: 5s\n{}",
+            self.upstream, self.extra
+        );
+        Proxy::start_config(
+            dir,
+            &yaml,
+            &self.env,
+            matches!(self.tls, TlsMode::SelfSigned),
+        )
+    }
+}
+
+impl Proxy {
+    pub fn builder(upstream: &str) -> ProxyBuilder {
+        ProxyBuilder {
+            upstream: upstream.to_owned(),
+            tls: TlsMode::SelfSigned,
+            extra: String::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Self-signed TLS in front of `upstream`, default limits.
+    pub fn start(upstream: &str) -> Proxy {
+        Proxy::builder(upstream).start()
+    }
+
+    fn start_config(
+        dir: tempfile::TempDir,
+        yaml: &str,
+        env: &[(String, String)],
+        tls: bool,
+    ) -> Proxy {
+        let config_path = dir.path().join("registry-guard.yaml");
+        std::fs::write(&config_path, yaml).unwrap();
+        let addr_file = dir.path().join("addr");
+        let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .env(
+                "RUST_LOG",
+                std::env::var("RG_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start registry-guard");
+        let addr = wait_for(Duration::from_secs(15), || {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!(
+                    "registry-guard exited ({st}) at start:\n{}",
+                    std::fs::read_to_string(dir.path().join("proxy.log")).unwrap_or_default()
+                );
+            }
+            std::fs::read_to_string(&addr_file)
+                .ok()?
+                .trim()
+                .parse::<SocketAddr>()
+                .ok()
+        })
+        .expect("registry-guard did not report its address within 15 s");
+        let ca = dir.path().join("ca.pem");
+        let cert_dir = dir.path().join("certs.d");
+        if tls {
+            std::fs::create_dir_all(&cert_dir).unwrap();
+            std::fs::copy(&ca, cert_dir.join("ca.crt")).unwrap();
+        }
+        Proxy {
+            addr,
+            base: format!("{}://{addr}", if tls { "https" } else { "http" }),
+            ca,
+            cert_dir,
+            config_path,
+            dir,
+            child: Some(child),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Everything the proxy logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns whether it exited by itself in `limit`.
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        signal(child.id(), "TERM");
+        let st = wait_for(limit, || child.try_wait().ok().flatten());
+        if st.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.child = None;
+        st
+    }
+
+    /// `curl` against the proxy, trusting its CA; returns (status code, body).
+    pub fn curl(&self, args: &[&str]) -> std::process::Output {
+        Command::new("curl")
+            .arg("-sS")
+            .arg("--max-time")
+            .arg("60")
+            .arg("--cacert")
+            .arg(&self.ca)
+            .args(args)
+            .output()
+            .expect("run curl")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            stop_child(c);
+        }
+    }
+}
+
+/// Runs `registry-guard` with arguments, returning its output.
+pub fn run_cli(args: &[&str], cwd: &Path) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run registry-guard")
+}
