@@ -626,6 +626,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let c = Config::from_yaml(include_str!("../config/example.yaml")).unwrap();
+        assert!(matches!(c.server.tls, Tls::Files { .. }));
+        assert_eq!(c.limits.max_manifest_bytes, MIN_MANIFEST_BYTES);
+    }
+
+    #[test]
     fn origins_are_normalised() {
         let (s, a, o) = parse_origin("HTTPS://Registry.Example:443/").unwrap();
         assert_eq!(

@@ -156,7 +156,8 @@ pub fn server_config(tls: &Tls) -> Result<Option<Arc<ServerConfig>>, ConfigError
     Ok(Some(Arc::new(config)))
 }
 
-/// The upstream client's TLS config: the CA file if given, else the system's roots.
+/// The upstream client's TLS config for an `https://` upstream: the CA file if given,
+/// else the system's roots.
 pub fn upstream_client_config(ca_file: Option<&Path>) -> Result<ClientConfig, ConfigError> {
     let mut roots = RootCertStore::empty();
     match ca_file {
@@ -171,8 +172,7 @@ pub fn upstream_client_config(ca_file: Option<&Path>) -> Result<ClientConfig, Co
             }
         }
         None => {
-            let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
+            for cert in rustls_native_certs::load_native_certs().certs {
                 let _ = roots.add(cert);
             }
             if roots.is_empty() {
@@ -183,19 +183,15 @@ pub fn upstream_client_config(ca_file: Option<&Path>) -> Result<ClientConfig, Co
             }
         }
     }
-    let config = ClientConfig::builder_with_provider(provider())
+    client_config(roots)
+}
+
+/// A client config trusting `roots` (none at all for an `http://` upstream, where TLS is
+/// never used).
+pub fn client_config(roots: RootCertStore) -> Result<ClientConfig, ConfigError> {
+    Ok(ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| ConfigError::new("upstream", e.to_string()))?
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
-}
-
-/// A client config that trusts nothing: for an `http://` upstream, where TLS is never used.
-pub fn upstream_client_config_empty() -> ClientConfig {
-    ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(RootCertStore::empty())
-        .with_no_client_auth()
+        .with_no_client_auth())
 }

@@ -67,15 +67,9 @@ fn read_secret(src: &SecretSource) -> Result<String, ConfigError> {
 
 impl Upstream {
     pub fn new(cfg: &config::Upstream) -> Result<Self, ConfigError> {
-        let tls = crate::tls::upstream_client_config(match cfg.scheme {
-            UpstreamScheme::Https => cfg.ca_file.as_deref(),
-            UpstreamScheme::Http => None,
-        });
-        // An http:// upstream needs no roots; don't fail on a machine without them.
-        let tls = match (cfg.scheme, tls) {
-            (_, Ok(t)) => t,
-            (UpstreamScheme::Http, Err(_)) => crate::tls::upstream_client_config_empty(),
-            (UpstreamScheme::Https, Err(e)) => return Err(e),
+        let tls = match cfg.scheme {
+            UpstreamScheme::Https => crate::tls::upstream_client_config(cfg.ca_file.as_deref())?,
+            UpstreamScheme::Http => crate::tls::client_config(rustls::RootCertStore::empty())?,
         };
         let mut http = HttpConnector::new();
         http.enforce_http(false);
