@@ -8,11 +8,14 @@
 //! `tls` and `cli` touch the outside world.
 #![forbid(unsafe_code)]
 
+pub mod acl;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod handler;
 pub mod log;
+pub mod metrics;
 pub mod proxy;
 pub mod registry;
 pub mod response;

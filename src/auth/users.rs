@@ -1,0 +1,383 @@
+//! The user file: YAML, one entry per user with an argon2 PHC hash, optional groups and
+//! an optional `disabled` flag.
+//!
+//! ```yaml
+//! users:
+//!   - name: alice
+//!     hash: $argon2id$v=19$m=19456,t=2,p=1$...
+//!     groups: [team-a]
+//! ```
+//!
+//! Loading checks every entry and names the user it refuses: a hash that is not an
+//! argon2 PHC string (a plaintext password above all), a duplicate name, a bad name.
+//! Editing (`registry-guard user ...`) rewrites the whole file atomically (temporary
+//! file + rename, mode 0600), other users untouched.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// argon2id with OWASP's first recommended parameters: 19 MiB, 2 passes, 1 lane.
+pub const DEFAULT_M_COST: u32 = 19456;
+pub const DEFAULT_T_COST: u32 = 2;
+pub const DEFAULT_P_COST: u32 = 1;
+/// Longest user name: names are logged and may become namespaces.
+pub const MAX_NAME: usize = 128;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserFile {
+    #[serde(default)]
+    pub users: Vec<UserEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserEntry {
+    pub name: String,
+    pub hash: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+}
+
+/// A refused user file: which file, which user, what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub struct UsersError {
+    pub file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for UsersError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{}: ", file.display())?;
+        }
+        if let Some(u) = &self.user {
+            write!(f, "user {u:?}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl UsersError {
+    fn new(user: Option<&str>, message: impl Into<String>) -> Self {
+        UsersError {
+            file: None,
+            user: user.map(str::to_owned),
+            message: message.into(),
+        }
+    }
+}
+
+/// One user, checked.
+#[derive(Debug)]
+pub struct User {
+    pub name: String,
+    /// The PHC string, as in the file.
+    pub hash: String,
+    pub groups: Vec<String>,
+    pub disabled: bool,
+}
+
+/// The loaded user file plus the dummy hash unknown names are checked against.
+#[derive(Debug)]
+pub struct Users {
+    by_name: HashMap<String, Arc<User>>,
+    /// A hash of a random password with the parameters most users have, so an unknown
+    /// name costs the same argon2 work as a known one.
+    pub dummy_hash: String,
+}
+
+/// User names: letters, digits and `._@-`; no `:` (Basic splits there), no glob
+/// characters (rules substitute `${user}`), nothing a log could misread.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'@' | b'-'))
+}
+
+/// Checks a PHC string is argon2 (id, i or d) with usable parameters.
+pub fn check_hash(phc: &str) -> Result<Params, String> {
+    if !phc.starts_with('$') {
+        return Err("hash is not an argon2 PHC string ($argon2id$...): plaintext passwords are refused, make one with `registry-guard hash-password`".into());
+    }
+    let parsed =
+        PasswordHash::new(phc).map_err(|e| format!("hash is not a valid PHC string: {e}"))?;
+    if Algorithm::try_from(parsed.algorithm).is_err() {
+        return Err(format!(
+            "hash algorithm {} is not argon2id, argon2i or argon2d",
+            parsed.algorithm
+        ));
+    }
+    if parsed.salt.is_none() || parsed.hash.is_none() {
+        return Err("hash has no salt or no output".into());
+    }
+    Params::try_from(&parsed).map_err(|e| format!("hash parameters are not usable: {e}"))
+}
+
+impl Users {
+    pub fn load(path: &Path) -> Result<Users, UsersError> {
+        let text = std::fs::read_to_string(path).map_err(|e| UsersError {
+            file: Some(path.to_owned()),
+            user: None,
+            message: format!("cannot read the user file: {e}"),
+        })?;
+        Users::from_yaml(&text).map_err(|mut e| {
+            e.file = Some(path.to_owned());
+            e
+        })
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Users, UsersError> {
+        let file: UserFile = if text.trim().is_empty() {
+            UserFile::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| UsersError::new(None, e.to_string()))?
+        };
+        Users::from_file(file)
+    }
+
+    pub fn from_file(file: UserFile) -> Result<Users, UsersError> {
+        let mut by_name = HashMap::with_capacity(file.users.len());
+        let mut param_counts: HashMap<(u32, u32, u32), usize> = HashMap::new();
+        for e in file.users {
+            let who = Some(e.name.as_str());
+            if !is_valid_name(&e.name) {
+                return Err(UsersError::new(
+                    who,
+                    format!("name must be 1 to {MAX_NAME} of letters, digits and ._@-"),
+                ));
+            }
+            let params = check_hash(&e.hash).map_err(|m| UsersError::new(who, m))?;
+            for g in &e.groups {
+                if !is_valid_name(g) {
+                    return Err(UsersError::new(
+                        who,
+                        format!("group {g:?} must be letters, digits and ._@-"),
+                    ));
+                }
+            }
+            *param_counts
+                .entry((params.m_cost(), params.t_cost(), params.p_cost()))
+                .or_default() += 1;
+            if by_name.contains_key(&e.name) {
+                return Err(UsersError::new(who, "appears more than once"));
+            }
+            by_name.insert(
+                e.name.clone(),
+                Arc::new(User {
+                    name: e.name,
+                    hash: e.hash,
+                    groups: e.groups,
+                    disabled: e.disabled,
+                }),
+            );
+        }
+        let (m, t, p) = param_counts
+            .into_iter()
+            .max_by_key(|(params, n)| (*n, *params))
+            .map(|(params, _)| params)
+            .unwrap_or((DEFAULT_M_COST, DEFAULT_T_COST, DEFAULT_P_COST));
+        let dummy_hash = hash_password(&random_token(), m, t, p)
+            .map_err(|e| UsersError::new(None, format!("cannot make the dummy hash: {e}")))?;
+        Ok(Users {
+            by_name,
+            dummy_hash,
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<User>> {
+        self.by_name.get(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// Every group some user is in (rules may only name these).
+    pub fn groups(&self) -> impl Iterator<Item = &str> {
+        self.by_name
+            .values()
+            .flat_map(|u| u.groups.iter().map(String::as_str))
+    }
+}
+
+/// A random 32-byte token, hex; used for dummy passwords and salts.
+fn random_token() -> String {
+    let bytes = crate::auth::random_bytes::<32>();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hashes a password with argon2id.
+pub fn hash_password(
+    password: &str,
+    m_cost: u32,
+    t_cost: u32,
+    p_cost: u32,
+) -> Result<String, String> {
+    let params = Params::new(m_cost, t_cost, p_cost, None)
+        .map_err(|e| format!("bad argon2 parameters: {e}"))?;
+    let salt_bytes = crate::auth::random_bytes::<16>();
+    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Verifies a password against a PHC string (algorithm and parameters from the string).
+/// The output comparison inside is constant-time. CPU-heavy: call off the async workers.
+pub fn verify_password(phc: &str, password: &str) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Writes a user file atomically: a temporary file in the same folder, mode 0600, then
+/// rename over the old one.
+pub fn save(path: &Path, file: &UserFile) -> Result<(), UsersError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |m: String| UsersError {
+        file: Some(path.to_owned()),
+        user: None,
+        message: m,
+    };
+    let text = serde_yaml::to_string(file).map_err(|e| err(e.to_string()))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(b"# registry-guard user file; edit with `registry-guard user ...`\n")?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        err(format!("cannot write the user file: {e}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Cheap parameters keep the tests fast; the code paths are the same.
+    fn h(pw: &str) -> String {
+        hash_password(pw, 256, 1, 1).unwrap()
+    }
+
+    #[test]
+    fn loads_and_verifies() {
+        let yaml = format!(
+            "users:\n  - name: alice\n    hash: '{}'\n    groups: [team-a]\n  - name: bob\n    hash: '{}'\n    disabled: true\n",
+            h("a-pw"),
+            h("b-pw")
+        );
+        let users = Users::from_yaml(&yaml).unwrap();
+        assert_eq!(users.len(), 2);
+        let alice = users.get("alice").unwrap();
+        assert_eq!(alice.groups, ["team-a"]);
+        assert!(verify_password(&alice.hash, "a-pw"));
+        assert!(!verify_password(&alice.hash, "b-pw"));
+        assert!(users.get("bob").unwrap().disabled);
+        assert!(
+            users.dummy_hash.contains("m=256,t=1,p=1"),
+            "{}",
+            users.dummy_hash
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_user() {
+        let good = h("x");
+        let cases = [
+            ("users:\n  - name: carol\n    hash: hunter2\n".to_string(), "carol", "plaintext"),
+            ("users:\n  - name: carol\n    hash: '$2y$05$abcdefghijklmnopqrstuu'\n".to_string(), "carol", "PHC"),
+            ("users:\n  - name: carol\n    hash: '$pbkdf2-sha256$i=1000$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA'\n".to_string(), "carol", "not argon2"),
+            (format!("users:\n  - name: dave\n    hash: '{good}'\n  - name: dave\n    hash: '{good}'\n"), "dave", "more than once"),
+            (format!("users:\n  - name: 'e:ve'\n    hash: '{good}'\n"), "e:ve", "name"),
+            (format!("users:\n  - name: frank\n    hash: '{good}'\n    groups: ['a b']\n"), "frank", "group"),
+        ];
+        for (yaml, user, words) in cases {
+            let e = Users::from_yaml(&yaml).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("user {user:?}")) && e.contains(words),
+                "{e}"
+            );
+        }
+        let e = Users::from_yaml("users:\n  - name: a\n    hash: x\n    pasword: y\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `pasword`"), "{e}");
+    }
+
+    #[test]
+    fn argon2i_and_argon2d_are_accepted() {
+        for alg in [Algorithm::Argon2i, Algorithm::Argon2d] {
+            let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+            let phc = Argon2::new(alg, Version::V0x13, Params::new(256, 1, 1, None).unwrap())
+                .hash_password(b"pw", &salt)
+                .unwrap()
+                .to_string();
+            assert!(check_hash(&phc).is_ok(), "{phc}");
+            assert!(verify_password(&phc, "pw"));
+        }
+    }
+
+    #[test]
+    fn save_is_atomic_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.yaml");
+        let file = UserFile {
+            users: vec![UserEntry {
+                name: "alice".into(),
+                hash: h("pw"),
+                groups: vec![],
+                disabled: false,
+            }],
+        };
+        save(&path, &file).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let back = Users::load(&path).unwrap();
+        assert!(verify_password(&back.get("alice").unwrap().hash, "pw"));
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temporary file left behind"
+        );
+    }
+}
