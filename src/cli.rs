@@ -1,6 +1,8 @@
-//! Command line: `serve` and `check`. Parses arguments, loads the config, runs the
-//! command and maps failures to exit codes (64: bad configuration, 69: cannot serve).
+//! Command line: `serve`, `check`, `hash-password` and `user add|passwd|del|list`.
+//! Parses arguments, runs the command and maps failures to exit codes
+//! (64: bad configuration or usage, 69: cannot serve, 1: other failures).
 
+use crate::auth::users;
 use crate::config::{Config, ConfigError, Tls};
 use crate::server::{ServeError, Server};
 use clap::{Parser, Subcommand};
@@ -27,11 +29,79 @@ enum Command {
         #[arg(long)]
         addr_file: Option<PathBuf>,
     },
-    /// Check a configuration: keys, values, certificates, key files and secrets.
+    /// Check a configuration: keys, values, certificates, key files, secrets, user file.
     Check {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Explain what the rules decide for a request, with the same code as serving.
+    Explain {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The user making the request (groups come from the user file).
+        #[arg(long, required_unless_present = "anonymous", conflicts_with = "anonymous")]
+        user: Option<String>,
+        /// The request carries no credentials.
+        #[arg(long)]
+        anonymous: bool,
+        /// GET, HEAD, PUT, POST, PATCH or DELETE.
+        method: String,
+        /// The request path, with its query if any (`/v2/alice/app/manifests/latest`).
+        path: String,
+    },
+    /// Read a password (stdin, or a prompt without echo on a terminal) and print its
+    /// argon2id PHC hash for the user file.
+    HashPassword {
+        #[command(flatten)]
+        params: HashParams,
+    },
+    /// Edit or list the user file (atomically: other users are left untouched).
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+        /// The user file to edit (default: auth.users_file of --config).
+        #[arg(long, global = true, conflicts_with = "config")]
+        users_file: Option<PathBuf>,
+        /// Take the user file from this configuration's auth.users_file.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct HashParams {
+    /// argon2 memory cost in KiB.
+    #[arg(long, default_value_t = users::DEFAULT_M_COST)]
+    m_cost: u32,
+    /// argon2 passes.
+    #[arg(long, default_value_t = users::DEFAULT_T_COST)]
+    t_cost: u32,
+    /// argon2 lanes.
+    #[arg(long, default_value_t = users::DEFAULT_P_COST)]
+    p_cost: u32,
+}
+
+#[derive(Debug, Subcommand)]
+enum UserAction {
+    /// Add a user; the password is read from stdin or prompted for.
+    Add {
+        name: String,
+        /// Groups, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        #[command(flatten)]
+        params: HashParams,
+    },
+    /// Set a user's password.
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        params: HashParams,
+    },
+    /// Remove a user.
+    Del { name: String },
+    /// List users, their groups and whether they are disabled (never hashes).
+    List,
 }
 
 pub const EXIT_CONFIG: u8 = 64;
@@ -42,7 +112,116 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config, addr_file } => serve(config, addr_file),
         Command::Check { config } => check(config),
+        Command::Explain {
+            config,
+            user,
+            anonymous: _,
+            method,
+            path,
+        } => match explain(&config, user.as_deref(), &method, &path) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(EXIT_CONFIG, &e),
+        },
+        Command::HashPassword { params } => match read_password("Password: ").and_then(|pw| hash(&pw, &params)) {
+            Ok(phc) => {
+                println!("{phc}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(EXIT_CONFIG, &e),
+        },
+        Command::User {
+            action,
+            users_file,
+            config,
+        } => match user_command(action, users_file, config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(EXIT_CONFIG, &e),
+        },
     }
+}
+
+fn hash(password: &str, p: &HashParams) -> Result<String, String> {
+    if password.is_empty() {
+        return Err("refusing an empty password".into());
+    }
+    users::hash_password(password, p.m_cost, p.t_cost, p.p_cost)
+}
+
+/// A password from a terminal prompt (no echo, asked twice) or the first line of stdin.
+fn read_password(prompt: &str) -> Result<String, String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        let a = rpassword::prompt_password(prompt).map_err(|e| format!("cannot read the password: {e}"))?;
+        let b = rpassword::prompt_password("Again: ").map_err(|e| format!("cannot read the password: {e}"))?;
+        if a != b {
+            return Err("the two passwords differ".into());
+        }
+        Ok(a)
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+        let line = line.strip_suffix('\n').unwrap_or(&line);
+        Ok(line.strip_suffix('\r').unwrap_or(line).to_owned())
+    }
+}
+
+fn user_command(action: UserAction, users_file: Option<PathBuf>, config: Option<PathBuf>) -> Result<(), String> {
+    let path = match (users_file, config) {
+        (Some(f), _) => f,
+        (None, Some(c)) => match Config::load(&c).map_err(|e| e.to_string())?.auth {
+            Some(a) => a.users_file,
+            None => return Err(format!("{}: auth is disabled: there is no user file", c.display())),
+        },
+        (None, None) => return Err("give --users-file FILE or --config FILE".into()),
+    };
+    // Load through the checked path so an edit never writes out a file that would not load.
+    let mut file: users::UserFile = match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            users::Users::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            serde_yaml::from_str(&text).unwrap_or_default()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && matches!(action, UserAction::Add { .. }) => {
+            users::UserFile::default()
+        }
+        Err(e) => return Err(format!("{}: cannot read the user file: {e}", path.display())),
+    };
+    let find = |file: &users::UserFile, name: &str| file.users.iter().position(|u| u.name == name);
+    match action {
+        UserAction::List => {
+            for u in &file.users {
+                let groups = if u.groups.is_empty() { "-".to_owned() } else { u.groups.join(",") };
+                println!("{}\t{groups}{}", u.name, if u.disabled { "\tdisabled" } else { "" });
+            }
+            return Ok(());
+        }
+        UserAction::Add { name, groups, params } => {
+            if !users::is_valid_name(&name) {
+                return Err(format!("user {name:?}: names are 1 to {} letters, digits and ._@-", users::MAX_NAME));
+            }
+            if find(&file, &name).is_some() {
+                return Err(format!("user {name:?} already exists (use `user passwd`)"));
+            }
+            let hash = hash(&read_password(&format!("Password for {name}: "))?, &params)?;
+            file.users.push(users::UserEntry { name: name.clone(), hash, groups, disabled: false });
+            eprintln!("added user {name:?} to {}", path.display());
+        }
+        UserAction::Passwd { name, params } => {
+            let i = find(&file, &name).ok_or_else(|| format!("no user {name:?} in {}", path.display()))?;
+            file.users[i].hash = hash(&read_password(&format!("New password for {name}: "))?, &params)?;
+            eprintln!("changed the password of {name:?}");
+        }
+        UserAction::Del { name } => {
+            let i = find(&file, &name).ok_or_else(|| format!("no user {name:?} in {}", path.display()))?;
+            file.users.remove(i);
+            eprintln!("removed user {name:?}");
+        }
+    }
+    users::save(&path, &file).map_err(|e| e.to_string())
 }
 
 fn fail(code: u8, e: &dyn std::fmt::Display) -> ExitCode {
@@ -67,6 +246,7 @@ fn serve(path: PathBuf, addr_file: Option<PathBuf>) -> ExitCode {
         let server = match Server::bind(&cfg).await {
             Ok(s) => s,
             Err(e @ ServeError::Config(_)) => return fail(EXIT_CONFIG, &with_file(&path, e)),
+            Err(e @ ServeError::Users(_)) => return fail(EXIT_CONFIG, &e),
             Err(e) => return fail(EXIT_UNAVAILABLE, &e),
         };
         if let Some(f) = &addr_file {
@@ -149,8 +329,114 @@ fn check_config(path: &std::path::Path) -> Result<String, ConfigError> {
         Tls::Plaintext => "plain HTTP (no TLS)".to_owned(),
     };
     crate::proxy::upstream::Upstream::new(&cfg.upstream).map_err(in_file)?;
+    let auth = match &cfg.auth {
+        None => "auth: DISABLED (no credential check)".to_owned(),
+        Some(a) => {
+            let users = users::Users::load(&a.users_file).map_err(|e| ConfigError::new("auth.users_file", e.to_string()))?;
+            let mut s = format!("auth: {} users from {}", users.len(), a.users_file.display());
+            if let Some(access) = &cfg.access {
+                access.check_groups(&users).map_err(in_file)?;
+                s.push_str(&format!("\n  access: {} rules", access.policy.rules().len()));
+                for w in &access.warnings {
+                    s.push_str(&format!("\n  warning: {w}"));
+                }
+            }
+            s
+        }
+    };
     Ok(format!(
-        "  listen: {}\n  {tls}\n  upstream: {}",
+        "  listen: {}\n  {tls}\n  upstream: {}\n  {auth}",
         cfg.server.listen, cfg.upstream.origin
     ))
+}
+
+/// `explain`: route, needed actions, identity, decision and the rules behind it.
+fn explain(config: &std::path::Path, user: Option<&str>, method: &str, target: &str) -> Result<String, String> {
+    use crate::auth::Identity;
+    use crate::registry::{Actions, Reference, Target};
+    use std::fmt::Write;
+    let cfg = Config::load(config).map_err(|e| e.to_string())?;
+    let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| format!("{method:?} is not an HTTP method"))?;
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let mut out = String::new();
+    let route = match crate::registry::parse(&method, path, query) {
+        Ok(r) => r,
+        Err(e) => {
+            let (status, code) = crate::response::status_and_code(&e.clone().into());
+            let _ = writeln!(out, "route:    refused before any rule: {} {code}: {e}", status.as_u16());
+            return Ok(out);
+        }
+    };
+    let _ = writeln!(out, "route:    {} {method} {}", route.kind(), route.path());
+    if let Some(repo) = route.repo() {
+        let _ = writeln!(out, "repo:     {repo} (namespace {})", route.namespace().unwrap_or(repo));
+    }
+    let _ = writeln!(out, "needs:    {}", if route.actions().is_empty() { "an authenticated user".to_owned() } else { route.actions().to_string() });
+    let (Some(auth), Some(access)) = (&cfg.auth, &cfg.access) else {
+        let _ = writeln!(out, "decision: FORWARDED (auth.disabled: no identity, no rules)");
+        return Ok(out);
+    };
+    let users = users::Users::load(&auth.users_file).map_err(|e| e.to_string())?;
+    let id = match user {
+        None => Identity::Anonymous,
+        Some(name) => match users.get(name) {
+            Some(u) => Identity::User { name: u.name.clone(), groups: u.groups.clone() },
+            None => return Err(format!("no user {name:?} in {}", auth.users_file.display())),
+        },
+    };
+    match &id {
+        Identity::User { name, groups } => {
+            let _ = writeln!(out, "identity: {name} (groups: {})", if groups.is_empty() { "-".to_owned() } else { groups.join(", ") });
+        }
+        Identity::Anonymous => {
+            let _ = writeln!(out, "identity: anonymous{}", if auth.settings.anonymous { "" } else { " (auth.anonymous is false: 401)" });
+        }
+    }
+    let policy = &access.policy;
+    let Some(repo) = route.repo() else {
+        let ok = matches!(id, Identity::User { .. });
+        let _ = writeln!(out, "decision: {}", if ok { "ALLOWED (any authenticated user)" } else { "401 challenge (needs a user)" });
+        if ok && matches!(route.target, Target::Catalog { .. }) {
+            let _ = writeln!(out, "note:     the catalog lists only repositories this identity may pull");
+        }
+        return Ok(out);
+    };
+    let d = policy.decide(&id, repo, route.actions());
+    let verdict = match (&id, d.allowed) {
+        (_, true) => "ALLOWED".to_owned(),
+        (Identity::Anonymous, false) => "401 challenge".to_owned(),
+        (Identity::User { .. }, false) => "403 DENIED".to_owned(),
+    };
+    let _ = writeln!(out, "decision: {verdict}: {}", d.reason());
+    if d.allowed {
+        match (&route.method, &route.target) {
+            (&http::Method::PUT, Target::Manifest { reference: Reference::Tag(t), .. }) => {
+                if let Some(p) = policy.tag_protection(&id, repo, t) {
+                    let _ = writeln!(out, "note:     tag {t:?} is protected by {}: refused (403) if it already exists", p.label);
+                }
+            }
+            (&http::Method::DELETE, Target::Manifest { reference: Reference::Tag(t), .. }) => {
+                if let Some(p) = policy.tag_protection(&id, repo, t) {
+                    let _ = writeln!(out, "note:     tag {t:?} is protected by {}: the delete is refused (403)", p.label);
+                }
+            }
+            (&http::Method::DELETE, Target::Manifest { reference: Reference::Digest(_), .. }) if policy.has_protections(&id, repo) => {
+                let _ = writeln!(out, "note:     refused (403) if a protected tag points at this digest");
+            }
+            (_, Target::UploadStart { mount: Some(m), .. }) => {
+                let from = policy.decide(&id, &m.from, Actions::PULL);
+                let _ = writeln!(
+                    out,
+                    "mount:    from {}: {}",
+                    m.from,
+                    if from.allowed { format!("mounted ({})", from.reason()) } else { "no pull there: forwarded as a plain upload start (202)".to_owned() }
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }

@@ -55,6 +55,9 @@ impl ConfigError {
 struct RawConfig {
     server: RawServer,
     upstream: RawUpstream,
+    auth: Option<RawAuth>,
+    access: Option<RawAccess>,
+    metrics: Option<RawMetrics>,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -115,6 +118,89 @@ struct RawLimits {
     max_header_bytes: Option<usize>,
     max_manifest_bytes: Option<u64>,
     shutdown_grace: Option<String>,
+    catalog_max_n: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    users_file: Option<PathBuf>,
+    #[serde(default)]
+    disabled: bool,
+    realm: Option<String>,
+    #[serde(default)]
+    anonymous: bool,
+    cache_ttl: Option<String>,
+    cache_max_entries: Option<usize>,
+    verify_concurrency: Option<usize>,
+    #[serde(default)]
+    throttle: RawThrottle,
+    max_unauthenticated_body: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawThrottle {
+    max_failures: Option<u32>,
+    window: Option<String>,
+    max_tracked: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    #[serde(default)]
+    admins: RawWho,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+    #[serde(default)]
+    protected_tags: Vec<RawProtection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWho {
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Option<String>,
+    repos: Vec<String>,
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    anonymous: bool,
+    actions: Vec<RawAction>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawAction {
+    Pull,
+    Push,
+    Delete,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProtection {
+    repos: Vec<String>,
+    tags: Vec<String>,
+    #[serde(default)]
+    except: RawWho,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,8 +217,48 @@ struct RawLog {
 pub struct Config {
     pub server: Server,
     pub upstream: Upstream,
+    /// `None`: `auth.disabled: true`, no credential check at all.
+    pub auth: Option<Auth>,
+    /// The access rules (`None` exactly when auth is disabled).
+    pub access: Option<Access>,
+    /// Address of the Prometheus metrics listener, if any.
+    pub metrics_listen: Option<SocketAddr>,
     pub limits: Limits,
     pub log: Log,
+}
+
+/// Compiled access rules plus what validation could not check without the user file.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub policy: crate::acl::Policy,
+    /// (key, group) for every group a rule names: checked against the user file.
+    pub groups_named: Vec<(String, String)>,
+    /// Rules that grant push or delete without pull: allowed, but worth a warning.
+    pub warnings: Vec<String>,
+}
+
+impl Access {
+    /// Refuses groups no user has: a typo there would silently grant nothing.
+    pub fn check_groups(&self, users: &crate::auth::users::Users) -> Result<(), ConfigError> {
+        let known: std::collections::HashSet<&str> = users.groups().collect();
+        for (key, g) in &self.groups_named {
+            if !known.contains(g.as_str()) {
+                return Err(ConfigError::new(key.clone(), format!("unknown group {g:?}: no user in the user file is in it")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub users_file: PathBuf,
+    pub realm: String,
+    pub settings: crate::auth::AuthSettings,
+    /// A request refused before forwarding whose body was sent without
+    /// `Expect: 100-continue` is read and discarded up to this many bytes, so the client
+    /// sees the refusal instead of a reset connection.
+    pub max_unauthenticated_body: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -216,6 +342,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_manifest_bytes: u64,
     pub shutdown_grace: Duration,
+    /// Largest catalog page served (CVE-2023-2253 was an unbounded `n`).
+    pub catalog_max_n: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +397,9 @@ impl Config {
         if let Some(ca) = &mut self.upstream.ca_file {
             fix(ca);
         }
+        if let Some(auth) = &mut self.auth {
+            fix(&mut auth.users_file);
+        }
         if let Some(Credentials {
             password: SecretSource::File(f),
             ..
@@ -302,6 +433,26 @@ fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duratio
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let server = validate_server(raw.server)?;
     let upstream = validate_upstream(raw.upstream)?;
+    let auth = validate_auth(raw.auth)?;
+    let access = match (&auth, raw.access) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(ConfigError::new("access", "rules need authentication, but auth.disabled is true"))
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "access",
+                "missing: access is denied unless a rule allows it; give access.rules (see config/example.yaml)",
+            ))
+        }
+        (Some(a), Some(raw)) => Some(validate_access(raw, a.settings.anonymous)?),
+    };
+    let metrics_listen = match raw.metrics {
+        None => None,
+        Some(m) => Some(m.listen.parse::<SocketAddr>().map_err(|_| {
+            ConfigError::new("metrics.listen", format!("{:?} is not an address:port like 127.0.0.1:9090", m.listen))
+        })?),
+    };
     let l = raw.limits;
     let limits = Limits {
         header_read_timeout: duration(
@@ -336,6 +487,13 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             None => MIN_MANIFEST_BYTES,
         },
         shutdown_grace: duration("limits.shutdown_grace", l.shutdown_grace.as_deref(), Duration::from_secs(30))?,
+        catalog_max_n: match l.catalog_max_n {
+            Some(n) if n == 0 || n > 10_000 => {
+                return Err(ConfigError::new("limits.catalog_max_n", "must be between 1 and 10000"))
+            }
+            Some(n) => n,
+            None => 1000,
+        },
     };
     let log = Log {
         format: match raw.log.format.as_deref() {
@@ -352,9 +510,156 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     Ok(Config {
         server,
         upstream,
+        auth,
+        access,
+        metrics_listen,
         limits,
         log,
     })
+}
+
+fn who(key: &str, raw: RawWho, groups_named: &mut Vec<(String, String)>) -> Result<crate::acl::Who, ConfigError> {
+    for u in &raw.users {
+        if u != "*" && !crate::auth::users::is_valid_name(u) {
+            return Err(ConfigError::new(format!("{key}.users"), format!("{u:?} is not a user name or *")));
+        }
+    }
+    for g in &raw.groups {
+        groups_named.push((format!("{key}.groups"), g.clone()));
+    }
+    Ok(crate::acl::Who {
+        users: raw.users,
+        groups: raw.groups,
+        anonymous: false,
+    })
+}
+
+fn validate_access(raw: RawAccess, anonymous_enabled: bool) -> Result<Access, ConfigError> {
+    use crate::acl::{glob::Pattern, Policy, Rule, TagProtection};
+    use crate::registry::Actions;
+    let mut groups_named = Vec::new();
+    let mut warnings = Vec::new();
+    let admins = who("access.admins", raw.admins, &mut groups_named)?;
+    let mut rules = Vec::with_capacity(raw.rules.len());
+    for (i, r) in raw.rules.into_iter().enumerate() {
+        let key = format!("access.rules[{i}]");
+        let repos = r
+            .repos
+            .iter()
+            .map(|p| Pattern::repo(p).map_err(|m| ConfigError::new(format!("{key}.repos"), format!("{p:?}: {m}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        if repos.is_empty() {
+            return Err(ConfigError::new(format!("{key}.repos"), "names no repository pattern"));
+        }
+        let mut w = who(&key, RawWho { users: r.users, groups: r.groups }, &mut groups_named)?;
+        w.anonymous = r.anonymous;
+        if w.users.is_empty() && w.groups.is_empty() && !w.anonymous {
+            return Err(ConfigError::new(key, "applies to nobody: give users, groups or anonymous: true"));
+        }
+        if r.anonymous && !anonymous_enabled {
+            warnings.push(format!("{key} grants anonymous access, but auth.anonymous is false: it has no effect"));
+        }
+        let actions = r.actions.iter().fold(Actions::NONE, |a, x| {
+            a.union(match x {
+                RawAction::Pull => Actions::PULL,
+                RawAction::Push => Actions::PUSH,
+                RawAction::Delete => Actions::DELETE,
+            })
+        });
+        if actions.is_empty() {
+            return Err(ConfigError::new(format!("{key}.actions"), "grants nothing: list pull, push or delete"));
+        }
+        if !actions.contains(Actions::PULL) {
+            warnings.push(format!(
+                "{key} grants {actions} without pull: clients need pull as well, from this or another rule"
+            ));
+        }
+        rules.push(Rule {
+            label: r.name.unwrap_or(key),
+            repos,
+            who: w,
+            actions,
+        });
+    }
+    let mut protections = Vec::new();
+    for (i, p) in raw.protected_tags.into_iter().enumerate() {
+        let key = format!("access.protected_tags[{i}]");
+        let repos = p
+            .repos
+            .iter()
+            .map(|r| Pattern::repo(r).map_err(|m| ConfigError::new(format!("{key}.repos"), format!("{r:?}: {m}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tags = p
+            .tags
+            .iter()
+            .map(|t| Pattern::tag(t).map_err(|m| ConfigError::new(format!("{key}.tags"), format!("{t:?}: {m}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        if repos.is_empty() || tags.is_empty() {
+            return Err(ConfigError::new(key, "needs repos and tags"));
+        }
+        let except = who(&format!("{key}.except"), p.except, &mut groups_named)?;
+        protections.push(TagProtection {
+            label: key,
+            repos,
+            tags,
+            except,
+        });
+    }
+    Ok(Access {
+        policy: Policy::new(rules, admins, protections),
+        groups_named,
+        warnings,
+    })
+}
+
+fn validate_auth(raw: Option<RawAuth>) -> Result<Option<Auth>, ConfigError> {
+    let Some(a) = raw else {
+        return Err(ConfigError::new(
+            "auth",
+            "missing: give auth.users_file (see config/users.example.yaml), or auth.disabled: true to forward requests without checking credentials",
+        ));
+    };
+    if a.disabled {
+        if a.users_file.is_some() || a.anonymous {
+            return Err(ConfigError::new(
+                "auth.disabled",
+                "disabled: true excludes users_file and anonymous",
+            ));
+        }
+        return Ok(None);
+    }
+    let Some(users_file) = a.users_file else {
+        return Err(ConfigError::new("auth.users_file", "missing: the user file of argon2 hashes"));
+    };
+    let realm = a.realm.unwrap_or_else(|| "registry-guard".to_owned());
+    if realm.is_empty() || realm.len() > 128 || realm.bytes().any(|c| c == b'"' || c == b'\\' || !(c == b' ' || c.is_ascii_graphic())) {
+        return Err(ConfigError::new("auth.realm", "must be 1 to 128 printable ASCII characters without quotes or backslashes"));
+    }
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let positive = |key: &str, v: Option<usize>, default: usize| match v {
+        Some(0) => Err(ConfigError::new(key, "must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    let settings = crate::auth::AuthSettings {
+        anonymous: a.anonymous,
+        cache_ttl: duration("auth.cache_ttl", a.cache_ttl.as_deref(), Duration::from_secs(300))?,
+        cache_max_entries: positive("auth.cache_max_entries", a.cache_max_entries, 10_000)?,
+        verify_concurrency: positive("auth.verify_concurrency", a.verify_concurrency, cores)?,
+        max_failures: match a.throttle.max_failures {
+            Some(0) => return Err(ConfigError::new("auth.throttle.max_failures", "must be at least 1")),
+            Some(n) => n,
+            None => 10,
+        },
+        failure_window: duration("auth.throttle.window", a.throttle.window.as_deref(), Duration::from_secs(60))?,
+        max_tracked: positive("auth.throttle.max_tracked", a.throttle.max_tracked, 100_000)?,
+    };
+    Ok(Some(Auth {
+        users_file,
+        realm,
+        settings,
+        max_unauthenticated_body: a.max_unauthenticated_body.unwrap_or(1024 * 1024),
+    }))
 }
 
 fn validate_server(s: RawServer) -> Result<Server, ConfigError> {
@@ -532,7 +837,8 @@ fn validate_upstream(u: RawUpstream) -> Result<Upstream, ConfigError> {
 mod tests {
     use super::*;
 
-    const MIN: &str = "server:\n  listen: 127.0.0.1:5443\n  plaintext: true\nupstream:\n  url: http://127.0.0.1:5000\n";
+    const MIN: &str = "server:\n  listen: 127.0.0.1:5443\n  plaintext: true\nupstream:\n  url: http://127.0.0.1:5000\nauth:\n  disabled: true\n";
+    const WITH_USERS: &str = "server:\n  listen: 127.0.0.1:5443\n  plaintext: true\nupstream:\n  url: http://127.0.0.1:5000\naccess:\n  rules: []\nauth:\n  users_file: users.yaml\n";
 
     fn err(yaml: &str) -> String {
         Config::from_yaml(yaml).unwrap_err().to_string()
@@ -610,6 +916,32 @@ mod tests {
             let e = err(&yaml);
             assert!(e.starts_with(&format!("{key}: ")), "{key}: got {e}");
         }
+    }
+
+    #[test]
+    fn unknown_actions_are_named() {
+        let y = WITH_USERS.replace("rules: []", "rules:\n    - repos: ['a/**']\n      users: ['*']\n      actions: [pull, puhs]");
+        let e = err(&y);
+        assert!(e.contains("unknown variant `puhs`") && e.contains("pull, push, delete"), "{e}");
+    }
+
+    #[test]
+    fn push_without_pull_is_a_warning() {
+        let y = WITH_USERS.replace("rules: []", "rules:\n    - repos: ['a/**']\n      users: ['*']\n      actions: [push]");
+        let c = Config::from_yaml(&y).unwrap();
+        let w = &c.access.unwrap().warnings;
+        assert!(w[0].contains("access.rules[0] grants push without pull"), "{w:?}");
+    }
+
+    #[test]
+    fn auth_defaults() {
+        let c = Config::from_yaml(WITH_USERS).unwrap();
+        let a = c.auth.unwrap();
+        assert_eq!(a.realm, "registry-guard");
+        assert_eq!(a.settings.cache_ttl, Duration::from_secs(300));
+        assert_eq!(a.settings.max_failures, 10);
+        assert!(!a.settings.anonymous);
+        assert!(Config::from_yaml(MIN).unwrap().auth.is_none());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Typed errors of the request path. `response.rs` is the one place that turns them into
 //! HTTP responses; nothing else chooses a status for an error.
 
+use crate::auth::AuthError;
 use crate::registry::RouteError;
 use std::time::Duration;
 
@@ -10,6 +11,16 @@ pub enum ProxyError {
     /// The request is not a well-formed v2 route; never forwarded.
     #[error(transparent)]
     Route(#[from] RouteError),
+    /// No usable identity: 401 challenge, 400 or 429.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// An authenticated identity the rules refuse: 403, the same whether the
+    /// repository exists or not.
+    #[error("denied: {0}")]
+    Denied(String),
+    /// A form-encoded body on an upload start (distribution reads `from` from it).
+    #[error("form-encoded bodies are not accepted on upload requests")]
+    FormBody,
     /// A manifest body over `limits.max_manifest_bytes`.
     #[error("manifest body larger than {limit} bytes")]
     ManifestTooLarge { limit: u64 },

@@ -1,29 +1,49 @@
 //! The request flow, one stage after the other:
 //!
-//!     route (pure) → forward → stream back
+//!     route (pure) → identity (auth) → permit (acl) → forward → stream back
 //!
-//! (identity, permit and audit slot in between route and forward in later stages.)
-//! [`handle`] is the outer function: it never fails, it renders every error through
-//! `response.rs` and attaches the access record. [`forward`] is the inner one and
-//! returns `Result<Response, ProxyError>`.
+//! The catalog is the one route the proxy answers from several upstream requests: it is
+//! filtered to what the identity may pull (`catalog`).
+//!
+//! [`handle`] is the outer function: it never fails; it renders every error through
+//! `response.rs`, drains an unwanted request body when that lets the client read the
+//! refusal, and attaches the access record. [`serve`] is the inner one and returns
+//! `Result<Response, ProxyError>`.
 
+use crate::auth::{AuthError, Authenticator, Identity};
 use crate::error::ProxyError;
 use crate::log::{next_request_id, AccessRecord, ConnActivity, InFlight};
+use crate::metrics::Metrics;
 use crate::proxy::body::{RequestBody, ResponseBody};
 use crate::proxy::headers::{self, ForwardContext};
 use crate::proxy::upstream::Upstream;
-use crate::registry::{self, Route, Target};
+use crate::acl::Policy;
+use crate::proxy::lookup;
+use crate::registry::{self, Actions, Reference, Route, Target};
 use crate::response;
+use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What every request needs, built once at start-up.
 #[derive(Debug)]
 pub struct State {
     pub upstream: Upstream,
+    /// `None`: `auth.disabled`, every well-formed request is forwarded.
+    pub auth: Option<Authenticator>,
+    /// The access rules; present exactly when `auth` is.
+    pub policy: Option<Policy>,
+    /// Largest catalog page (`n`) served.
+    pub catalog_max_n: usize,
+    pub realm: String,
+    /// Bytes of an unwanted request body read (and discarded) so the client sees the
+    /// refusal; see [`drain`].
+    pub max_unauthenticated_body: u64,
+    pub metrics: Arc<Metrics>,
     /// Configured public origin; `None`: from each request's Host.
     pub public_origin: Option<String>,
     /// `https`, or `http` in plaintext mode.
@@ -39,43 +59,42 @@ pub struct ConnInfo {
     pub activity: Arc<ConnActivity>,
 }
 
-pub async fn handle(
-    state: Arc<State>,
-    conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
-) -> Response<ResponseBody> {
+/// Proof that a request may be forwarded: only [`permit`] makes one.
+pub struct Permit {
+    _private: (),
+}
+
+pub async fn handle(state: Arc<State>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ResponseBody> {
+    state.metrics.requests.inc();
     let request_id = next_request_id();
     let method = req.method().clone();
-    let mut record = AccessRecord::new(
-        request_id.clone(),
-        method.clone(),
-        req.uri().path(),
-        conn.peer.ip(),
-    );
+    let mut record = AccessRecord::new(request_id.clone(), method.clone(), req.uri().path(), conn.peer.ip());
     record.in_flight = Some(InFlight::new(conn.activity.clone()));
+    let (parts, body) = req.into_parts();
 
-    let result = match registry::parse(&method, req.uri().path(), req.uri().query()) {
-        Ok(route) => {
-            record.route = route.kind();
-            record.repo = route.repo().map(str::to_owned);
-            forward(&state, &conn, &route, req).await
-        }
-        Err(e) => Err(e.into()),
-    };
+    let mut body = Some(body);
+    let result = serve(&state, &conn, &parts, &mut body, &mut record).await;
     let mut resp = match result {
         Ok(resp) => {
             record.upstream_status = Some(resp.status().as_u16());
             resp
         }
         Err(e) => {
-            if matches!(
-                e,
-                ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout(_)
-            ) {
+            if matches!(e, ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout(_)) {
+                state.metrics.upstream_errors.inc();
                 tracing::warn!(request_id = %request_id, error = %e, "upstream failed");
             }
+            state.metrics.refused.inc();
             record.error = Some(e.to_string());
-            response::refusal(&e, &method)
+            let mut resp = response::refusal(&e, &method, &state.realm);
+            // The body was never forwarded: read it away where that lets the client see
+            // this answer, else close the connection after it.
+            if let Some(b) = body.take() {
+                if !drain(&parts, b, state.max_unauthenticated_body).await {
+                    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+            }
+            resp
         }
     };
     record.status = resp.status().as_u16();
@@ -85,18 +104,203 @@ pub async fn handle(
     resp.map(|b| b.metered(record))
 }
 
-/// Forwards a routed request and streams the upstream's answer back.
+/// Route, identity, permit, forward.
+async fn serve(
+    state: &State,
+    conn: &ConnInfo,
+    parts: &http::request::Parts,
+    body: &mut Option<Incoming>,
+    record: &mut AccessRecord,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let route = registry::parse(&parts.method, parts.uri.path(), parts.uri.query())?;
+    record.route = route.kind();
+    record.repo = route.repo().map(str::to_owned);
+
+    let identity = match &state.auth {
+        Some(auth) => Some(auth.identify(&parts.headers, conn.peer.ip()).await?),
+        None => None,
+    };
+    if let Some(id) = &identity {
+        record.user = Some(id.name().to_owned());
+    }
+    let (permit, query) = permit(state, identity.as_ref(), &route, parts).await?;
+    if let (Some(id), Some(policy), Target::Catalog { n, last }) = (&identity, &state.policy, &route.target) {
+        return catalog(state, policy, id, *n, last.as_deref()).await;
+    }
+    let body = body.take().ok_or(ProxyError::ClientBody("request body already used".into()))?;
+    forward(state, conn, &route, parts, query.as_deref(), body, permit).await
+}
+
+/// Decides whether the identity may make the request. Also returns the query to forward
+/// when it must differ from the client's (a refused cross-repository mount is stripped
+/// to a plain upload start).
+async fn permit(
+    state: &State,
+    identity: Option<&Identity>,
+    route: &Route,
+    parts: &http::request::Parts,
+) -> Result<(Permit, Option<String>), ProxyError> {
+    let granted = Permit { _private: () };
+    // auth.disabled: the operator chose to forward everything well-formed.
+    let (Some(id), Some(policy)) = (identity, &state.policy) else {
+        return Ok((granted, None));
+    };
+    // Anonymous requests that are not allowed get the challenge, so clients log in.
+    let refuse = |reason: String| -> ProxyError {
+        match id {
+            Identity::Anonymous => AuthError::Missing.into(),
+            Identity::User { .. } => ProxyError::Denied(reason),
+        }
+    };
+    let Some(repo) = route.repo() else {
+        // `/v2/` and the catalog: any authenticated user, as `docker login` needs.
+        return match id {
+            Identity::Anonymous => Err(AuthError::Missing.into()),
+            Identity::User { .. } => Ok((granted, None)),
+        };
+    };
+    let decision = policy.decide(id, repo, route.actions());
+    tracing::debug!(user = id.name(), repo, allowed = decision.allowed, reason = %decision.reason(), "decision");
+    if !decision.allowed {
+        // The same answer whether the repository exists or not: nothing was looked up.
+        return Err(refuse(format!("requested access to the resource is denied (needs {})", route.actions())));
+    }
+    let mut query = None;
+    match (&route.method, &route.target) {
+        (_, Target::UploadStart { mount, .. }) => {
+            // distribution also reads `mount`/`from` from a form body: refuse such bodies.
+            let form = parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+                let v = v.as_bytes();
+                starts_with_ignore_case(v, b"application/x-www-form-urlencoded")
+                    || starts_with_ignore_case(v, b"multipart/form-data")
+            });
+            if form {
+                return Err(ProxyError::FormBody);
+            }
+            if let Some(m) = mount {
+                if !policy.decide(id, &m.from, Actions::PULL).allowed {
+                    // Without pull on `from`, a plain upload start: every client falls back
+                    // to uploading the blob, and nothing of `from` is read.
+                    query = Some(registry::route::strip_query_params(parts.uri.query().unwrap_or(""), &["mount", "from"]));
+                }
+            }
+        }
+        (&Method::PUT, Target::Manifest { reference: Reference::Tag(tag), .. }) => {
+            if let Some(p) = policy.tag_protection(id, repo, tag) {
+                if lookup::manifest_digest(&state.upstream, repo, tag).await?.is_some() {
+                    return Err(refuse(format!("tag {tag:?} is protected ({}): it cannot be overwritten", p.label)));
+                }
+            }
+        }
+        (&Method::DELETE, Target::Manifest { reference: Reference::Tag(tag), .. }) => {
+            if let Some(p) = policy.tag_protection(id, repo, tag) {
+                return Err(refuse(format!("tag {tag:?} is protected ({}): it cannot be deleted", p.label)));
+            }
+        }
+        (&Method::DELETE, Target::Manifest { reference: Reference::Digest(digest), .. }) => {
+            if policy.has_protections(id, repo) {
+                protected_tags_of(state, policy, id, repo, digest).await.map_err(|e| match e {
+                    ProxyError::Denied(r) => refuse(r),
+                    other => other,
+                })?;
+            }
+        }
+        _ => {}
+    }
+    Ok((granted, query))
+}
+
+/// Most tags examined to protect a delete by digest; beyond it the delete is refused
+/// rather than risk removing a protected tag unseen.
+const MAX_TAGS_EXAMINED: usize = 10_000;
+
+/// Refuses a delete by digest that would remove a protected tag (a delete by digest
+/// removes every tag pointing at it).
+async fn protected_tags_of(state: &State, policy: &Policy, id: &Identity, repo: &str, digest: &str) -> Result<(), ProxyError> {
+    let (tags, complete) = lookup::tags(&state.upstream, repo, MAX_TAGS_EXAMINED).await?;
+    for tag in &tags {
+        if let Some(p) = policy.tag_protection(id, repo, tag) {
+            if lookup::manifest_digest(&state.upstream, repo, tag).await?.as_deref() == Some(digest) {
+                return Err(ProxyError::Denied(format!(
+                    "deleting {digest} would remove the protected tag {tag:?} ({})",
+                    p.label
+                )));
+            }
+        }
+    }
+    if !complete {
+        return Err(ProxyError::Denied(format!(
+            "{repo} has more than {MAX_TAGS_EXAMINED} tags: protected tags cannot be checked, delete by tag instead"
+        )));
+    }
+    Ok(())
+}
+
+fn starts_with_ignore_case(v: &[u8], prefix: &[u8]) -> bool {
+    v.len() >= prefix.len() && v[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+/// Upstream catalog pages requested per client page at most: bounds the time a page
+/// takes however few repositories the identity may see.
+const MAX_CATALOG_PAGES: usize = 20;
+const CATALOG_CHUNK: usize = 1000;
+
+/// The catalog filtered to what `id` may pull, filled from as many upstream pages as
+/// needed (up to a bound), with the proxy's own `Link` to the next page.
+async fn catalog(state: &State, policy: &Policy, id: &Identity, n: Option<u32>, last: Option<&str>) -> Result<Response<ResponseBody>, ProxyError> {
+    let n = n.map_or(100, |n| n as usize).min(state.catalog_max_n);
+    let mut out: Vec<String> = Vec::new();
+    let mut cursor = last.map(str::to_owned);
+    let mut more = n > 0;
+    let mut pages = 0;
+    while more && out.len() < n && pages < MAX_CATALOG_PAGES {
+        pages += 1;
+        let (names, next) = lookup::catalog_page(&state.upstream, cursor.as_deref(), CATALOG_CHUNK).await?;
+        more = next.is_some() && !names.is_empty();
+        for name in names {
+            cursor = Some(name.clone());
+            if policy.decide(id, &name, Actions::PULL).allowed {
+                out.push(name);
+                if out.len() == n {
+                    // Stopped inside an upstream page: the rest of it is still unseen.
+                    more = true;
+                    break;
+                }
+            }
+        }
+    }
+    let body = serde_json::json!({ "repositories": out });
+    let mut resp = response::own(http::StatusCode::OK, &Method::GET, Bytes::from(body.to_string()));
+    if more {
+        let next = cursor.unwrap_or_default();
+        let link = format!("</v2/_catalog?last={}&n={n}>; rel=\"next\"", form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>());
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            resp.headers_mut().insert(header::LINK, v);
+        }
+    }
+    Ok(resp)
+}
+
+/// Forwards a permitted request and streams the upstream's answer back.
 async fn forward(
     state: &State,
     conn: &ConnInfo,
     route: &Route,
-    req: Request<Incoming>,
+    parts: &http::request::Parts,
+    query: Option<&str>,
+    body: Incoming,
+    _permit: Permit,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let (mut parts, body) = req.into_parts();
+    let mut parts = parts.clone();
     let public = public_origin(state, &parts);
     let public_host = public.split_once("://").map(|(_, h)| h);
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = state.upstream.uri(path_and_query)?;
+    let path_and_query = match query {
+        // A query the permit stage rewrote (never empty-with-`?`).
+        Some(q) if q.is_empty() => parts.uri.path().to_owned(),
+        Some(q) => format!("{}?{q}", parts.uri.path()),
+        None => parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+    };
+    parts.uri = state.upstream.uri(&path_and_query)?;
     parts.version = Version::HTTP_11;
     headers::forward_request(
         &mut parts.headers,
@@ -141,6 +345,48 @@ fn is_manifest_put(route: &Route) -> bool {
     route.method == Method::PUT && matches!(route.target, Target::Manifest { .. })
 }
 
+/// Reads and discards the body of a refused HTTP/1.1 request, as nginx's lingering close
+/// does: clients that send a body before seeing a challenge (oras-py PUT/PATCH) then read
+/// the refusal instead of a reset connection. Returns whether the connection can stay
+/// open. Nothing is read when the client asked `Expect: 100-continue` (it has not sent
+/// the body and will not), on HTTP/2 (the stream is reset on its own) or past the bounds.
+async fn drain(parts: &http::request::Parts, mut body: Incoming, max_bytes: u64) -> bool {
+    use http_body::Body as _;
+    if body.is_end_stream() {
+        return true;
+    }
+    if parts.version == Version::HTTP_2 {
+        return true;
+    }
+    let expects_continue = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        return false;
+    }
+    let announced = body.size_hint().exact();
+    if announced.is_some_and(|n| n > max_bytes) {
+        return false;
+    }
+    let read = async {
+        let mut seen: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    seen += f.data_ref().map_or(0, |d| d.len() as u64);
+                    if seen > max_bytes {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    };
+    tokio::time::timeout(Duration::from_secs(5), read).await.unwrap_or(false)
+}
+
 /// The origin clients used: the configured one, else the request's own authority (h2) or
 /// Host (h1) when it is a plausible host, else the listening address.
 fn public_origin(state: &State, parts: &http::request::Parts) -> String {
@@ -151,12 +397,7 @@ fn public_origin(state: &State, parts: &http::request::Parts) -> String {
         .uri
         .authority()
         .map(|a| a.as_str())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-        })
+        .or_else(|| parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()))
         .filter(|h| is_plausible_host(h));
     match host {
         Some(h) => format!("{}://{h}", state.proto),
@@ -167,6 +408,7 @@ fn public_origin(state: &State, parts: &http::request::Parts) -> String {
 fn is_plausible_host(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 255
-        && h.bytes()
+        && h
+            .bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':' | b'[' | b']'))
 }

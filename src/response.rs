@@ -3,6 +3,7 @@
 //! all carry `Docker-Distribution-API-Version: registry/2.0`. [`status_and_code`] is the
 //! one mapping from error to status and code; a test pins it.
 
+use crate::auth::AuthError;
 use crate::error::ProxyError;
 use crate::proxy::body::ResponseBody;
 use crate::registry::RouteError;
@@ -23,6 +24,13 @@ pub fn status_and_code(e: &ProxyError) -> (StatusCode, &'static str) {
             RouteError::UploadInvalid => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
             RouteError::QueryInvalid(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
         },
+        ProxyError::Auth(a) => match a {
+            AuthError::Missing | AuthError::Invalid(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            AuthError::Ambiguous => (StatusCode::BAD_REQUEST, "UNAUTHORIZED"),
+            AuthError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
+        },
+        ProxyError::Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
+        ProxyError::FormBody => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
         ProxyError::ManifestTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
         ProxyError::ClientBody(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
         ProxyError::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
@@ -34,6 +42,8 @@ pub fn status_and_code(e: &ProxyError) -> (StatusCode, &'static str) {
 /// OS errors) is for the proxy's log, not for clients.
 fn client_message(e: &ProxyError) -> String {
     match e {
+        ProxyError::Auth(AuthError::Missing) => "authentication required".into(),
+        ProxyError::Denied(reason) => reason.clone(),
         ProxyError::UpstreamUnavailable(_) => {
             "the registry behind this proxy is unavailable".into()
         }
@@ -44,12 +54,29 @@ fn client_message(e: &ProxyError) -> String {
     }
 }
 
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    errors: [ErrorEntry<'a>; 1],
+}
+
+/// Field order as distribution writes it: code, message, detail.
+#[derive(serde::Serialize)]
+struct ErrorEntry<'a> {
+    code: &'a str,
+    message: &'a str,
+    detail: Option<()>,
+}
+
 /// The registry JSON error body.
 pub fn error_body(code: &str, message: &str) -> Bytes {
-    let body = serde_json::json!({
-        "errors": [{ "code": code, "message": message, "detail": null }]
-    });
-    Bytes::from(body.to_string())
+    let body = ErrorBody {
+        errors: [ErrorEntry {
+            code,
+            message,
+            detail: None,
+        }],
+    };
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
 /// A response made by the proxy itself: JSON body (none for HEAD) and the API header.
@@ -72,10 +99,22 @@ pub fn own(status: StatusCode, method: &Method, body: Bytes) -> Response<Respons
     resp
 }
 
-/// Renders an error.
-pub fn refusal(e: &ProxyError, method: &Method) -> Response<ResponseBody> {
+/// Renders an error. `realm` goes into the Basic challenge of a 401.
+pub fn refusal(e: &ProxyError, method: &Method, realm: &str) -> Response<ResponseBody> {
     let (status, code) = status_and_code(e);
-    own(status, method, error_body(code, &client_message(e)))
+    let mut resp = own(status, method, error_body(code, &client_message(e)));
+    let h = resp.headers_mut();
+    if status == StatusCode::UNAUTHORIZED {
+        if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\"")) {
+            h.insert(header::WWW_AUTHENTICATE, v);
+        }
+    }
+    if let ProxyError::Auth(AuthError::Throttled(retry)) = e {
+        // Whole seconds, rounded up: a client retrying at once would only be refused again.
+        let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
+    resp
 }
 
 #[cfg(test)]
@@ -125,7 +164,7 @@ mod tests {
 
     #[tokio::test]
     async fn refusals_are_registry_json_with_the_api_header() {
-        let r = refusal(&RouteError::NotFound("not a v2 path").into(), &Method::GET);
+        let r = refusal(&RouteError::NotFound("not a v2 path").into(), &Method::GET, "r");
         assert_eq!(r.status(), 404);
         assert_eq!(r.headers()[API_VERSION_HEADER], "registry/2.0");
         let body = r.into_body().collect().await.unwrap().to_bytes();
@@ -137,9 +176,26 @@ mod tests {
 
     #[tokio::test]
     async fn head_refusals_have_no_body_but_keep_the_length() {
-        let r = refusal(&RouteError::NotFound("x").into(), &Method::HEAD);
+        let r = refusal(&RouteError::NotFound("x").into(), &Method::HEAD, "r");
         assert_ne!(r.headers()[header::CONTENT_LENGTH], "0");
         assert!(r.into_body().collect().await.unwrap().to_bytes().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_challenge_is_exactly_what_clients_expect() {
+        let r = refusal(&AuthError::Missing.into(), &Method::GET, "registry-guard");
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Basic realm=\"registry-guard\"");
+        assert_eq!(r.headers()[API_VERSION_HEADER], "registry/2.0");
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            &body[..],
+            br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}"#
+        );
+        let r = refusal(&AuthError::Throttled(Duration::from_millis(2500)).into(), &Method::GET, "r");
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+        assert!(!r.headers().contains_key(header::WWW_AUTHENTICATE));
     }
 
     #[test]

@@ -6,6 +6,9 @@
 use crate::config::{Config, ConfigError, Limits, Tls};
 use crate::handler::{self, ConnInfo, State};
 use crate::log::{now_ms, ConnActivity};
+use crate::auth::users::Users;
+use crate::auth::Authenticator;
+use crate::metrics::Metrics;
 use crate::proxy::upstream::Upstream;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -34,14 +37,20 @@ pub enum ServeError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("cannot write the address file {path}: {source}")]
     AddrFile { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Users(#[from] crate::auth::users::UsersError),
+    #[error("metrics.listen: cannot listen on {addr}: {source}")]
+    MetricsBind { addr: SocketAddr, source: io::Error },
 }
 
 /// A bound, ready server.
 pub struct Server {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     acceptor: Option<TlsAcceptor>,
     state: Arc<State>,
     limits: Limits,
+    users_file: Option<PathBuf>,
 }
 
 impl Server {
@@ -50,6 +59,24 @@ impl Server {
     pub async fn bind(cfg: &Config) -> Result<Server, ServeError> {
         let tls = crate::tls::server_config(&cfg.server.tls)?;
         let upstream = Upstream::new(&cfg.upstream)?;
+        let metrics = Arc::new(Metrics::default());
+        let auth = match &cfg.auth {
+            Some(a) => {
+                let users = Users::load(&a.users_file)?;
+                if let Some(access) = &cfg.access {
+                    access.check_groups(&users)?;
+                    for w in &access.warnings {
+                        tracing::warn!("{w}");
+                    }
+                }
+                tracing::info!(users = users.len(), file = %a.users_file.display(), "user file loaded");
+                Some(Authenticator::new(users, &a.settings, metrics.clone()))
+            }
+            None => {
+                tracing::warn!("auth.disabled: true: every well-formed request is forwarded without a credential check");
+                None
+            }
+        };
         let addr = cfg.server.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -62,8 +89,22 @@ impl Server {
                 "serving plain HTTP (server.plaintext: true): credentials cross the network in clear unless a TLS terminator sits in front"
             );
         }
+        let metrics_listener = match cfg.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServeError::MetricsBind { addr, source })?,
+            ),
+            None => None,
+        };
         let state = Arc::new(State {
             upstream,
+            auth,
+            policy: cfg.access.as_ref().map(|a| a.policy.clone()),
+            catalog_max_n: cfg.limits.catalog_max_n,
+            realm: cfg.auth.as_ref().map_or_else(|| "registry-guard".to_owned(), |a| a.realm.clone()),
+            max_unauthenticated_body: cfg.auth.as_ref().map_or(1024 * 1024, |a| a.max_unauthenticated_body),
+            metrics,
             public_origin: cfg.server.public_origin.clone(),
             proto: if tls.is_some() { "https" } else { "http" },
             max_manifest_bytes: cfg.limits.max_manifest_bytes,
@@ -71,9 +112,11 @@ impl Server {
         });
         Ok(Server {
             listener,
+            metrics_listener,
             acceptor: tls.map(TlsAcceptor::from),
             state,
             limits: cfg.limits.clone(),
+            users_file: cfg.auth.as_ref().map(|a| a.users_file.clone()),
         })
     }
 
@@ -97,10 +140,18 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Server {
             listener,
+            metrics_listener,
             acceptor,
             state,
             limits,
+            users_file,
         } = self;
+        if let Some(l) = metrics_listener {
+            tokio::spawn(serve_metrics(l, state.metrics.clone()));
+        }
+        if let Some(f) = users_file {
+            tokio::spawn(watch_users(f, state.clone()));
+        }
         let limits = Arc::new(limits);
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         // Each connection holds a receiver; `closed()` resolves when the last is gone.
@@ -314,5 +365,74 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Reloads the user file when it changes (checked every 2 s, and at once on SIGHUP).
+/// A file that fails to load keeps the previous snapshot and says why.
+async fn watch_users(path: PathBuf, state: Arc<State>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len(), std::os::unix::fs::MetadataExt::ino(&m)))
+    };
+    let mut last = stamp(&path);
+    let mut hup = signal(SignalKind::hangup()).ok();
+    loop {
+        let forced = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+            Some(_) = async { match &mut hup { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        let now = stamp(&path);
+        if !forced && now == last {
+            continue;
+        }
+        last = now;
+        let Some(auth) = &state.auth else { return };
+        let p = path.clone();
+        match tokio::task::spawn_blocking(move || Users::load(&p)).await {
+            Ok(Ok(users)) => {
+                tracing::info!(users = users.len(), file = %path.display(), "user file reloaded");
+                auth.replace_users(users);
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "user file not reloaded; the previous one stays in force"),
+            Err(e) => tracing::error!(error = %e, "user file reload failed"),
+        }
+    }
+}
+
+/// The Prometheus metrics listener: plain HTTP, `GET /metrics`.
+async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    let (status, body) = if req.uri().path() == "/metrics" {
+                        (200, metrics.render())
+                    } else {
+                        (404, "not found\n".to_owned())
+                    };
+                    let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+                    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+                    resp.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                    );
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
     }
 }

@@ -13,6 +13,19 @@
 //!   namespace, so no per-namespace rule could be enforced on them.
 
 use super::grammar;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripping_mount_keeps_everything_else_byte_for_byte() {
+        let q = "mount=sha256%3Aab&from=bob%2Fapp&x=1%2B2&%6Dount=y&digest=sha256:cd";
+        assert_eq!(strip_query_params(q, &["mount", "from"]), "x=1%2B2&digest=sha256:cd");
+        assert_eq!(strip_query_params("mount=a&from=b", &["mount", "from"]), "");
+        assert_eq!(strip_query_params("", &["mount"]), "");
+    }
+}
 use http::Method;
 use std::fmt;
 
@@ -426,6 +439,23 @@ fn single_digest_param(query: Option<&str>) -> Result<(), RouteError> {
         grammar::check_digest(&d).map_err(|p| RouteError::DigestInvalid(p.message()))?;
     }
     Ok(())
+}
+
+/// `query` without the parameters named in `drop`; every other pair is kept byte for
+/// byte, in order. Keys are compared decoded (`%6Dount` is `mount`).
+pub fn strip_query_params(query: &str, drop: &[&str]) -> String {
+    query
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split('=').next().unwrap_or("");
+            let decoded: String = form_urlencoded::parse(key.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default();
+            !pair.is_empty() && !drop.contains(&decoded.as_str())
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// The methods each route has (checklist section A).
