@@ -361,6 +361,12 @@ pub struct Log {
 pub const MIN_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
 /// hyper's smallest read buffer; the header cap cannot be lower.
 pub const MIN_HEADER_BYTES: usize = 8192;
+/// A header cap above this is no cap.
+pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
+/// More connections than this is a typo (and more than a semaphore can count).
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+/// Longest timeout or period accepted: longer ones are typos, and overflow clocks.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 impl Config {
     /// Reads and validates a config file; every error names the file.
@@ -427,6 +433,9 @@ fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duratio
     if d.is_zero() {
         return Err(ConfigError::new(key, "must be greater than zero"));
     }
+    if d > MAX_DURATION {
+        return Err(ConfigError::new(key, "must be at most 24h"));
+    }
     Ok(d)
 }
 
@@ -462,15 +471,20 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         )?,
         idle_timeout: duration("limits.idle_timeout", l.idle_timeout.as_deref(), Duration::from_secs(120))?,
         max_connections: match l.max_connections {
-            Some(0) => return Err(ConfigError::new("limits.max_connections", "must be at least 1")),
+            Some(n) if n == 0 || n > MAX_CONNECTIONS => {
+                return Err(ConfigError::new(
+                    "limits.max_connections",
+                    format!("must be between 1 and {MAX_CONNECTIONS}"),
+                ))
+            }
             Some(n) => n,
             None => 4096,
         },
         max_header_bytes: match l.max_header_bytes {
-            Some(n) if n < MIN_HEADER_BYTES => {
+            Some(n) if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&n) => {
                 return Err(ConfigError::new(
                     "limits.max_header_bytes",
-                    format!("must be at least {MIN_HEADER_BYTES}"),
+                    format!("must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}"),
                 ))
             }
             Some(n) => n,

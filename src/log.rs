@@ -28,6 +28,8 @@ pub fn init(format: LogFormat) {
 #[derive(Debug, Default)]
 pub struct ConnActivity {
     pub in_flight: AtomicUsize,
+    /// Requests seen on the connection so far.
+    pub requests: AtomicU64,
     /// Milliseconds since [`process_clock`] of the last byte read or written.
     pub last_io_ms: AtomicU64,
 }
@@ -49,6 +51,7 @@ pub struct InFlight(Arc<ConnActivity>);
 impl InFlight {
     pub fn new(conn: Arc<ConnActivity>) -> Self {
         conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        conn.requests.fetch_add(1, Ordering::Relaxed);
         InFlight(conn)
     }
 }

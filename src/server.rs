@@ -224,7 +224,7 @@ async fn serve_connection(
         None => {
             let io = TokioIo::new(ActivityIo::new(tcp, activity.clone()));
             let c = http1_builder(limits).serve_connection(io, svc);
-            drive(c, stop, &activity, limits.idle_timeout).await;
+            drive(c, stop, &activity, limits).await;
         }
         Some(acceptor) => {
             let tls = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp))
@@ -251,10 +251,10 @@ async fn serve_connection(
                     .adaptive_window(true)
                     .keep_alive_interval(Some(Duration::from_secs(30)))
                     .serve_connection(io, svc);
-                drive(c, stop, &activity, limits.idle_timeout).await;
+                drive(c, stop, &activity, limits).await;
             } else {
                 let c = http1_builder(limits).serve_connection(io, svc);
-                drive(c, stop, &activity, limits.idle_timeout).await;
+                drive(c, stop, &activity, limits).await;
             }
         }
     }
@@ -270,16 +270,29 @@ fn http1_builder(limits: &Limits) -> http1::Builder {
     b
 }
 
+/// How long a connection asked to close gracefully while idle may take to do so.
+/// hyper's HTTP/2 server ignores a graceful shutdown while it waits for the client's
+/// preface, so a silent client would otherwise keep its connection slot forever.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(1);
+
 /// Runs a connection until it ends, shutting it down gracefully on server shutdown or
-/// when it has been idle (no request in flight, no byte moved) for `idle`.
-async fn drive<C>(conn: C, mut stop: watch::Receiver<bool>, activity: &ConnActivity, idle: Duration)
-where
+/// when it has been idle (no request in flight, no byte moved) for `idle_timeout` —
+/// or for `header_read_timeout` before its first request. An idle connection that does
+/// not close within [`CLOSE_DEADLINE`] is dropped.
+async fn drive<C>(
+    conn: C,
+    mut stop: watch::Receiver<bool>,
+    activity: &ConnActivity,
+    limits: &Limits,
+) where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
 {
     let mut conn = pin!(conn);
-    let tick = (idle / 4).max(Duration::from_millis(100));
+    let first = limits.idle_timeout.min(limits.header_read_timeout);
+    let tick = (first / 4).max(Duration::from_millis(100));
     let mut shutting_down = false;
+    let mut drop_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -292,13 +305,22 @@ where
                 let _ = changed;
                 shutting_down = true;
                 conn.as_mut().graceful_shutdown();
+                if activity.in_flight.load(Ordering::Acquire) == 0 {
+                    drop_at = Some(tokio::time::Instant::now() + CLOSE_DEADLINE);
+                }
             }
             _ = tokio::time::sleep(tick), if !shutting_down => {
+                let limit = if activity.requests.load(Ordering::Relaxed) == 0 { first } else { limits.idle_timeout };
                 let quiet_ms = now_ms().saturating_sub(activity.last_io_ms.load(Ordering::Acquire));
-                if activity.in_flight.load(Ordering::Acquire) == 0 && quiet_ms >= idle.as_millis() as u64 {
+                if activity.in_flight.load(Ordering::Acquire) == 0 && quiet_ms >= limit.as_millis() as u64 {
                     shutting_down = true;
                     conn.as_mut().graceful_shutdown();
+                    drop_at = Some(tokio::time::Instant::now() + CLOSE_DEADLINE);
                 }
+            }
+            _ = async { match drop_at { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                tracing::debug!("idle connection did not close in time: dropped");
+                return;
             }
         }
     }

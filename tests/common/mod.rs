@@ -183,6 +183,9 @@ pub struct ProxyBuilder {
     upstream: String,
     tls: TlsMode,
     extra: String,
+    server_extra: String,
+    upstream_extra: String,
+    response_header_timeout: String,
     env: Vec<(String, String)>,
 }
 
@@ -194,6 +197,23 @@ impl ProxyBuilder {
     /// Extra top-level YAML (e.g. a `limits:` section).
     pub fn extra_yaml(mut self, yaml: &str) -> Self {
         self.extra.push_str(yaml);
+        self
+    }
+    /// Extra keys under `server:`, each line indented by two spaces
+    /// (e.g. `"  public_url: https://registry.example\n"`).
+    pub fn server_yaml(mut self, yaml: &str) -> Self {
+        self.server_extra.push_str(yaml);
+        self
+    }
+    /// Extra keys under `upstream:`, each line indented by two spaces (e.g. a
+    /// `credentials:` block). `response_header_timeout` has its own method.
+    pub fn upstream_yaml(mut self, yaml: &str) -> Self {
+        self.upstream_extra.push_str(yaml);
+        self
+    }
+    /// `upstream.response_header_timeout` (default `5s`).
+    pub fn response_header_timeout(mut self, d: &str) -> Self {
+        self.response_header_timeout = d.to_owned();
         self
     }
     /// An environment variable for the proxy process.
@@ -211,8 +231,12 @@ impl ProxyBuilder {
             TlsMode::Plaintext => "  plaintext: true\n".to_owned(),
         };
         let yaml = format!(
-            "server:\n  listen: 127.0.0.1:0\n{tls}upstream:\n  url: {}\n  connect_timeout: 2s\n  response_header_timeout: 5s\n{}",
-            self.upstream, self.extra
+            "server:\n  listen: 127.0.0.1:0\n{tls}{}upstream:\n  url: {}\n  connect_timeout: 2s\n  response_header_timeout: {}\n{}{}",
+            self.server_extra,
+            self.upstream,
+            self.response_header_timeout,
+            self.upstream_extra,
+            self.extra
         );
         Proxy::start_config(
             dir,
@@ -229,6 +253,9 @@ impl Proxy {
             upstream: upstream.to_owned(),
             tls: TlsMode::SelfSigned,
             extra: String::new(),
+            server_extra: String::new(),
+            upstream_extra: String::new(),
+            response_header_timeout: "5s".to_owned(),
             env: Vec::new(),
         }
     }
@@ -338,6 +365,37 @@ impl Drop for Proxy {
             stop_child(c);
         }
     }
+}
+
+/// Kibibytes of a `/proc/<pid>/status` field such as `VmHWM` (peak RSS) or `VmRSS`.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Like [`run_cli`], for commands that might not exit by themselves (`serve`): the
+/// process is killed after `limit`. Returns the output and whether it exited by itself.
+pub fn run_cli_for(args: &[&str], cwd: &Path, limit: Duration) -> (std::process::Output, bool) {
+    let mut child = Command::new(bin())
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run registry-guard");
+    let exited = wait_for(limit, || child.try_wait().ok().flatten()).is_some();
+    if !exited {
+        let _ = child.kill();
+    }
+    (child.wait_with_output().expect("collect output"), exited)
 }
 
 /// Runs `registry-guard` with arguments, returning its output.

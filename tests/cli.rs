@@ -1,0 +1,527 @@
+//! The command line and start-up errors: `check` accepts good configs and prints OK;
+//! every bad config exits 64 with a message naming the file and the key, from `check`
+//! and from `serve` alike, and `serve` then listens on nothing; a busy port exits 69;
+//! the self-signed CA is usable by curl; plaintext warns; garbage never panics.
+mod common;
+use common::*;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// A folder holding one config file and whatever it names.
+struct Case {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Case {
+    fn new(yaml: &str) -> Case {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("registry-guard.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        Case { dir, config }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn write(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+    fn check(&self) -> Output {
+        run_cli(
+            &["check", "--config", self.config.to_str().unwrap()],
+            self.dir.path(),
+        )
+    }
+    /// `serve`, killed after 10 s if it does not exit by itself.
+    fn serve(&self) -> (Output, bool) {
+        let addr_file = self.path("addr");
+        run_cli_for(
+            &[
+                "serve",
+                "--config",
+                self.config.to_str().unwrap(),
+                "--addr-file",
+                addr_file.to_str().unwrap(),
+            ],
+            self.dir.path(),
+            Duration::from_secs(10),
+        )
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn code(o: &Output) -> Option<i32> {
+    o.status.code()
+}
+
+/// A self-signed certificate for localhost and 127.0.0.1 and its key, PEM.
+fn cert_and_key() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+const UPSTREAM: &str = "upstream:\n  url: http://127.0.0.1:5000\n";
+
+fn plaintext_on(port: u16) -> String {
+    format!("server:\n  listen: 127.0.0.1:{port}\n  plaintext: true\n{UPSTREAM}")
+}
+
+fn tls_files_on(port: u16, cert: &Path, key: &Path) -> String {
+    format!(
+        "server:\n  listen: 127.0.0.1:{port}\n  tls:\n    cert: {}\n    key: {}\n{UPSTREAM}",
+        cert.display(),
+        key.display()
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Good configs.
+
+#[test]
+fn check_accepts_good_configs_and_prints_ok() {
+    // Files mode, with a real certificate and key (relative paths: next to the config).
+    let (cert, key) = cert_and_key();
+    let case = Case::new(&tls_files_on(
+        5443,
+        Path::new("cert.pem"),
+        Path::new("key.pem"),
+    ));
+    case.write("cert.pem", cert);
+    case.write("key.pem", key);
+    let out = case.check();
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("{}: OK\n", case.config.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "TLS from {} and {}",
+            case.path("cert.pem").display(),
+            case.path("key.pem").display()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("upstream: http://127.0.0.1:5000"),
+        "{stdout}"
+    );
+    assert_eq!(text(&out.stderr), "");
+
+    // Self-signed mode: check reports where the CA would go, and writes nothing.
+    let case = Case::new(&format!(
+        "server:\n  listen: 127.0.0.1:5443\n  tls:\n    self_signed:\n      ca_out: out/ca.pem\n      names: [localhost, 127.0.0.1]\n{UPSTREAM}"
+    ));
+    let out = case.check();
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("{}: OK\n", case.config.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("TLS self-signed for localhost, 127.0.0.1"),
+        "{stdout}"
+    );
+    assert!(!case.path("out").exists(), "check wrote the CA");
+
+    // Plaintext mode, with every limits key and upstream credentials from the environment.
+    let case = Case::new(&format!(
+        "{}  credentials:\n    username: rg\n    password_env: RG_CLI_TEST_PW\nlimits:\n  header_read_timeout: 1s\n  idle_timeout: 2m\n  max_connections: 10\n  max_header_bytes: 16384\n  max_manifest_bytes: 8388608\n  shutdown_grace: 500ms\nlog:\n  format: json\n",
+        plaintext_on(5443)
+    ));
+    let out = Command::new(bin())
+        .args(["check", "--config", case.config.to_str().unwrap()])
+        .env("RG_CLI_TEST_PW", "pw")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("{}: OK\n", case.config.display())),
+        "{stdout}"
+    );
+    assert!(stdout.contains("plain HTTP (no TLS)"), "{stdout}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Bad configs: exit 64, the file and the key named, from check and serve alike.
+
+/// One bad config: the YAML (with `PORT` for the listen port), files to write next to
+/// it, and what the message must hold besides the config file's name.
+struct Bad {
+    what: &'static str,
+    yaml: String,
+    files: Vec<(&'static str, Vec<u8>)>,
+    expect: Vec<String>,
+}
+
+fn bad_cases() -> Vec<Bad> {
+    let (cert, key) = cert_and_key();
+    let (_, other_key) = cert_and_key();
+    let plain = plaintext_on(0).replace("127.0.0.1:0", "127.0.0.1:PORT");
+    let files = |cert: &str, key: &str| tls_files_on(0, Path::new(cert), Path::new(key));
+    let files = |c: &str, k: &str| files(c, k).replace("127.0.0.1:0", "127.0.0.1:PORT");
+    vec![
+        Bad {
+            what: "unknown key",
+            yaml: format!("{plain}limits:\n  max_conections: 3\n"),
+            files: vec![],
+            expect: vec!["limits: unknown field `max_conections`".into()],
+        },
+        Bad {
+            what: "bad duration",
+            yaml: format!("{plain}limits:\n  idle_timeout: soon\n"),
+            files: vec![],
+            expect: vec![
+                "limits.idle_timeout: ".into(),
+                "\"soon\" is not a duration".into(),
+            ],
+        },
+        Bad {
+            what: "bad upstream URL",
+            yaml: plain.replace("http://127.0.0.1:5000", "ftp://registry.example"),
+            files: vec![],
+            expect: vec![
+                "upstream.url: ".into(),
+                "must start with http:// or https://".into(),
+            ],
+        },
+        Bad {
+            what: "missing cert file",
+            yaml: files("missing.pem", "key.pem"),
+            files: vec![("key.pem", key.clone().into_bytes())],
+            expect: vec!["server.tls.cert: cannot read ".into(), "missing.pem".into()],
+        },
+        Bad {
+            what: "cert file without a certificate",
+            yaml: files("cert.pem", "key.pem"),
+            files: vec![
+                ("cert.pem", key.clone().into_bytes()),
+                ("key.pem", key.clone().into_bytes()),
+            ],
+            expect: vec![
+                "server.tls.cert: ".into(),
+                "cert.pem: holds no CERTIFICATE block".into(),
+            ],
+        },
+        Bad {
+            what: "key file that is not a key",
+            yaml: files("cert.pem", "key.pem"),
+            files: vec![
+                ("cert.pem", cert.clone().into_bytes()),
+                ("key.pem", cert.clone().into_bytes()),
+            ],
+            expect: vec![
+                "server.tls.key: ".into(),
+                "key.pem: no usable private key".into(),
+            ],
+        },
+        Bad {
+            what: "cert and key that do not match",
+            yaml: files("cert.pem", "key.pem"),
+            files: vec![
+                ("cert.pem", cert.clone().into_bytes()),
+                ("key.pem", other_key.into_bytes()),
+            ],
+            expect: vec![
+                "server.tls.key: ".into(),
+                "do not form a usable certificate and key".into(),
+            ],
+        },
+        Bad {
+            what: "missing password_file",
+            yaml: format!(
+                "{plain}  credentials:\n    username: rg\n    password_file: no-such-secret\n"
+            ),
+            files: vec![],
+            expect: vec![
+                "upstream.credentials.password_file: cannot read ".into(),
+                "no-such-secret".into(),
+            ],
+        },
+        Bad {
+            what: "password_env naming an unset variable",
+            yaml: format!(
+                "{plain}  credentials:\n    username: rg\n    password_env: RG_CLI_TEST_SURELY_UNSET\n"
+            ),
+            files: vec![],
+            expect: vec![
+                "upstream.credentials.password_env: ".into(),
+                "RG_CLI_TEST_SURELY_UNSET is not set".into(),
+            ],
+        },
+    ]
+}
+
+#[test]
+fn bad_configs_exit_64_naming_the_file_and_the_key_from_check_and_serve() {
+    for bad in bad_cases() {
+        let port = free_port();
+        let case = Case::new(&bad.yaml.replace("PORT", &port.to_string()));
+        for (name, content) in &bad.files {
+            case.write(name, content);
+        }
+        let file = case.config.display().to_string();
+
+        let out = case.check();
+        let stderr = text(&out.stderr);
+        eprintln!("{}: {stderr}", bad.what);
+        assert_eq!(code(&out), Some(64), "{}: check: {stderr}", bad.what);
+        assert!(
+            stderr.starts_with(&format!("registry-guard: {file}: ")),
+            "{}: check: {stderr}",
+            bad.what
+        );
+        for e in &bad.expect {
+            assert!(stderr.contains(e.as_str()), "{}: check: {stderr}", bad.what);
+        }
+        assert_eq!(text(&out.stdout), "", "{}", bad.what);
+
+        let (served, exited) = case.serve();
+        assert!(exited, "{}: serve did not exit", bad.what);
+        assert_eq!(code(&served), Some(64), "{}: serve", bad.what);
+        let serve_err = text(&served.stderr);
+        assert!(
+            serve_err.ends_with(&stderr),
+            "{}: serve said\n{serve_err}\ncheck said\n{stderr}",
+            bad.what
+        );
+        assert!(!serve_err.contains("listening"), "{}", bad.what);
+        assert!(
+            !case.path("addr").exists(),
+            "{}: serve wrote its address",
+            bad.what
+        );
+        // Nothing holds the port.
+        assert!(
+            TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "{}: port {port} still taken",
+            bad.what
+        );
+    }
+}
+
+#[test]
+fn serve_on_a_busy_port_exits_69_naming_server_listen() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let case = Case::new(&plaintext_on(addr.port()));
+    let (out, exited) = case.serve();
+    assert!(exited, "serve kept running on a busy port");
+    assert_eq!(code(&out), Some(69));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "registry-guard: server.listen: cannot listen on {addr}: "
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Address already in use"), "{stderr}");
+    assert!(!case.path("addr").exists());
+}
+
+// ---------------------------------------------------------------------------------------
+// Self-signed and plaintext start-up.
+
+#[test]
+fn self_signed_mode_writes_a_ca_that_curl_verifies_by_ip_and_name() {
+    if !have("curl") {
+        return;
+    }
+    let proxy = Proxy::start(&format!("http://127.0.0.1:{}", free_port()));
+    let pem = std::fs::read_to_string(&proxy.ca).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"), "{pem}");
+    assert_eq!(pem.matches("-----BEGIN CERTIFICATE-----").count(), 1);
+    assert!(!pem.contains("PRIVATE KEY"));
+    let port = proxy.addr.port();
+    for host in ["127.0.0.1", "localhost"] {
+        let url = format!("https://{host}:{port}/v2/");
+        let out = proxy.curl(&["-o", "/dev/null", "-w", "%{http_code}", &url]);
+        assert!(
+            out.status.success(),
+            "{url}: curl {:?}: {}",
+            out.status,
+            text(&out.stderr)
+        );
+        // The upstream is down: the proxy's own 502, over verified TLS.
+        assert_eq!(text(&out.stdout), "502", "{url}");
+
+        // Without the CA, the same URL fails verification (curl exit 60).
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-o", "/dev/null", &url])
+            .env("CURL_CA_BUNDLE", "/nonexistent")
+            .env("SSL_CERT_FILE", "/nonexistent")
+            .env("SSL_CERT_DIR", "/nonexistent")
+            .output()
+            .unwrap();
+        assert!(
+            matches!(out.status.code(), Some(60) | Some(77)),
+            "{url} verified without the CA: {:?} {}",
+            out.status,
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn plaintext_mode_warns_about_plain_http() {
+    let mut proxy = Proxy::builder(&format!("http://127.0.0.1:{}", free_port()))
+        .tls(TlsMode::Plaintext)
+        .start();
+    assert!(proxy.base.starts_with("http://"));
+    assert_eq!(http_status(proxy.addr, "/v2/"), Some(502));
+    let logs = proxy.logs();
+    let warning = logs
+        .lines()
+        .find(|l| l.contains("plain HTTP"))
+        .unwrap_or_else(|| panic!("no plain HTTP warning:\n{logs}"));
+    assert!(warning.contains(" WARN "), "{warning}");
+    let st = proxy.terminate(Duration::from_secs(10)).unwrap();
+    assert!(st.success(), "{st:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Garbage.
+
+#[test]
+fn garbage_configs_exit_64_without_panicking() {
+    let plain = plaintext_on(5443);
+    let mut laughs = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..12 {
+        let prev = (b'a' + i - 1) as char;
+        let cur = (b'a' + i) as char;
+        laughs.push_str(&format!(
+            "{cur}: &{cur} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+        ));
+    }
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty file", vec![]),
+        ("only a comment", b"# nothing\n".to_vec()),
+        (
+            "binary bytes",
+            (0..=255u8).cycle().take(4096).collect::<Vec<u8>>(),
+        ),
+        ("invalid UTF-8", b"server:\n  listen: \xff\xfe\n".to_vec()),
+        (
+            "control characters",
+            (0..32u8).chain(b"server: x\n".iter().copied()).collect(),
+        ),
+        ("a list at the top", b"- server\n- upstream\n".to_vec()),
+        ("a scalar at the top", b"42\n".to_vec()),
+        ("nested without end", "[".repeat(10_000).into_bytes()),
+        ("an alias bomb", laughs.into_bytes()),
+        (
+            "a number wider than u64",
+            format!("{plain}limits:\n  max_connections: 99999999999999999999999999\n").into_bytes(),
+        ),
+        (
+            "a negative count",
+            format!("{plain}limits:\n  max_header_bytes: -1\n").into_bytes(),
+        ),
+        (
+            "a float count",
+            format!("{plain}limits:\n  max_manifest_bytes: 1e400\n").into_bytes(),
+        ),
+        (
+            "a duration wider than u64 seconds",
+            format!("{plain}limits:\n  idle_timeout: 99999999999999999999999s\n").into_bytes(),
+        ),
+        (
+            "a port over 65535",
+            plain.replace("5443", "99999").into_bytes(),
+        ),
+        (
+            "a mapping where a string goes",
+            plain
+                .replace("http://127.0.0.1:5000", "{a: 1}")
+                .into_bytes(),
+        ),
+        (
+            "a duplicate key",
+            format!("{plain}upstream:\n  url: http://x\n").into_bytes(),
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (what, bytes) in cases {
+        let f = dir.path().join("garbage.yaml");
+        std::fs::write(&f, &bytes).unwrap();
+        let out = run_cli(&["check", "--config", f.to_str().unwrap()], dir.path());
+        let stderr = text(&out.stderr);
+        eprintln!("{what}: {stderr}");
+        assert_eq!(code(&out), Some(64), "{what}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("registry-guard: {}: ", f.display())),
+            "{what}: {stderr}"
+        );
+    }
+    // Not a file at all.
+    for path in [dir.path().to_path_buf(), dir.path().join("nope.yaml")] {
+        let out = run_cli(&["check", "--config", path.to_str().unwrap()], dir.path());
+        let stderr = text(&out.stderr);
+        assert_eq!(code(&out), Some(64), "{}: {stderr}", path.display());
+        assert!(stderr.contains("cannot read config file"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// BUG (config.rs `validate`, server.rs:105): `max_connections` is only checked for 0.
+/// A value over tokio's `Semaphore::MAX_PERMITS` (usize::MAX >> 3) passes `check`, then
+/// `serve` panics in `Semaphore::new` (exit 101) instead of exiting 64.
+#[test]
+fn a_max_connections_serve_cannot_use_is_refused_by_check() {
+    let case = Case::new(&format!(
+        "{}limits:\n  max_connections: 18446744073709551615\n",
+        plaintext_on(0)
+    ));
+    let (served, exited) = case.serve();
+    let serve_err = text(&served.stderr);
+    assert!(
+        !serve_err.contains("panicked"),
+        "serve panicked:\n{serve_err}"
+    );
+    assert!(exited, "serve started");
+    let out = case.check();
+    assert_eq!(code(&out), Some(64), "check: {}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("limits.max_connections: "));
+}
+
+/// BUG (config.rs `duration`): durations have no upper bound. `header_read_timeout:
+/// 500000000000y` passes `check` and `serve` starts, then hyper computes `now + timeout`
+/// for each HTTP/1 connection and panics ("overflow when adding duration to instant"):
+/// every request gets its connection closed instead of an answer.
+#[test]
+fn a_header_read_timeout_that_overflows_the_clock_is_refused_by_check() {
+    let limits = "limits:\n  header_read_timeout: 500000000000y\n";
+    let case = Case::new(&format!("{}{limits}", plaintext_on(0)));
+    let out = case.check();
+    if code(&out) == Some(0) {
+        // Show what serve then does with it.
+        let mut proxy = Proxy::builder(&format!("http://127.0.0.1:{}", free_port()))
+            .tls(TlsMode::Plaintext)
+            .extra_yaml(limits)
+            .start();
+        let status = http_status(proxy.addr, "/v2/");
+        let logs = proxy.logs();
+        proxy.terminate(Duration::from_secs(5));
+        panic!(
+            "check accepted it; serve then answered GET /v2/ with {status:?} and logged:\n{logs}"
+        );
+    }
+    assert_eq!(code(&out), Some(64));
+    assert!(text(&out.stderr).contains("limits.header_read_timeout: "));
+}
