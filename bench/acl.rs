@@ -13,20 +13,54 @@ use std::hint::black_box;
 use std::time::Instant;
 
 fn rule(label: String, repo: &str, who: Who, actions: Actions) -> Rule {
-    Rule { label, repos: vec![Pattern::repo(repo).unwrap()], who, actions }
+    Rule {
+        label,
+        repos: vec![Pattern::repo(repo).unwrap()],
+        who,
+        actions,
+    }
 }
 
 fn main() {
     let mut rules = Vec::new();
     for i in 0..990 {
-        let who = Who { groups: vec![format!("team-{i}")], ..Who::default() };
-        rules.push(rule(format!("team-{i}"), &format!("team-{i}/**"), who, Actions::ALL));
+        let who = Who {
+            groups: vec![format!("team-{i}")],
+            ..Who::default()
+        };
+        rules.push(rule(
+            format!("team-{i}"),
+            &format!("team-{i}/**"),
+            who,
+            Actions::ALL,
+        ));
     }
-    let everyone = Who { users: vec!["*".into()], ..Who::default() };
-    rules.push(rule("own".into(), "${user}/**", everyone.clone(), Actions::ALL));
-    rules.push(rule("public".into(), "public/**", Who { anonymous: true, ..everyone.clone() }, Actions::PULL));
+    let everyone = Who {
+        users: vec!["*".into()],
+        ..Who::default()
+    };
+    rules.push(rule(
+        "own".into(),
+        "${user}/**",
+        everyone.clone(),
+        Actions::ALL,
+    ));
+    rules.push(rule(
+        "public".into(),
+        "public/**",
+        Who {
+            anonymous: true,
+            ..everyone.clone()
+        },
+        Actions::PULL,
+    ));
     for i in 0..8 {
-        rules.push(rule(format!("wild-{i}"), &format!("*/mirror-{i}/*"), everyone.clone(), Actions::PULL));
+        rules.push(rule(
+            format!("wild-{i}"),
+            &format!("*/mirror-{i}/*"),
+            everyone.clone(),
+            Actions::PULL,
+        ));
     }
     assert_eq!(rules.len(), 1000);
     let protections = vec![TagProtection {
@@ -35,13 +69,31 @@ fn main() {
         tags: vec![Pattern::tag("latest").unwrap(), Pattern::tag("v*").unwrap()],
         except: Who::default(),
     }];
-    let policy = Policy::new(rules, Who { groups: vec!["ops".into()], ..Who::default() }, protections);
-    let member = Identity::User { name: "alice".into(), groups: vec!["team-517".into()] };
-    let admin = Identity::User { name: "root".into(), groups: vec!["ops".into()] };
+    let policy = Policy::new(
+        rules,
+        Who {
+            groups: vec!["ops".into()],
+            ..Who::default()
+        },
+        protections,
+    );
+    let member = Identity::User {
+        name: "alice".into(),
+        groups: vec!["team-517".into()],
+    };
+    let admin = Identity::User {
+        name: "root".into(),
+        groups: vec!["ops".into()],
+    };
     let push = Actions::PUSH.union(Actions::PULL);
 
     let cases: [(&str, &Identity, &str, bool); 4] = [
-        ("team namespace, allowed", &member, "team-517/service/api", true),
+        (
+            "team namespace, allowed",
+            &member,
+            "team-517/service/api",
+            true,
+        ),
         ("own namespace, allowed", &member, "alice/tools", true),
         ("other team, denied", &member, "team-518/service/api", false),
         ("admin", &admin, "team-3/x", true),

@@ -6,7 +6,9 @@
 use base64::Engine;
 use registry_guard::auth::basic;
 use registry_guard::auth::cache::VerifyCache;
-use registry_guard::auth::users::{hash_password, verify_password, DEFAULT_M_COST, DEFAULT_P_COST, DEFAULT_T_COST};
+use registry_guard::auth::users::{
+    hash_password, verify_password, DEFAULT_M_COST, DEFAULT_P_COST, DEFAULT_T_COST,
+};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -27,8 +29,12 @@ fn best_of<F: FnMut()>(runs: usize, iters: u32, mut f: F) -> f64 {
 fn main() {
     let pw = "correct horse battery staple";
     let phc = hash_password(pw, DEFAULT_M_COST, DEFAULT_T_COST, DEFAULT_P_COST).unwrap();
-    let right = best_of(3, 10, || assert!(verify_password(black_box(&phc), black_box(pw))));
-    let wrong = best_of(3, 10, || assert!(!verify_password(black_box(&phc), black_box("wrong"))));
+    let right = best_of(3, 10, || {
+        assert!(verify_password(black_box(&phc), black_box(pw)))
+    });
+    let wrong = best_of(3, 10, || {
+        assert!(!verify_password(black_box(&phc), black_box("wrong")))
+    });
 
     let token = base64::engine::general_purpose::STANDARD.encode(format!("alice:{pw}"));
     let header = format!("Basic {token}");
@@ -42,9 +48,17 @@ fn main() {
         let fp = cache.fingerprint(&creds.user, creds.password.expose(), black_box(&phc));
         assert!(cache.hit(&fp, Instant::now()));
     });
-    println!("credential check cost (argon2id m={DEFAULT_M_COST} t={DEFAULT_T_COST} p={DEFAULT_P_COST})");
-    println!("  first verification, right password  {:>10.2} ms", right / 1e6);
-    println!("  first verification, wrong password  {:>10.2} ms", wrong / 1e6);
+    println!(
+        "credential check cost (argon2id m={DEFAULT_M_COST} t={DEFAULT_T_COST} p={DEFAULT_P_COST})"
+    );
+    println!(
+        "  first verification, right password  {:>10.2} ms",
+        right / 1e6
+    );
+    println!(
+        "  first verification, wrong password  {:>10.2} ms",
+        wrong / 1e6
+    );
     println!("  Basic header parse                  {:>10.0} ns", parse);
     println!("  cached check (parse + HMAC + hit)   {:>10.0} ns", cached);
 }

@@ -39,7 +39,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
         /// The user making the request (groups come from the user file).
-        #[arg(long, required_unless_present = "anonymous", conflicts_with = "anonymous")]
+        #[arg(
+            long,
+            required_unless_present = "anonymous",
+            conflicts_with = "anonymous"
+        )]
         user: Option<String>,
         /// The request carries no credentials.
         #[arg(long)]
@@ -125,13 +129,15 @@ pub fn main() -> ExitCode {
             }
             Err(e) => fail(EXIT_CONFIG, &e),
         },
-        Command::HashPassword { params } => match read_password("Password: ").and_then(|pw| hash(&pw, &params)) {
-            Ok(phc) => {
-                println!("{phc}");
-                ExitCode::SUCCESS
+        Command::HashPassword { params } => {
+            match read_password("Password: ").and_then(|pw| hash(&pw, &params)) {
+                Ok(phc) => {
+                    println!("{phc}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(EXIT_CONFIG, &e),
             }
-            Err(e) => fail(EXIT_CONFIG, &e),
-        },
+        }
         Command::User {
             action,
             users_file,
@@ -154,8 +160,10 @@ fn hash(password: &str, p: &HashParams) -> Result<String, String> {
 fn read_password(prompt: &str) -> Result<String, String> {
     use std::io::IsTerminal;
     if std::io::stdin().is_terminal() {
-        let a = rpassword::prompt_password(prompt).map_err(|e| format!("cannot read the password: {e}"))?;
-        let b = rpassword::prompt_password("Again: ").map_err(|e| format!("cannot read the password: {e}"))?;
+        let a = rpassword::prompt_password(prompt)
+            .map_err(|e| format!("cannot read the password: {e}"))?;
+        let b = rpassword::prompt_password("Again: ")
+            .map_err(|e| format!("cannot read the password: {e}"))?;
         if a != b {
             return Err("the two passwords differ".into());
         }
@@ -170,12 +178,21 @@ fn read_password(prompt: &str) -> Result<String, String> {
     }
 }
 
-fn user_command(action: UserAction, users_file: Option<PathBuf>, config: Option<PathBuf>) -> Result<(), String> {
+fn user_command(
+    action: UserAction,
+    users_file: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> Result<(), String> {
     let path = match (users_file, config) {
         (Some(f), _) => f,
         (None, Some(c)) => match Config::load(&c).map_err(|e| e.to_string())?.auth {
             Some(a) => a.users_file,
-            None => return Err(format!("{}: auth is disabled: there is no user file", c.display())),
+            None => {
+                return Err(format!(
+                    "{}: auth is disabled: there is no user file",
+                    c.display()
+                ))
+            }
         },
         (None, None) => return Err("give --users-file FILE or --config FILE".into()),
     };
@@ -185,38 +202,71 @@ fn user_command(action: UserAction, users_file: Option<PathBuf>, config: Option<
             users::Users::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
             serde_yaml::from_str(&text).unwrap_or_default()
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && matches!(action, UserAction::Add { .. }) => {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && matches!(action, UserAction::Add { .. }) =>
+        {
             users::UserFile::default()
         }
-        Err(e) => return Err(format!("{}: cannot read the user file: {e}", path.display())),
+        Err(e) => {
+            return Err(format!(
+                "{}: cannot read the user file: {e}",
+                path.display()
+            ))
+        }
     };
     let find = |file: &users::UserFile, name: &str| file.users.iter().position(|u| u.name == name);
     match action {
         UserAction::List => {
             for u in &file.users {
-                let groups = if u.groups.is_empty() { "-".to_owned() } else { u.groups.join(",") };
-                println!("{}\t{groups}{}", u.name, if u.disabled { "\tdisabled" } else { "" });
+                let groups = if u.groups.is_empty() {
+                    "-".to_owned()
+                } else {
+                    u.groups.join(",")
+                };
+                println!(
+                    "{}\t{groups}{}",
+                    u.name,
+                    if u.disabled { "\tdisabled" } else { "" }
+                );
             }
             return Ok(());
         }
-        UserAction::Add { name, groups, params } => {
+        UserAction::Add {
+            name,
+            groups,
+            params,
+        } => {
             if !users::is_valid_name(&name) {
-                return Err(format!("user {name:?}: names are 1 to {} letters, digits and ._@-", users::MAX_NAME));
+                return Err(format!(
+                    "user {name:?}: names are 1 to {} letters, digits and ._@-",
+                    users::MAX_NAME
+                ));
             }
             if find(&file, &name).is_some() {
                 return Err(format!("user {name:?} already exists (use `user passwd`)"));
             }
             let hash = hash(&read_password(&format!("Password for {name}: "))?, &params)?;
-            file.users.push(users::UserEntry { name: name.clone(), hash, groups, disabled: false });
+            file.users.push(users::UserEntry {
+                name: name.clone(),
+                hash,
+                groups,
+                disabled: false,
+            });
             eprintln!("added user {name:?} to {}", path.display());
         }
         UserAction::Passwd { name, params } => {
-            let i = find(&file, &name).ok_or_else(|| format!("no user {name:?} in {}", path.display()))?;
-            file.users[i].hash = hash(&read_password(&format!("New password for {name}: "))?, &params)?;
+            let i = find(&file, &name)
+                .ok_or_else(|| format!("no user {name:?} in {}", path.display()))?;
+            file.users[i].hash = hash(
+                &read_password(&format!("New password for {name}: "))?,
+                &params,
+            )?;
             eprintln!("changed the password of {name:?}");
         }
         UserAction::Del { name } => {
-            let i = find(&file, &name).ok_or_else(|| format!("no user {name:?} in {}", path.display()))?;
+            let i = find(&file, &name)
+                .ok_or_else(|| format!("no user {name:?} in {}", path.display()))?;
             file.users.remove(i);
             eprintln!("removed user {name:?}");
         }
@@ -332,11 +382,19 @@ fn check_config(path: &std::path::Path) -> Result<String, ConfigError> {
     let auth = match &cfg.auth {
         None => "auth: DISABLED (no credential check)".to_owned(),
         Some(a) => {
-            let users = users::Users::load(&a.users_file).map_err(|e| ConfigError::new("auth.users_file", e.to_string()))?;
-            let mut s = format!("auth: {} users from {}", users.len(), a.users_file.display());
+            let users = users::Users::load(&a.users_file)
+                .map_err(|e| ConfigError::new("auth.users_file", e.to_string()))?;
+            let mut s = format!(
+                "auth: {} users from {}",
+                users.len(),
+                a.users_file.display()
+            );
             if let Some(access) = &cfg.access {
                 access.check_groups(&users).map_err(in_file)?;
-                s.push_str(&format!("\n  access: {} rules", access.policy.rules().len()));
+                s.push_str(&format!(
+                    "\n  access: {} rules",
+                    access.policy.rules().len()
+                ));
                 for w in &access.warnings {
                     s.push_str(&format!("\n  warning: {w}"));
                 }
@@ -351,12 +409,18 @@ fn check_config(path: &std::path::Path) -> Result<String, ConfigError> {
 }
 
 /// `explain`: route, needed actions, identity, decision and the rules behind it.
-fn explain(config: &std::path::Path, user: Option<&str>, method: &str, target: &str) -> Result<String, String> {
+fn explain(
+    config: &std::path::Path,
+    user: Option<&str>,
+    method: &str,
+    target: &str,
+) -> Result<String, String> {
     use crate::auth::Identity;
     use crate::registry::{Actions, Reference, Target};
     use std::fmt::Write;
     let cfg = Config::load(config).map_err(|e| e.to_string())?;
-    let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| format!("{method:?} is not an HTTP method"))?;
+    let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("{method:?} is not an HTTP method"))?;
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
@@ -366,41 +430,90 @@ fn explain(config: &std::path::Path, user: Option<&str>, method: &str, target: &
         Ok(r) => r,
         Err(e) => {
             let (status, code) = crate::response::status_and_code(&e.clone().into());
-            let _ = writeln!(out, "route:    refused before any rule: {} {code}: {e}", status.as_u16());
+            let _ = writeln!(
+                out,
+                "route:    refused before any rule: {} {code}: {e}",
+                status.as_u16()
+            );
             return Ok(out);
         }
     };
     let _ = writeln!(out, "route:    {} {method} {}", route.kind(), route.path());
     if let Some(repo) = route.repo() {
-        let _ = writeln!(out, "repo:     {repo} (namespace {})", route.namespace().unwrap_or(repo));
+        let _ = writeln!(
+            out,
+            "repo:     {repo} (namespace {})",
+            route.namespace().unwrap_or(repo)
+        );
     }
-    let _ = writeln!(out, "needs:    {}", if route.actions().is_empty() { "an authenticated user".to_owned() } else { route.actions().to_string() });
+    let _ = writeln!(
+        out,
+        "needs:    {}",
+        if route.actions().is_empty() {
+            "an authenticated user".to_owned()
+        } else {
+            route.actions().to_string()
+        }
+    );
     let (Some(auth), Some(access)) = (&cfg.auth, &cfg.access) else {
-        let _ = writeln!(out, "decision: FORWARDED (auth.disabled: no identity, no rules)");
+        let _ = writeln!(
+            out,
+            "decision: FORWARDED (auth.disabled: no identity, no rules)"
+        );
         return Ok(out);
     };
     let users = users::Users::load(&auth.users_file).map_err(|e| e.to_string())?;
     let id = match user {
         None => Identity::Anonymous,
         Some(name) => match users.get(name) {
-            Some(u) => Identity::User { name: u.name.clone(), groups: u.groups.clone() },
+            Some(u) => Identity::User {
+                name: u.name.clone(),
+                groups: u.groups.clone(),
+            },
             None => return Err(format!("no user {name:?} in {}", auth.users_file.display())),
         },
     };
     match &id {
         Identity::User { name, groups } => {
-            let _ = writeln!(out, "identity: {name} (groups: {})", if groups.is_empty() { "-".to_owned() } else { groups.join(", ") });
+            let _ = writeln!(
+                out,
+                "identity: {name} (groups: {})",
+                if groups.is_empty() {
+                    "-".to_owned()
+                } else {
+                    groups.join(", ")
+                }
+            );
         }
         Identity::Anonymous => {
-            let _ = writeln!(out, "identity: anonymous{}", if auth.settings.anonymous { "" } else { " (auth.anonymous is false: 401)" });
+            let _ = writeln!(
+                out,
+                "identity: anonymous{}",
+                if auth.settings.anonymous {
+                    ""
+                } else {
+                    " (auth.anonymous is false: 401)"
+                }
+            );
         }
     }
     let policy = &access.policy;
     let Some(repo) = route.repo() else {
         let ok = matches!(id, Identity::User { .. });
-        let _ = writeln!(out, "decision: {}", if ok { "ALLOWED (any authenticated user)" } else { "401 challenge (needs a user)" });
+        let _ = writeln!(
+            out,
+            "decision: {}",
+            if ok {
+                "ALLOWED (any authenticated user)"
+            } else {
+                "401 challenge (needs a user)"
+            }
+        );
         if ok && matches!(route.target, Target::Catalog { .. }) {
-            let _ = writeln!(out, "note:     the catalog lists only repositories this identity may pull");
+            let _ = writeln!(
+                out,
+                "note:     the catalog lists only repositories this identity may pull"
+            );
         }
         return Ok(out);
     };
@@ -413,18 +526,43 @@ fn explain(config: &std::path::Path, user: Option<&str>, method: &str, target: &
     let _ = writeln!(out, "decision: {verdict}: {}", d.reason());
     if d.allowed {
         match (&route.method, &route.target) {
-            (&http::Method::PUT, Target::Manifest { reference: Reference::Tag(t), .. }) => {
+            (
+                &http::Method::PUT,
+                Target::Manifest {
+                    reference: Reference::Tag(t),
+                    ..
+                },
+            ) => {
                 if let Some(p) = policy.tag_protection(&id, repo, t) {
                     let _ = writeln!(out, "note:     tag {t:?} is protected by {}: refused (403) if it already exists", p.label);
                 }
             }
-            (&http::Method::DELETE, Target::Manifest { reference: Reference::Tag(t), .. }) => {
+            (
+                &http::Method::DELETE,
+                Target::Manifest {
+                    reference: Reference::Tag(t),
+                    ..
+                },
+            ) => {
                 if let Some(p) = policy.tag_protection(&id, repo, t) {
-                    let _ = writeln!(out, "note:     tag {t:?} is protected by {}: the delete is refused (403)", p.label);
+                    let _ = writeln!(
+                        out,
+                        "note:     tag {t:?} is protected by {}: the delete is refused (403)",
+                        p.label
+                    );
                 }
             }
-            (&http::Method::DELETE, Target::Manifest { reference: Reference::Digest(_), .. }) if policy.has_protections(&id, repo) => {
-                let _ = writeln!(out, "note:     refused (403) if a protected tag points at this digest");
+            (
+                &http::Method::DELETE,
+                Target::Manifest {
+                    reference: Reference::Digest(_),
+                    ..
+                },
+            ) if policy.has_protections(&id, repo) => {
+                let _ = writeln!(
+                    out,
+                    "note:     refused (403) if a protected tag points at this digest"
+                );
             }
             (_, Target::UploadStart { mount: Some(m), .. }) => {
                 let from = policy.decide(&id, &m.from, Actions::PULL);
@@ -432,7 +570,11 @@ fn explain(config: &std::path::Path, user: Option<&str>, method: &str, target: &
                     out,
                     "mount:    from {}: {}",
                     m.from,
-                    if from.allowed { format!("mounted ({})", from.reason()) } else { "no pull there: forwarded as a plain upload start (202)".to_owned() }
+                    if from.allowed {
+                        format!("mounted ({})", from.reason())
+                    } else {
+                        "no pull there: forwarded as a plain upload start (202)".to_owned()
+                    }
                 );
             }
             _ => {}

@@ -243,7 +243,10 @@ impl Access {
         let known: std::collections::HashSet<&str> = users.groups().collect();
         for (key, g) in &self.groups_named {
             if !known.contains(g.as_str()) {
-                return Err(ConfigError::new(key.clone(), format!("unknown group {g:?}: no user in the user file is in it")));
+                return Err(ConfigError::new(
+                    key.clone(),
+                    format!("unknown group {g:?}: no user in the user file is in it"),
+                ));
             }
         }
         Ok(())
@@ -459,7 +462,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let metrics_listen = match raw.metrics {
         None => None,
         Some(m) => Some(m.listen.parse::<SocketAddr>().map_err(|_| {
-            ConfigError::new("metrics.listen", format!("{:?} is not an address:port like 127.0.0.1:9090", m.listen))
+            ConfigError::new(
+                "metrics.listen",
+                format!("{:?} is not an address:port like 127.0.0.1:9090", m.listen),
+            )
         })?),
     };
     let l = raw.limits;
@@ -532,10 +538,17 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     })
 }
 
-fn who(key: &str, raw: RawWho, groups_named: &mut Vec<(String, String)>) -> Result<crate::acl::Who, ConfigError> {
+fn who(
+    key: &str,
+    raw: RawWho,
+    groups_named: &mut Vec<(String, String)>,
+) -> Result<crate::acl::Who, ConfigError> {
     for u in &raw.users {
         if u != "*" && !crate::auth::users::is_valid_name(u) {
-            return Err(ConfigError::new(format!("{key}.users"), format!("{u:?} is not a user name or *")));
+            return Err(ConfigError::new(
+                format!("{key}.users"),
+                format!("{u:?} is not a user name or *"),
+            ));
         }
     }
     for g in &raw.groups {
@@ -560,18 +573,36 @@ fn validate_access(raw: RawAccess, anonymous_enabled: bool) -> Result<Access, Co
         let repos = r
             .repos
             .iter()
-            .map(|p| Pattern::repo(p).map_err(|m| ConfigError::new(format!("{key}.repos"), format!("{p:?}: {m}"))))
+            .map(|p| {
+                Pattern::repo(p)
+                    .map_err(|m| ConfigError::new(format!("{key}.repos"), format!("{p:?}: {m}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if repos.is_empty() {
-            return Err(ConfigError::new(format!("{key}.repos"), "names no repository pattern"));
+            return Err(ConfigError::new(
+                format!("{key}.repos"),
+                "names no repository pattern",
+            ));
         }
-        let mut w = who(&key, RawWho { users: r.users, groups: r.groups }, &mut groups_named)?;
+        let mut w = who(
+            &key,
+            RawWho {
+                users: r.users,
+                groups: r.groups,
+            },
+            &mut groups_named,
+        )?;
         w.anonymous = r.anonymous;
         if w.users.is_empty() && w.groups.is_empty() && !w.anonymous {
-            return Err(ConfigError::new(key, "applies to nobody: give users, groups or anonymous: true"));
+            return Err(ConfigError::new(
+                key,
+                "applies to nobody: give users, groups or anonymous: true",
+            ));
         }
         if r.anonymous && !anonymous_enabled {
-            warnings.push(format!("{key} grants anonymous access, but auth.anonymous is false: it has no effect"));
+            warnings.push(format!(
+                "{key} grants anonymous access, but auth.anonymous is false: it has no effect"
+            ));
         }
         let actions = r.actions.iter().fold(Actions::NONE, |a, x| {
             a.union(match x {
@@ -581,7 +612,10 @@ fn validate_access(raw: RawAccess, anonymous_enabled: bool) -> Result<Access, Co
             })
         });
         if actions.is_empty() {
-            return Err(ConfigError::new(format!("{key}.actions"), "grants nothing: list pull, push or delete"));
+            return Err(ConfigError::new(
+                format!("{key}.actions"),
+                "grants nothing: list pull, push or delete",
+            ));
         }
         if !actions.contains(Actions::PULL) {
             warnings.push(format!(
@@ -601,12 +635,18 @@ fn validate_access(raw: RawAccess, anonymous_enabled: bool) -> Result<Access, Co
         let repos = p
             .repos
             .iter()
-            .map(|r| Pattern::repo(r).map_err(|m| ConfigError::new(format!("{key}.repos"), format!("{r:?}: {m}"))))
+            .map(|r| {
+                Pattern::repo(r)
+                    .map_err(|m| ConfigError::new(format!("{key}.repos"), format!("{r:?}: {m}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let tags = p
             .tags
             .iter()
-            .map(|t| Pattern::tag(t).map_err(|m| ConfigError::new(format!("{key}.tags"), format!("{t:?}: {m}"))))
+            .map(|t| {
+                Pattern::tag(t)
+                    .map_err(|m| ConfigError::new(format!("{key}.tags"), format!("{t:?}: {m}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if repos.is_empty() || tags.is_empty() {
             return Err(ConfigError::new(key, "needs repos and tags"));
@@ -643,11 +683,22 @@ fn validate_auth(raw: Option<RawAuth>) -> Result<Option<Auth>, ConfigError> {
         return Ok(None);
     }
     let Some(users_file) = a.users_file else {
-        return Err(ConfigError::new("auth.users_file", "missing: the user file of argon2 hashes"));
+        return Err(ConfigError::new(
+            "auth.users_file",
+            "missing: the user file of argon2 hashes",
+        ));
     };
     let realm = a.realm.unwrap_or_else(|| "registry-guard".to_owned());
-    if realm.is_empty() || realm.len() > 128 || realm.bytes().any(|c| c == b'"' || c == b'\\' || !(c == b' ' || c.is_ascii_graphic())) {
-        return Err(ConfigError::new("auth.realm", "must be 1 to 128 printable ASCII characters without quotes or backslashes"));
+    if realm.is_empty()
+        || realm.len() > 128
+        || realm
+            .bytes()
+            .any(|c| c == b'"' || c == b'\\' || !(c == b' ' || c.is_ascii_graphic()))
+    {
+        return Err(ConfigError::new(
+            "auth.realm",
+            "must be 1 to 128 printable ASCII characters without quotes or backslashes",
+        ));
     }
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let positive = |key: &str, v: Option<usize>, default: usize| match v {
@@ -657,15 +708,28 @@ fn validate_auth(raw: Option<RawAuth>) -> Result<Option<Auth>, ConfigError> {
     };
     let settings = crate::auth::AuthSettings {
         anonymous: a.anonymous,
-        cache_ttl: duration("auth.cache_ttl", a.cache_ttl.as_deref(), Duration::from_secs(300))?,
+        cache_ttl: duration(
+            "auth.cache_ttl",
+            a.cache_ttl.as_deref(),
+            Duration::from_secs(300),
+        )?,
         cache_max_entries: positive("auth.cache_max_entries", a.cache_max_entries, 10_000)?,
         verify_concurrency: positive("auth.verify_concurrency", a.verify_concurrency, cores)?,
         max_failures: match a.throttle.max_failures {
-            Some(0) => return Err(ConfigError::new("auth.throttle.max_failures", "must be at least 1")),
+            Some(0) => {
+                return Err(ConfigError::new(
+                    "auth.throttle.max_failures",
+                    "must be at least 1",
+                ))
+            }
             Some(n) => n,
             None => 10,
         },
-        failure_window: duration("auth.throttle.window", a.throttle.window.as_deref(), Duration::from_secs(60))?,
+        failure_window: duration(
+            "auth.throttle.window",
+            a.throttle.window.as_deref(),
+            Duration::from_secs(60),
+        )?,
         max_tracked: positive("auth.throttle.max_tracked", a.throttle.max_tracked, 100_000)?,
     };
     Ok(Some(Auth {
@@ -922,8 +986,92 @@ mod tests {
                 "server.plaintext",
             ),
             (
-                format!("{}  credentials:\n    username: u\n", MIN),
+                MIN.replace("5000\n", "5000\n  credentials:\n    username: u\n"),
                 "upstream.credentials",
+            ),
+            (MIN.replace("auth:\n  disabled: true\n", ""), "auth"),
+            (
+                MIN.replace("  disabled: true\n", "  realm: x\n"),
+                "auth.users_file",
+            ),
+            (
+                MIN.replace(
+                    "  disabled: true\n",
+                    "  disabled: true\n  anonymous: true\n",
+                ),
+                "auth.disabled",
+            ),
+            (
+                WITH_USERS.replace("users.yaml\n", "users.yaml\n  realm: 'a\"b'\n"),
+                "auth.realm",
+            ),
+            (
+                WITH_USERS.replace("users.yaml\n", "users.yaml\n  cache_ttl: forever\n"),
+                "auth.cache_ttl",
+            ),
+            (
+                WITH_USERS.replace(
+                    "users.yaml\n",
+                    "users.yaml\n  throttle:\n    max_failures: 0\n",
+                ),
+                "auth.throttle.max_failures",
+            ),
+            (
+                format!("{MIN}metrics:\n  listen: nowhere\n"),
+                "metrics.listen",
+            ),
+            (WITH_USERS.replace("access:\n  rules: []\n", ""), "access"),
+            (format!("{MIN}access:\n  rules: []\n"), "access"),
+            (
+                WITH_USERS.replace(
+                    "rules: []",
+                    "rules:\n    - repos: ['a/**']\n      users: ['*']\n      actions: []",
+                ),
+                "access.rules[0].actions",
+            ),
+            (
+                WITH_USERS.replace(
+                    "rules: []",
+                    "rules:\n    - repos: ['a/**']\n      actions: [pull]",
+                ),
+                "access.rules[0]",
+            ),
+            (
+                WITH_USERS.replace(
+                    "rules: []",
+                    "rules:\n    - repos: ['a/**b']\n      users: ['*']\n      actions: [pull]",
+                ),
+                "access.rules[0].repos",
+            ),
+            (
+                WITH_USERS.replace(
+                    "rules: []",
+                    "rules:\n    - repos: ['a']\n      users: ['a:b']\n      actions: [pull]",
+                ),
+                "access.rules[0].users",
+            ),
+            (
+                WITH_USERS.replace(
+                    "rules: []",
+                    "rules: []\n  protected_tags:\n    - repos: ['**']\n      tags: ['a/b']",
+                ),
+                "access.protected_tags[0].tags",
+            ),
+            (
+                format!("{MIN}limits:\n  catalog_max_n: 0\n"),
+                "limits.catalog_max_n",
+            ),
+            (
+                format!("{MIN}limits:\n  max_connections: 18446744073709551615\n"),
+                "limits.max_connections",
+            ),
+            (
+                format!("{MIN}limits:\n  header_read_timeout: 500000000000y\n"),
+                "limits.header_read_timeout",
+            ),
+            (
+                format!("{MIN}limits:\n  max_header_bytes: 100000000\n"),
+                "limits.max_header_bytes",
             ),
         ];
         for (yaml, key) in cases {
@@ -934,17 +1082,29 @@ mod tests {
 
     #[test]
     fn unknown_actions_are_named() {
-        let y = WITH_USERS.replace("rules: []", "rules:\n    - repos: ['a/**']\n      users: ['*']\n      actions: [pull, puhs]");
+        let y = WITH_USERS.replace(
+            "rules: []",
+            "rules:\n    - repos: ['a/**']\n      users: ['*']\n      actions: [pull, puhs]",
+        );
         let e = err(&y);
-        assert!(e.contains("unknown variant `puhs`") && e.contains("pull, push, delete"), "{e}");
+        assert!(
+            e.contains("unknown variant `puhs`") && e.contains("`pull`, `push`, `delete`"),
+            "{e}"
+        );
     }
 
     #[test]
     fn push_without_pull_is_a_warning() {
-        let y = WITH_USERS.replace("rules: []", "rules:\n    - repos: ['a/**']\n      users: ['*']\n      actions: [push]");
+        let y = WITH_USERS.replace(
+            "rules: []",
+            "rules:\n    - repos: ['a/**']\n      users: ['*']\n      actions: [push]",
+        );
         let c = Config::from_yaml(&y).unwrap();
         let w = &c.access.unwrap().warnings;
-        assert!(w[0].contains("access.rules[0] grants push without pull"), "{w:?}");
+        assert!(
+            w[0].contains("access.rules[0] grants push without pull"),
+            "{w:?}"
+        );
     }
 
     #[test]

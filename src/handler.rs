@@ -10,15 +10,15 @@
 //! refusal, and attaches the access record. [`serve`] is the inner one and returns
 //! `Result<Response, ProxyError>`.
 
+use crate::acl::Policy;
 use crate::auth::{AuthError, Authenticator, Identity};
 use crate::error::ProxyError;
 use crate::log::{next_request_id, AccessRecord, ConnActivity, InFlight};
 use crate::metrics::Metrics;
 use crate::proxy::body::{RequestBody, ResponseBody};
 use crate::proxy::headers::{self, ForwardContext};
-use crate::proxy::upstream::Upstream;
-use crate::acl::Policy;
 use crate::proxy::lookup;
+use crate::proxy::upstream::Upstream;
 use crate::registry::{self, Actions, Reference, Route, Target};
 use crate::response;
 use bytes::Bytes;
@@ -64,11 +64,20 @@ pub struct Permit {
     _private: (),
 }
 
-pub async fn handle(state: Arc<State>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(
+    state: Arc<State>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
     state.metrics.requests.inc();
     let request_id = next_request_id();
     let method = req.method().clone();
-    let mut record = AccessRecord::new(request_id.clone(), method.clone(), req.uri().path(), conn.peer.ip());
+    let mut record = AccessRecord::new(
+        request_id.clone(),
+        method.clone(),
+        req.uri().path(),
+        conn.peer.ip(),
+    );
     record.in_flight = Some(InFlight::new(conn.activity.clone()));
     let (parts, body) = req.into_parts();
 
@@ -80,7 +89,10 @@ pub async fn handle(state: Arc<State>, conn: Arc<ConnInfo>, req: Request<Incomin
             resp
         }
         Err(e) => {
-            if matches!(e, ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout(_)) {
+            if matches!(
+                e,
+                ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout(_)
+            ) {
                 state.metrics.upstream_errors.inc();
                 tracing::warn!(request_id = %request_id, error = %e, "upstream failed");
             }
@@ -91,7 +103,8 @@ pub async fn handle(state: Arc<State>, conn: Arc<ConnInfo>, req: Request<Incomin
             // this answer, else close the connection after it.
             if let Some(b) = body.take() {
                 if !drain(&parts, b, state.max_unauthenticated_body).await {
-                    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
             }
             resp
@@ -124,10 +137,14 @@ async fn serve(
         record.user = Some(id.name().to_owned());
     }
     let (permit, query) = permit(state, identity.as_ref(), &route, parts).await?;
-    if let (Some(id), Some(policy), Target::Catalog { n, last }) = (&identity, &state.policy, &route.target) {
+    if let (Some(id), Some(policy), Target::Catalog { n, last }) =
+        (&identity, &state.policy, &route.target)
+    {
         return catalog(state, policy, id, *n, last.as_deref()).await;
     }
-    let body = body.take().ok_or(ProxyError::ClientBody("request body already used".into()))?;
+    let body = body
+        .take()
+        .ok_or(ProxyError::ClientBody("request body already used".into()))?;
     forward(state, conn, &route, parts, query.as_deref(), body, permit).await
 }
 
@@ -163,7 +180,10 @@ async fn permit(
     tracing::debug!(user = id.name(), repo, allowed = decision.allowed, reason = %decision.reason(), "decision");
     if !decision.allowed {
         // The same answer whether the repository exists or not: nothing was looked up.
-        return Err(refuse(format!("requested access to the resource is denied (needs {})", route.actions())));
+        return Err(refuse(format!(
+            "requested access to the resource is denied (needs {})",
+            route.actions()
+        )));
     }
     let mut query = None;
     match (&route.method, &route.target) {
@@ -181,29 +201,59 @@ async fn permit(
                 if !policy.decide(id, &m.from, Actions::PULL).allowed {
                     // Without pull on `from`, a plain upload start: every client falls back
                     // to uploading the blob, and nothing of `from` is read.
-                    query = Some(registry::route::strip_query_params(parts.uri.query().unwrap_or(""), &["mount", "from"]));
+                    query = Some(registry::route::strip_query_params(
+                        parts.uri.query().unwrap_or(""),
+                        &["mount", "from"],
+                    ));
                 }
             }
         }
-        (&Method::PUT, Target::Manifest { reference: Reference::Tag(tag), .. }) => {
+        (
+            &Method::PUT,
+            Target::Manifest {
+                reference: Reference::Tag(tag),
+                ..
+            },
+        ) => {
             if let Some(p) = policy.tag_protection(id, repo, tag) {
-                if lookup::manifest_digest(&state.upstream, repo, tag).await?.is_some() {
-                    return Err(refuse(format!("tag {tag:?} is protected ({}): it cannot be overwritten", p.label)));
+                if lookup::manifest_digest(&state.upstream, repo, tag)
+                    .await?
+                    .is_some()
+                {
+                    return Err(refuse(format!(
+                        "tag {tag:?} is protected ({}): it cannot be overwritten",
+                        p.label
+                    )));
                 }
             }
         }
-        (&Method::DELETE, Target::Manifest { reference: Reference::Tag(tag), .. }) => {
+        (
+            &Method::DELETE,
+            Target::Manifest {
+                reference: Reference::Tag(tag),
+                ..
+            },
+        ) => {
             if let Some(p) = policy.tag_protection(id, repo, tag) {
-                return Err(refuse(format!("tag {tag:?} is protected ({}): it cannot be deleted", p.label)));
+                return Err(refuse(format!(
+                    "tag {tag:?} is protected ({}): it cannot be deleted",
+                    p.label
+                )));
             }
         }
-        (&Method::DELETE, Target::Manifest { reference: Reference::Digest(digest), .. }) => {
-            if policy.has_protections(id, repo) {
-                protected_tags_of(state, policy, id, repo, digest).await.map_err(|e| match e {
+        (
+            &Method::DELETE,
+            Target::Manifest {
+                reference: Reference::Digest(digest),
+                ..
+            },
+        ) if policy.has_protections(id, repo) => {
+            protected_tags_of(state, policy, id, repo, digest)
+                .await
+                .map_err(|e| match e {
                     ProxyError::Denied(r) => refuse(r),
                     other => other,
                 })?;
-            }
         }
         _ => {}
     }
@@ -216,11 +266,21 @@ const MAX_TAGS_EXAMINED: usize = 10_000;
 
 /// Refuses a delete by digest that would remove a protected tag (a delete by digest
 /// removes every tag pointing at it).
-async fn protected_tags_of(state: &State, policy: &Policy, id: &Identity, repo: &str, digest: &str) -> Result<(), ProxyError> {
+async fn protected_tags_of(
+    state: &State,
+    policy: &Policy,
+    id: &Identity,
+    repo: &str,
+    digest: &str,
+) -> Result<(), ProxyError> {
     let (tags, complete) = lookup::tags(&state.upstream, repo, MAX_TAGS_EXAMINED).await?;
     for tag in &tags {
         if let Some(p) = policy.tag_protection(id, repo, tag) {
-            if lookup::manifest_digest(&state.upstream, repo, tag).await?.as_deref() == Some(digest) {
+            if lookup::manifest_digest(&state.upstream, repo, tag)
+                .await?
+                .as_deref()
+                == Some(digest)
+            {
                 return Err(ProxyError::Denied(format!(
                     "deleting {digest} would remove the protected tag {tag:?} ({})",
                     p.label
@@ -247,7 +307,13 @@ const CATALOG_CHUNK: usize = 1000;
 
 /// The catalog filtered to what `id` may pull, filled from as many upstream pages as
 /// needed (up to a bound), with the proxy's own `Link` to the next page.
-async fn catalog(state: &State, policy: &Policy, id: &Identity, n: Option<u32>, last: Option<&str>) -> Result<Response<ResponseBody>, ProxyError> {
+async fn catalog(
+    state: &State,
+    policy: &Policy,
+    id: &Identity,
+    n: Option<u32>,
+    last: Option<&str>,
+) -> Result<Response<ResponseBody>, ProxyError> {
     let n = n.map_or(100, |n| n as usize).min(state.catalog_max_n);
     let mut out: Vec<String> = Vec::new();
     let mut cursor = last.map(str::to_owned);
@@ -255,7 +321,8 @@ async fn catalog(state: &State, policy: &Policy, id: &Identity, n: Option<u32>, 
     let mut pages = 0;
     while more && out.len() < n && pages < MAX_CATALOG_PAGES {
         pages += 1;
-        let (names, next) = lookup::catalog_page(&state.upstream, cursor.as_deref(), CATALOG_CHUNK).await?;
+        let (names, next) =
+            lookup::catalog_page(&state.upstream, cursor.as_deref(), CATALOG_CHUNK).await?;
         more = next.is_some() && !names.is_empty();
         for name in names {
             cursor = Some(name.clone());
@@ -270,10 +337,17 @@ async fn catalog(state: &State, policy: &Policy, id: &Identity, n: Option<u32>, 
         }
     }
     let body = serde_json::json!({ "repositories": out });
-    let mut resp = response::own(http::StatusCode::OK, &Method::GET, Bytes::from(body.to_string()));
+    let mut resp = response::own(
+        http::StatusCode::OK,
+        &Method::GET,
+        Bytes::from(body.to_string()),
+    );
     if more {
         let next = cursor.unwrap_or_default();
-        let link = format!("</v2/_catalog?last={}&n={n}>; rel=\"next\"", form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>());
+        let link = format!(
+            "</v2/_catalog?last={}&n={n}>; rel=\"next\"",
+            form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
+        );
         if let Ok(v) = HeaderValue::from_str(&link) {
             resp.headers_mut().insert(header::LINK, v);
         }
@@ -296,9 +370,13 @@ async fn forward(
     let public_host = public.split_once("://").map(|(_, h)| h);
     let path_and_query = match query {
         // A query the permit stage rewrote (never empty-with-`?`).
-        Some(q) if q.is_empty() => parts.uri.path().to_owned(),
+        Some("") => parts.uri.path().to_owned(),
         Some(q) => format!("{}?{q}", parts.uri.path()),
-        None => parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+        None => parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned(),
     };
     parts.uri = state.upstream.uri(&path_and_query)?;
     parts.version = Version::HTTP_11;
@@ -384,7 +462,9 @@ async fn drain(parts: &http::request::Parts, mut body: Incoming, max_bytes: u64)
         }
         true
     };
-    tokio::time::timeout(Duration::from_secs(5), read).await.unwrap_or(false)
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .unwrap_or(false)
 }
 
 /// The origin clients used: the configured one, else the request's own authority (h2) or
@@ -397,7 +477,12 @@ fn public_origin(state: &State, parts: &http::request::Parts) -> String {
         .uri
         .authority()
         .map(|a| a.as_str())
-        .or_else(|| parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()))
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+        })
         .filter(|h| is_plausible_host(h));
     match host {
         Some(h) => format!("{}://{h}", state.proto),
@@ -408,7 +493,6 @@ fn public_origin(state: &State, parts: &http::request::Parts) -> String {
 fn is_plausible_host(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 255
-        && h
-            .bytes()
+        && h.bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':' | b'[' | b']'))
 }

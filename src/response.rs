@@ -25,7 +25,9 @@ pub fn status_and_code(e: &ProxyError) -> (StatusCode, &'static str) {
             RouteError::QueryInvalid(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
         },
         ProxyError::Auth(a) => match a {
-            AuthError::Missing | AuthError::Invalid(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            AuthError::Missing | AuthError::Invalid(_) => {
+                (StatusCode::UNAUTHORIZED, "UNAUTHORIZED")
+            }
             AuthError::Ambiguous => (StatusCode::BAD_REQUEST, "UNAUTHORIZED"),
             AuthError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
         },
@@ -164,7 +166,11 @@ mod tests {
 
     #[tokio::test]
     async fn refusals_are_registry_json_with_the_api_header() {
-        let r = refusal(&RouteError::NotFound("not a v2 path").into(), &Method::GET, "r");
+        let r = refusal(
+            &RouteError::NotFound("not a v2 path").into(),
+            &Method::GET,
+            "r",
+        );
         assert_eq!(r.status(), 404);
         assert_eq!(r.headers()[API_VERSION_HEADER], "registry/2.0");
         let body = r.into_body().collect().await.unwrap().to_bytes();
@@ -185,14 +191,21 @@ mod tests {
     async fn the_challenge_is_exactly_what_clients_expect() {
         let r = refusal(&AuthError::Missing.into(), &Method::GET, "registry-guard");
         assert_eq!(r.status(), 401);
-        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Basic realm=\"registry-guard\"");
+        assert_eq!(
+            r.headers()[header::WWW_AUTHENTICATE],
+            "Basic realm=\"registry-guard\""
+        );
         assert_eq!(r.headers()[API_VERSION_HEADER], "registry/2.0");
         let body = r.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(
             &body[..],
             br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}"#
         );
-        let r = refusal(&AuthError::Throttled(Duration::from_millis(2500)).into(), &Method::GET, "r");
+        let r = refusal(
+            &AuthError::Throttled(Duration::from_millis(2500)).into(),
+            &Method::GET,
+            "r",
+        );
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()[header::RETRY_AFTER], "3");
         assert!(!r.headers().contains_key(header::WWW_AUTHENTICATE));

@@ -3,11 +3,11 @@
 //! graceful drain on shutdown (stop accepting, let in-flight requests finish up to
 //! `limits.shutdown_grace`, then close what is left).
 
+use crate::auth::users::Users;
+use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, Limits, Tls};
 use crate::handler::{self, ConnInfo, State};
 use crate::log::{now_ms, ConnActivity};
-use crate::auth::users::Users;
-use crate::auth::Authenticator;
 use crate::metrics::Metrics;
 use crate::proxy::upstream::Upstream;
 use hyper::server::conn::{http1, http2};
@@ -102,8 +102,14 @@ impl Server {
             auth,
             policy: cfg.access.as_ref().map(|a| a.policy.clone()),
             catalog_max_n: cfg.limits.catalog_max_n,
-            realm: cfg.auth.as_ref().map_or_else(|| "registry-guard".to_owned(), |a| a.realm.clone()),
-            max_unauthenticated_body: cfg.auth.as_ref().map_or(1024 * 1024, |a| a.max_unauthenticated_body),
+            realm: cfg
+                .auth
+                .as_ref()
+                .map_or_else(|| "registry-guard".to_owned(), |a| a.realm.clone()),
+            max_unauthenticated_body: cfg
+                .auth
+                .as_ref()
+                .map_or(1024 * 1024, |a| a.max_unauthenticated_body),
             metrics,
             public_origin: cfg.server.public_origin.clone(),
             proto: if tls.is_some() { "https" } else { "http" },
@@ -395,9 +401,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
 async fn watch_users(path: PathBuf, state: Arc<State>) {
     use tokio::signal::unix::{signal, SignalKind};
     let stamp = |p: &Path| {
-        std::fs::metadata(p)
-            .ok()
-            .map(|m| (m.modified().ok(), m.len(), std::os::unix::fs::MetadataExt::ino(&m)))
+        std::fs::metadata(p).ok().map(|m| {
+            (
+                m.modified().ok(),
+                m.len(),
+                std::os::unix::fs::MetadataExt::ino(&m),
+            )
+        })
     };
     let mut last = stamp(&path);
     let mut hup = signal(SignalKind::hangup()).ok();
@@ -418,7 +428,9 @@ async fn watch_users(path: PathBuf, state: Arc<State>) {
                 tracing::info!(users = users.len(), file = %path.display(), "user file reloaded");
                 auth.replace_users(users);
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "user file not reloaded; the previous one stays in force"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "user file not reloaded; the previous one stays in force")
+            }
             Err(e) => tracing::error!(error = %e, "user file reload failed"),
         }
     }
@@ -441,7 +453,8 @@ async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
                     } else {
                         (404, "not found\n".to_owned())
                     };
-                    let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+                    let mut resp =
+                        hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
                     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
                     resp.headers_mut().insert(
                         hyper::header::CONTENT_TYPE,

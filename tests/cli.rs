@@ -72,7 +72,8 @@ fn cert_and_key() -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
-const UPSTREAM: &str = "upstream:\n  url: http://127.0.0.1:5000\n";
+/// The upstream, and no authentication: these tests are about the command line.
+const UPSTREAM: &str = "auth:\n  disabled: true\nupstream:\n  url: http://127.0.0.1:5000\n";
 
 fn plaintext_on(port: u16) -> String {
     format!("server:\n  listen: 127.0.0.1:{port}\n  plaintext: true\n{UPSTREAM}")

@@ -15,26 +15,41 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, appl
 /// Largest JSON body a lookup reads (a catalog or tag page).
 const MAX_JSON: usize = 8 * 1024 * 1024;
 
-async fn request(up: &Upstream, method: Method, path_and_query: &str) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
+async fn request(
+    up: &Upstream,
+    method: Method,
+    path_and_query: &str,
+) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
     let mut req = Request::builder()
         .method(method)
         .uri(up.uri(path_and_query)?)
         .header(header::ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT))
-        .body(Empty::<Bytes>::new().map_err(|never| match never {}).boxed())
-        .map_err(|e| ProxyError::UpstreamUnavailable(format!("cannot build a lookup request: {e}")))?;
+        .body(
+            Empty::<Bytes>::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .map_err(|e| {
+            ProxyError::UpstreamUnavailable(format!("cannot build a lookup request: {e}"))
+        })?;
     if let Some(auth) = &up.authorization {
-        req.headers_mut().insert(header::AUTHORIZATION, auth.clone());
+        req.headers_mut()
+            .insert(header::AUTHORIZATION, auth.clone());
     }
     up.send(req).await
 }
 
-async fn json<T: serde::de::DeserializeOwned>(resp: http::Response<hyper::body::Incoming>) -> Result<T, ProxyError> {
+async fn json<T: serde::de::DeserializeOwned>(
+    resp: http::Response<hyper::body::Incoming>,
+) -> Result<T, ProxyError> {
     let body = Limited::new(resp.into_body(), MAX_JSON)
         .collect()
         .await
         .map_err(|e| ProxyError::UpstreamUnavailable(format!("reading a lookup answer: {e}")))?
         .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| ProxyError::UpstreamUnavailable(format!("lookup answer is not the expected JSON: {e}")))
+    serde_json::from_slice(&body).map_err(|e| {
+        ProxyError::UpstreamUnavailable(format!("lookup answer is not the expected JSON: {e}"))
+    })
 }
 
 fn unexpected(what: &str, status: StatusCode) -> ProxyError {
@@ -42,8 +57,17 @@ fn unexpected(what: &str, status: StatusCode) -> ProxyError {
 }
 
 /// The digest a tag (or digest) resolves to; `None` when the manifest does not exist.
-pub async fn manifest_digest(up: &Upstream, repo: &str, reference: &str) -> Result<Option<String>, ProxyError> {
-    let resp = request(up, Method::HEAD, &format!("/v2/{repo}/manifests/{reference}")).await?;
+pub async fn manifest_digest(
+    up: &Upstream,
+    repo: &str,
+    reference: &str,
+) -> Result<Option<String>, ProxyError> {
+    let resp = request(
+        up,
+        Method::HEAD,
+        &format!("/v2/{repo}/manifests/{reference}"),
+    )
+    .await?;
     match resp.status() {
         StatusCode::OK => Ok(resp
             .headers()
@@ -76,7 +100,11 @@ fn next_last(resp: &http::Response<hyper::body::Incoming>) -> Option<String> {
 }
 
 /// Up to `max` tags of `repo`, and whether that is all of them.
-pub async fn tags(up: &Upstream, repo: &str, max: usize) -> Result<(Vec<String>, bool), ProxyError> {
+pub async fn tags(
+    up: &Upstream,
+    repo: &str,
+    max: usize,
+) -> Result<(Vec<String>, bool), ProxyError> {
     let mut out = Vec::new();
     let mut last: Option<String> = None;
     loop {
@@ -107,7 +135,11 @@ pub async fn tags(up: &Upstream, repo: &str, max: usize) -> Result<(Vec<String>,
 
 /// One upstream catalog page after `last`: names, and the cursor of the next page if
 /// the upstream says there is one.
-pub async fn catalog_page(up: &Upstream, last: Option<&str>, n: usize) -> Result<(Vec<String>, Option<String>), ProxyError> {
+pub async fn catalog_page(
+    up: &Upstream,
+    last: Option<&str>,
+    n: usize,
+) -> Result<(Vec<String>, Option<String>), ProxyError> {
     let mut pq = format!("/v2/_catalog?n={n}");
     if let Some(l) = last {
         pq.push_str("&last=");

@@ -21,7 +21,10 @@ mod tests {
     #[test]
     fn stripping_mount_keeps_everything_else_byte_for_byte() {
         let q = "mount=sha256%3Aab&from=bob%2Fapp&x=1%2B2&%6Dount=y&digest=sha256:cd";
-        assert_eq!(strip_query_params(q, &["mount", "from"]), "x=1%2B2&digest=sha256:cd");
+        assert_eq!(
+            strip_query_params(q, &["mount", "from"]),
+            "x=1%2B2&digest=sha256:cd"
+        );
         assert_eq!(strip_query_params("mount=a&from=b", &["mount", "from"]), "");
         assert_eq!(strip_query_params("", &["mount"]), "");
     }

@@ -179,7 +179,48 @@ pub struct Proxy {
     child: Option<Child>,
 }
 
+/// A user of the proxy under test: name, password, groups.
+pub struct TestUser {
+    pub name: String,
+    pub password: String,
+    pub groups: Vec<String>,
+}
+
+pub fn user(name: &str, password: &str, groups: &[&str]) -> TestUser {
+    TestUser {
+        name: name.into(),
+        password: password.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+    }
+}
+
+/// `Basic base64(user:password)`.
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// The user file for `users`, with cheap argon2id parameters (the code path is the
+/// same; tests stay fast).
+pub fn users_yaml(users: &[TestUser]) -> String {
+    let mut y = String::from("users:\n");
+    for u in users {
+        let hash = registry_guard::auth::users::hash_password(&u.password, 1024, 1, 1).unwrap();
+        y.push_str(&format!("  - name: {:?}\n    hash: '{hash}'\n", u.name));
+        if !u.groups.is_empty() {
+            y.push_str(&format!("    groups: {:?}\n", u.groups));
+        }
+    }
+    y
+}
+
 pub struct ProxyBuilder {
+    users: Vec<TestUser>,
+    auth_extra: String,
+    access: Option<String>,
     upstream: String,
     tls: TlsMode,
     extra: String,
@@ -190,6 +231,22 @@ pub struct ProxyBuilder {
 }
 
 impl ProxyBuilder {
+    /// Turns authentication on with these users (default: `auth.disabled: true`).
+    pub fn users(mut self, users: Vec<TestUser>) -> Self {
+        self.users = users;
+        self
+    }
+    /// Extra keys under `auth:` (two-space indented).
+    pub fn auth_yaml(mut self, yaml: &str) -> Self {
+        self.auth_extra.push_str(yaml);
+        self
+    }
+    /// The body of the `access:` section (two-space indented). Default with users: every
+    /// user may do everything (`**`).
+    pub fn access_yaml(mut self, yaml: &str) -> Self {
+        self.access = Some(yaml.to_owned());
+        self
+    }
     pub fn tls(mut self, tls: TlsMode) -> Self {
         self.tls = tls;
         self
@@ -230,8 +287,22 @@ impl ProxyBuilder {
             }
             TlsMode::Plaintext => "  plaintext: true\n".to_owned(),
         };
+        let auth = if self.users.is_empty() && self.access.is_none() {
+            "auth:\n  disabled: true\n".to_owned()
+        } else {
+            let users_file = dir.path().join("users.yaml");
+            std::fs::write(&users_file, users_yaml(&self.users)).unwrap();
+            let access = self.access.clone().unwrap_or_else(|| {
+                "  rules:\n    - repos: ['**']\n      users: ['*']\n      actions: [pull, push, delete]\n".to_owned()
+            });
+            format!(
+                "auth:\n  users_file: {}\n{}access:\n{access}",
+                users_file.display(),
+                self.auth_extra
+            )
+        };
         let yaml = format!(
-            "server:\n  listen: 127.0.0.1:0\n{tls}{}upstream:\n  url: {}\n  connect_timeout: 2s\n  response_header_timeout: {}\n{}{}",
+            "server:\n  listen: 127.0.0.1:0\n{tls}{}upstream:\n  url: {}\n  connect_timeout: 2s\n  response_header_timeout: {}\n{}{auth}{}",
             self.server_extra,
             self.upstream,
             self.response_header_timeout,
@@ -250,6 +321,9 @@ impl ProxyBuilder {
 impl Proxy {
     pub fn builder(upstream: &str) -> ProxyBuilder {
         ProxyBuilder {
+            users: Vec::new(),
+            auth_extra: String::new(),
+            access: None,
             upstream: upstream.to_owned(),
             tls: TlsMode::SelfSigned,
             extra: String::new(),
