@@ -6,15 +6,86 @@
 use super::body::RequestBody;
 use crate::config::{self, ConfigError, SecretSource, UpstreamScheme};
 use crate::error::ProxyError;
+use crate::log::now_ms;
 use base64::Engine;
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::error::Error as StdError;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+/// How far the request body has got: when it last moved, whether it ended.
+#[derive(Debug)]
+struct Progress {
+    last_ms: AtomicU64,
+    done: AtomicBool,
+    /// The last poll of the body returned Pending: the proxy waits on the client (as
+    /// opposed to the upstream not reading).
+    waiting_for_client: AtomicBool,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            last_ms: AtomicU64::new(now_ms()),
+            done: AtomicBool::new(false),
+            waiting_for_client: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The request body, reporting its progress.
+struct Tracked {
+    inner: RequestBody,
+    progress: Arc<Progress>,
+}
+
+impl Tracked {
+    fn new(inner: RequestBody, progress: Arc<Progress>) -> Self {
+        if inner.is_end_stream() {
+            progress.done.store(true, Ordering::Release);
+        }
+        Tracked { inner, progress }
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = super::body::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        self.progress
+            .waiting_for_client
+            .store(polled.is_pending(), Ordering::Release);
+        if let Poll::Ready(r) = &polled {
+            self.progress.last_ms.store(now_ms(), Ordering::Release);
+            if r.is_none() || self.inner.is_end_stream() {
+                self.progress.done.store(true, Ordering::Release);
+            }
+        }
+        polled
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, RequestBody>,
@@ -124,11 +195,37 @@ impl Upstream {
     }
 
     /// Sends a request and waits for the response head (not the body).
+    ///
+    /// `response_header_timeout` runs from the end of the request body, not from its
+    /// start: a registry answers an upload only once it has all of it, so a long upload
+    /// is no upstream fault. While the body is being sent, the same duration bounds the
+    /// gap between two of its frames instead (a stalled client, not a slow one).
     pub async fn send(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.response_header_timeout, self.client.request(req)).await {
-            Err(_) => Err(ProxyError::UpstreamTimeout(self.response_header_timeout)),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(&e)),
+        let (parts, body) = req.into_parts();
+        let progress = Arc::new(Progress::default());
+        let body = Tracked::new(body, progress.clone()).boxed();
+        let fut = self.client.request(Request::from_parts(parts, body));
+        let mut fut = std::pin::pin!(fut);
+        let limit = self.response_header_timeout;
+        loop {
+            let deadline = progress.last_ms.load(Ordering::Acquire) + limit.as_millis() as u64;
+            let wait = Duration::from_millis(deadline.saturating_sub(now_ms()))
+                .max(Duration::from_millis(10));
+            tokio::select! {
+                r = fut.as_mut() => return r.map_err(|e| classify(&e)),
+                _ = tokio::time::sleep(wait) => {
+                    if now_ms() < progress.last_ms.load(Ordering::Acquire) + limit.as_millis() as u64 {
+                        continue; // the body moved meanwhile
+                    }
+                    let client_stalled = !progress.done.load(Ordering::Acquire)
+                        && progress.waiting_for_client.load(Ordering::Acquire);
+                    return Err(if client_stalled {
+                        ProxyError::ClientBody(format!("request body stalled for {limit:?}"))
+                    } else {
+                        ProxyError::UpstreamTimeout(limit)
+                    });
+                }
+            }
         }
     }
 }

@@ -417,6 +417,11 @@ fn page_params(
 
 /// `mount`/`from`/`digest` of an upload start (checklist F).
 fn mount_params(query: Option<&str>) -> Result<Option<Mount>, RouteError> {
+    // Older Go servers split queries at `;` as well as `&`: `x=1;from=victim&mount=D`
+    // would be a mount there and a plain upload here. No client sends `;`.
+    if query.is_some_and(|q| q.contains(';')) {
+        return Err(RouteError::QueryInvalid("';' in an upload query"));
+    }
     let mount = single(query, "mount", "parameter mount given more than once")?;
     let from = single(query, "from", "parameter from given more than once")?;
     single_digest_param(query)?;
