@@ -53,6 +53,11 @@ enum Command {
         /// The request path, with its query if any (`/v2/alice/app/manifests/latest`).
         path: String,
     },
+    /// Verify or read audit files.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Read a password (stdin, or a prompt without echo on a terminal) and print its
     /// argon2id PHC hash for the user file.
     HashPassword {
@@ -69,6 +74,31 @@ enum Command {
         /// Take the user file from this configuration's auth.users_file.
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditAction {
+    /// Check JSON and the hash chain across the files, in the order given (oldest first);
+    /// print counts and the first broken place; exit 1 when broken.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the records as a table, oldest first.
+    Show {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Only this user's records.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this repository's records.
+        #[arg(long)]
+        repo: Option<String>,
+        /// Only records at or after this time (RFC 3339, e.g. 2026-11-23T10:00:00Z, or a
+        /// date 2026-11-23).
+        #[arg(long)]
+        since: Option<String>,
     },
 }
 
@@ -129,6 +159,7 @@ pub fn main() -> ExitCode {
             }
             Err(e) => fail(EXIT_CONFIG, &e),
         },
+        Command::Audit { action } => audit_command(action),
         Command::HashPassword { params } => {
             match read_password("Password: ").and_then(|pw| hash(&pw, &params)) {
                 Ok(phc) => {
@@ -581,4 +612,123 @@ fn explain(
         }
     }
     Ok(out)
+}
+
+fn read_files(files: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>, String> {
+    files
+        .iter()
+        .map(|f| {
+            std::fs::read(f)
+                .map(|c| (f.display().to_string(), c))
+                .map_err(|e| format!("{}: cannot read: {e}", f.display()))
+        })
+        .collect()
+}
+
+fn audit_command(action: AuditAction) -> ExitCode {
+    match action {
+        AuditAction::Verify { files } => {
+            let contents = match read_files(&files) {
+                Ok(c) => c,
+                Err(e) => return fail(EXIT_CONFIG, &e),
+            };
+            let r = crate::audit::verify::verify(
+                contents.iter().map(|(n, c)| (n.as_str(), c.as_slice())),
+            );
+            println!(
+                "records: {}\ndeletes: {}\npushes: {}\ndenials: {}\nfailures: {}\nunknown outcomes: {}",
+                r.records, r.deletes, r.pushes, r.denials, r.failures, r.unknown
+            );
+            for id in &r.unknown_ids {
+                println!("  intent without outcome: request {id}");
+            }
+            if let Some(start) = &r.chain_start {
+                println!("chain starts at: {start}");
+            }
+            if let Some(end) = &r.chain_end {
+                println!("chain ends at: {end}");
+            }
+            match &r.broken {
+                Some(b) => {
+                    println!("BROKEN: {b}");
+                    ExitCode::from(1)
+                }
+                None => {
+                    println!("chain: intact");
+                    ExitCode::SUCCESS
+                }
+            }
+        }
+        AuditAction::Show {
+            files,
+            user,
+            repo,
+            since,
+        } => {
+            let contents = match read_files(&files) {
+                Ok(c) => c,
+                Err(e) => return fail(EXIT_CONFIG, &e),
+            };
+            println!(
+                "{:<24} {:<8} {:<12} {:<15} {:<7} {:<28} {:<20} {}",
+                "TIME", "PHASE", "USER", "CLIENT", "STATUS", "REPOSITORY", "REFERENCE", "DETAIL"
+            );
+            for (name, c) in &contents {
+                for (i, line) in c.split(|&b| b == b'\n').enumerate() {
+                    if line.is_empty() {
+                        continue;
+                    }
+                    let Ok(r) = serde_json::from_slice::<crate::audit::Record>(line) else {
+                        eprintln!("{name}:{}: not an audit record", i + 1);
+                        continue;
+                    };
+                    if user.as_deref().is_some_and(|u| u != r.user)
+                        || repo.as_deref().is_some_and(|p| p != r.repo)
+                        || since.as_deref().is_some_and(|s| r.time.as_str() < s)
+                    {
+                        continue;
+                    }
+                    let phase = serde_json::to_value(r.phase)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    let outcome = r
+                        .outcome
+                        .and_then(|o| serde_json::to_value(o).ok())
+                        .and_then(|v| v.as_str().map(str::to_owned));
+                    let status = r.upstream_status.map_or("-".to_owned(), |s| s.to_string());
+                    let mut detail = outcome.unwrap_or_else(|| r.decision.clone());
+                    if let Some(d) = &r.digest {
+                        if *d != r.reference {
+                            detail.push_str(&format!(" digest={d}"));
+                        }
+                    }
+                    if let Some(t) = &r.tags {
+                        detail.push_str(&format!(
+                            " tags=[{}]{}",
+                            t.join(","),
+                            if r.tags_complete == Some(false) {
+                                "+?"
+                            } else {
+                                ""
+                            }
+                        ));
+                    }
+                    if r.phase == crate::audit::Phase::Denied {
+                        detail.push_str(&format!(" ({})", r.reason));
+                    }
+                    let reference = if r.reference.len() > 20 {
+                        format!("{}…", &r.reference[..19])
+                    } else {
+                        r.reference.clone()
+                    };
+                    println!(
+                        "{:<24} {:<8} {:<12} {:<15} {:<7} {:<28} {:<20} {}",
+                        r.time, phase, r.user, r.client, status, r.repo, reference, detail
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+    }
 }

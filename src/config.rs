@@ -57,6 +57,7 @@ struct RawConfig {
     upstream: RawUpstream,
     auth: Option<RawAuth>,
     access: Option<RawAccess>,
+    audit: Option<RawAudit>,
     metrics: Option<RawMetrics>,
     #[serde(default)]
     limits: RawLimits,
@@ -199,6 +200,20 @@ struct RawProtection {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawAudit {
+    file: PathBuf,
+    rotate_bytes: Option<u64>,
+    #[serde(default)]
+    stdout: bool,
+    #[serde(default)]
+    manifest_pushes: bool,
+    max_tags: Option<usize>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: String,
 }
@@ -221,10 +236,23 @@ pub struct Config {
     pub auth: Option<Auth>,
     /// The access rules (`None` exactly when auth is disabled).
     pub access: Option<Access>,
+    /// The delete audit trail, if configured.
+    pub audit: Option<Audit>,
     /// Address of the Prometheus metrics listener, if any.
     pub metrics_listen: Option<SocketAddr>,
     pub limits: Limits,
     pub log: Log,
+}
+
+#[derive(Debug, Clone)]
+pub struct Audit {
+    pub settings: crate::audit::AuditSettings,
+    /// Also audit manifest pushes (PUT), not only deletes.
+    pub manifest_pushes: bool,
+    /// Most tags examined to find those pointing at a deleted digest.
+    pub max_tags: usize,
+    /// Peers whose X-Forwarded-For is believed for the client address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Compiled access rules plus what validation could not check without the user file.
@@ -409,6 +437,9 @@ impl Config {
         if let Some(auth) = &mut self.auth {
             fix(&mut auth.users_file);
         }
+        if let Some(audit) = &mut self.audit {
+            fix(&mut audit.settings.file);
+        }
         if let Some(Credentials {
             password: SecretSource::File(f),
             ..
@@ -458,6 +489,44 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ))
         }
         (Some(a), Some(raw)) => Some(validate_access(raw, a.settings.anonymous)?),
+    };
+    let audit = match raw.audit {
+        None => None,
+        Some(a) => {
+            let trusted_proxies = a
+                .trusted_proxies
+                .iter()
+                .map(|p| {
+                    p.parse::<ipnet::IpNet>()
+                        .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| {
+                            ConfigError::new(
+                                "audit.trusted_proxies",
+                                format!("{p:?} is not an address or CIDR block"),
+                            )
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if a.file.as_os_str().is_empty() {
+                return Err(ConfigError::new("audit.file", "must name a file"));
+            }
+            Some(Audit {
+                settings: crate::audit::AuditSettings {
+                    file: a.file,
+                    rotate_bytes: a.rotate_bytes.unwrap_or(0),
+                    stdout: a.stdout,
+                },
+                manifest_pushes: a.manifest_pushes,
+                max_tags: match a.max_tags {
+                    Some(n) if n > 10_000 => {
+                        return Err(ConfigError::new("audit.max_tags", "must be at most 10000"))
+                    }
+                    Some(n) => n,
+                    None => 100,
+                },
+                trusted_proxies,
+            })
+        }
     };
     let metrics_listen = match raw.metrics {
         None => None,
@@ -532,6 +601,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         upstream,
         auth,
         access,
+        audit,
         metrics_listen,
         limits,
         log,

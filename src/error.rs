@@ -21,6 +21,9 @@ pub enum ProxyError {
     /// A form-encoded body on an upload start (distribution reads `from` from it).
     #[error("form-encoded bodies are not accepted on upload requests")]
     FormBody,
+    /// The audit intent of a delete could not be written: the delete is not forwarded.
+    #[error("audit log unavailable: {0}")]
+    AuditUnavailable(String),
     /// A manifest body over `limits.max_manifest_bytes`.
     #[error("manifest body larger than {limit} bytes")]
     ManifestTooLarge { limit: u64 },

@@ -11,6 +11,7 @@
 //! `Result<Response, ProxyError>`.
 
 use crate::acl::Policy;
+use crate::audit::{self, AuditLog, Outcome, Phase};
 use crate::auth::{AuthError, Authenticator, Identity};
 use crate::error::ProxyError;
 use crate::log::{next_request_id, AccessRecord, ConnActivity, InFlight};
@@ -32,6 +33,8 @@ use std::time::Duration;
 /// What every request needs, built once at start-up.
 #[derive(Debug)]
 pub struct State {
+    /// The delete audit trail and its settings, if configured.
+    pub audit: Option<(AuditLog, crate::config::Audit)>,
     pub upstream: Upstream,
     /// `None`: `auth.disabled`, every well-formed request is forwarded.
     pub auth: Option<Authenticator>,
@@ -129,14 +132,52 @@ async fn serve(
     record.route = route.kind();
     record.repo = route.repo().map(str::to_owned);
 
+    let audited = audit_target(state, &route);
     let identity = match &state.auth {
-        Some(auth) => Some(auth.identify(&parts.headers, conn.peer.ip()).await?),
+        Some(auth) => match auth.identify(&parts.headers, conn.peer.ip()).await {
+            Ok(id) => Some(id),
+            Err(e) => {
+                let e = ProxyError::from(e);
+                if let Some(target) = audited {
+                    audit_refusal(
+                        state,
+                        conn,
+                        parts,
+                        &route,
+                        target,
+                        None,
+                        &e,
+                        &record.request_id,
+                    )
+                    .await;
+                }
+                return Err(e);
+            }
+        },
         None => None,
     };
     if let Some(id) = &identity {
         record.user = Some(id.name().to_owned());
     }
-    let (permit, query) = permit(state, identity.as_ref(), &route, parts).await?;
+    let (permit, query, reason) = match permit(state, identity.as_ref(), &route, parts).await {
+        Ok(p) => p,
+        Err(e) => {
+            if let Some(target) = audited {
+                audit_refusal(
+                    state,
+                    conn,
+                    parts,
+                    &route,
+                    target,
+                    identity.as_ref(),
+                    &e,
+                    &record.request_id,
+                )
+                .await;
+            }
+            return Err(e);
+        }
+    };
     if let (Some(id), Some(policy), Target::Catalog { n, last }) =
         (&identity, &state.policy, &route.target)
     {
@@ -145,7 +186,237 @@ async fn serve(
     let body = body
         .take()
         .ok_or(ProxyError::ClientBody("request body already used".into()))?;
-    forward(state, conn, &route, parts, query.as_deref(), body, permit).await
+    match (audited, &state.audit) {
+        (Some(target), Some((log, settings))) => {
+            let ctx = AuditContext {
+                log,
+                settings,
+                target,
+                identity: identity.as_ref(),
+                reason,
+                request_id: &record.request_id,
+            };
+            audited_forward(
+                state,
+                conn,
+                &route,
+                parts,
+                query.as_deref(),
+                body,
+                permit,
+                ctx,
+            )
+            .await
+        }
+        _ => forward(state, conn, &route, parts, query.as_deref(), body, permit).await,
+    }
+}
+
+/// What an audited request is, if it is one: deletes of manifests and blobs, and
+/// manifest pushes when `audit.manifest_pushes` is on.
+fn audit_target(state: &State, route: &Route) -> Option<audit::Target> {
+    let (_, settings) = state.audit.as_ref()?;
+    match (&route.method, &route.target) {
+        (
+            &Method::DELETE,
+            Target::Manifest {
+                reference: Reference::Digest(_),
+                ..
+            },
+        ) => Some(audit::Target::ManifestByDigest),
+        (
+            &Method::DELETE,
+            Target::Manifest {
+                reference: Reference::Tag(_),
+                ..
+            },
+        ) => Some(audit::Target::ManifestByTag),
+        (&Method::DELETE, Target::Blob { .. }) => Some(audit::Target::Blob),
+        (&Method::PUT, Target::Manifest { .. }) if settings.manifest_pushes => {
+            Some(audit::Target::ManifestPush)
+        }
+        _ => None,
+    }
+}
+
+/// The parts of an audit record every phase shares.
+fn audit_record(
+    state: &State,
+    conn: &ConnInfo,
+    parts: &http::request::Parts,
+    route: &Route,
+    target: audit::Target,
+    identity: Option<&Identity>,
+    request_id: &str,
+) -> audit::Record {
+    let trusted = state
+        .audit
+        .as_ref()
+        .map_or(&[][..], |(_, s)| &s.trusted_proxies[..]);
+    let xff: Vec<&str> = parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let reference = match &route.target {
+        Target::Manifest { reference, .. } => reference.as_str().to_owned(),
+        Target::Blob { digest, .. } => digest.clone(),
+        _ => String::new(),
+    };
+    audit::Record {
+        time: audit::record::now_rfc3339(),
+        phase: Phase::Intent,
+        request_id: request_id.to_owned(),
+        user: identity.map_or_else(|| "-".to_owned(), |i| i.name().to_owned()),
+        client: audit::record::client_address(conn.peer.ip(), &xff, trusted).to_string(),
+        user_agent: parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(256).collect()),
+        method: route.method.to_string(),
+        path: route.path(),
+        repo: route.repo().unwrap_or_default().to_owned(),
+        target,
+        digest: matches!(
+            target,
+            audit::Target::ManifestByDigest | audit::Target::Blob
+        )
+        .then(|| reference.clone()),
+        reference,
+        tags: None,
+        tags_complete: None,
+        decision: "allowed".into(),
+        reason: String::new(),
+        upstream_status: None,
+        outcome: None,
+        duration_ms: None,
+        prev: String::new(),
+    }
+}
+
+/// Records a refused audited request (unauthenticated, denied, malformed after routing).
+#[allow(clippy::too_many_arguments)]
+async fn audit_refusal(
+    state: &State,
+    conn: &ConnInfo,
+    parts: &http::request::Parts,
+    route: &Route,
+    target: audit::Target,
+    identity: Option<&Identity>,
+    error: &ProxyError,
+    request_id: &str,
+) {
+    let Some((log, _)) = &state.audit else { return };
+    let mut r = audit_record(state, conn, parts, route, target, identity, request_id);
+    r.phase = Phase::Denied;
+    r.decision = "denied".into();
+    r.reason = error.to_string();
+    r.upstream_status = None;
+    r.outcome = Some(Outcome::Denied);
+    r.duration_ms = Some(0);
+    if let Err(e) = log.write(r).await {
+        tracing::error!(error = %e, request_id, "audit record of a refusal not written");
+    }
+}
+
+struct AuditContext<'a> {
+    log: &'a AuditLog,
+    settings: &'a crate::config::Audit,
+    target: audit::Target,
+    identity: Option<&'a Identity>,
+    reason: String,
+    request_id: &'a str,
+}
+
+/// Forwards an audited request: resolves what it removes, writes the intent (fsync'd:
+/// no intent on disk, no forwarding), forwards, then writes the outcome.
+#[allow(clippy::too_many_arguments)]
+async fn audited_forward(
+    state: &State,
+    conn: &ConnInfo,
+    route: &Route,
+    parts: &http::request::Parts,
+    query: Option<&str>,
+    body: Incoming,
+    permit: Permit,
+    ctx: AuditContext<'_>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let started = std::time::Instant::now();
+    let mut rec = audit_record(
+        state,
+        conn,
+        parts,
+        route,
+        ctx.target,
+        ctx.identity,
+        ctx.request_id,
+    );
+    rec.reason = ctx.reason;
+    let repo = route.repo().unwrap_or_default();
+    if ctx.target == audit::Target::ManifestByTag {
+        match lookup::manifest_digest(&state.upstream, repo, &rec.reference).await {
+            Ok(d) => rec.digest = d,
+            Err(e) => tracing::warn!(error = %e, "audit: digest of the tag not resolved"),
+        }
+    }
+    if matches!(
+        ctx.target,
+        audit::Target::ManifestByTag | audit::Target::ManifestByDigest
+    ) {
+        if let Some(d) = rec.digest.clone() {
+            match lookup::tags_pointing_at(&state.upstream, repo, &d, ctx.settings.max_tags).await {
+                Ok((tags, complete)) => {
+                    rec.tags = Some(tags);
+                    rec.tags_complete = Some(complete);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit: tags of the digest not found");
+                    rec.tags_complete = Some(false);
+                }
+            }
+        }
+    }
+    ctx.log
+        .write(rec.clone())
+        .await
+        .map_err(ProxyError::AuditUnavailable)?;
+
+    let result = forward(state, conn, route, parts, query, body, permit).await;
+    rec.phase = Phase::Outcome;
+    rec.time = audit::record::now_rfc3339();
+    match &result {
+        Ok(resp) => {
+            let ok = resp.status().is_success();
+            rec.upstream_status = Some(resp.status().as_u16());
+            rec.outcome = Some(match (ok, ctx.target) {
+                (true, audit::Target::ManifestPush) => Outcome::Pushed,
+                (true, _) => Outcome::Deleted,
+                (false, _) => Outcome::Failed,
+            });
+            if ctx.target == audit::Target::ManifestPush {
+                if let Some(d) = resp
+                    .headers()
+                    .get("docker-content-digest")
+                    .and_then(|v| v.to_str().ok())
+                {
+                    rec.digest = Some(d.to_owned());
+                }
+            }
+        }
+        Err(e) => {
+            rec.outcome = Some(Outcome::Failed);
+            rec.reason = e.to_string();
+        }
+    }
+    rec.duration_ms = Some(started.elapsed().as_millis() as u64);
+    if let Err(e) = ctx.log.write(rec).await {
+        // The delete happened (or failed) upstream: the intent is on disk, and
+        // `audit verify` reports the missing outcome as unknown.
+        tracing::error!(error = %e, request_id = ctx.request_id, "audit outcome not written");
+    }
+    result
 }
 
 /// Decides whether the identity may make the request. Also returns the query to forward
@@ -156,11 +427,11 @@ async fn permit(
     identity: Option<&Identity>,
     route: &Route,
     parts: &http::request::Parts,
-) -> Result<(Permit, Option<String>), ProxyError> {
+) -> Result<(Permit, Option<String>, String), ProxyError> {
     let granted = Permit { _private: () };
     // auth.disabled: the operator chose to forward everything well-formed.
     let (Some(id), Some(policy)) = (identity, &state.policy) else {
-        return Ok((granted, None));
+        return Ok((granted, None, "auth disabled".into()));
     };
     // Anonymous requests that are not allowed get the challenge, so clients log in.
     let refuse = |reason: String| -> ProxyError {
@@ -173,7 +444,7 @@ async fn permit(
         // `/v2/` and the catalog: any authenticated user, as `docker login` needs.
         return match id {
             Identity::Anonymous => Err(AuthError::Missing.into()),
-            Identity::User { .. } => Ok((granted, None)),
+            Identity::User { .. } => Ok((granted, None, "any authenticated user".into())),
         };
     };
     let decision = policy.decide(id, repo, route.actions());
@@ -257,7 +528,7 @@ async fn permit(
         }
         _ => {}
     }
-    Ok((granted, query))
+    Ok((granted, query, decision.reason()))
 }
 
 /// Most tags examined to protect a delete by digest; beyond it the delete is refused

@@ -35,6 +35,7 @@ pub fn status_and_code(e: &ProxyError) -> (StatusCode, &'static str) {
         ProxyError::FormBody => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
         ProxyError::ManifestTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
         ProxyError::ClientBody(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
+        ProxyError::AuditUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
         ProxyError::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
         ProxyError::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
     }
@@ -46,6 +47,9 @@ fn client_message(e: &ProxyError) -> String {
     match e {
         ProxyError::Auth(AuthError::Missing) => "authentication required".into(),
         ProxyError::Denied(reason) => reason.clone(),
+        ProxyError::AuditUnavailable(_) => {
+            "the audit log cannot be written, so the request was not forwarded".into()
+        }
         ProxyError::UpstreamUnavailable(_) => {
             "the registry behind this proxy is unavailable".into()
         }
@@ -144,6 +148,7 @@ mod tests {
                 400,
                 "BLOB_UPLOAD_INVALID",
             ),
+            (ProxyError::AuditUnavailable("x".into()), 503, "UNAVAILABLE"),
             (
                 ProxyError::UpstreamUnavailable("x".into()),
                 502,
@@ -215,5 +220,7 @@ mod tests {
     fn upstream_details_stay_out_of_client_messages() {
         let e = ProxyError::UpstreamUnavailable("tcp connect error 10.1.2.3:5000".into());
         assert!(!client_message(&e).contains("10.1.2.3"));
+        let e = ProxyError::AuditUnavailable("cannot open /var/log/x/audit.jsonl".into());
+        assert!(!client_message(&e).contains("/var/log"));
     }
 }

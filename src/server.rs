@@ -97,10 +97,20 @@ impl Server {
             ),
             None => None,
         };
+        let audit = match &cfg.audit {
+            Some(a) => {
+                let log = crate::audit::AuditLog::start(a.settings.clone())
+                    .map_err(|m| ConfigError::new("audit.file", m))?;
+                tracing::info!(file = %a.settings.file.display(), "audit log open");
+                Some((log, a.clone()))
+            }
+            None => None,
+        };
         let state = Arc::new(State {
             upstream,
             auth,
             policy: cfg.access.as_ref().map(|a| a.policy.clone()),
+            audit,
             catalog_max_n: cfg.limits.catalog_max_n,
             realm: cfg
                 .auth
@@ -155,9 +165,7 @@ impl Server {
         if let Some(l) = metrics_listener {
             tokio::spawn(serve_metrics(l, state.metrics.clone()));
         }
-        if let Some(f) = users_file {
-            tokio::spawn(watch_users(f, state.clone()));
-        }
+        tokio::spawn(reload(users_file, state.clone()));
         let limits = Arc::new(limits);
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         // Each connection holds a receiver; `closed()` resolves when the last is gone.
@@ -396,9 +404,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
     }
 }
 
-/// Reloads the user file when it changes (checked every 2 s, and at once on SIGHUP).
-/// A file that fails to load keeps the previous snapshot and says why.
-async fn watch_users(path: PathBuf, state: Arc<State>) {
+/// Reloads the user file when it changes (checked every 2 s, and at once on SIGHUP), and
+/// on SIGHUP has the audit writer start a new file (after logrotate moved it). A user
+/// file that fails to load keeps the previous snapshot and says why.
+async fn reload(users: Option<PathBuf>, state: Arc<State>) {
     use tokio::signal::unix::{signal, SignalKind};
     let stamp = |p: &Path| {
         std::fs::metadata(p).ok().map(|m| {
@@ -409,19 +418,27 @@ async fn watch_users(path: PathBuf, state: Arc<State>) {
             )
         })
     };
-    let mut last = stamp(&path);
+    let mut last = users.as_deref().and_then(stamp);
     let mut hup = signal(SignalKind::hangup()).ok();
     loop {
         let forced = tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => false,
             Some(_) = async { match &mut hup { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
         };
-        let now = stamp(&path);
+        if forced {
+            if let Some((log, _)) = &state.audit {
+                log.reopen().await;
+                tracing::info!("SIGHUP: the audit log starts a new file at its next record");
+            }
+        }
+        let (Some(path), Some(auth)) = (&users, &state.auth) else {
+            continue;
+        };
+        let now = stamp(path);
         if !forced && now == last {
             continue;
         }
         last = now;
-        let Some(auth) = &state.auth else { return };
         let p = path.clone();
         match tokio::task::spawn_blocking(move || Users::load(&p)).await {
             Ok(Ok(users)) => {

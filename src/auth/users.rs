@@ -250,10 +250,19 @@ pub fn verify_password(phc: &str, password: &str) -> bool {
 }
 
 /// Writes a user file atomically: a temporary file in the same folder, mode 0600, then
-/// rename over the old one.
+/// rename over the old one. A file that would not load (a bad group name, say) is refused
+/// and nothing is written: the running proxy would keep its old snapshot and every later
+/// edit would fail.
 pub fn save(path: &Path, file: &UserFile) -> Result<(), UsersError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    Users::from_file(UserFile {
+        users: file.users.clone(),
+    })
+    .map_err(|mut e| {
+        e.file = Some(path.to_owned());
+        e
+    })?;
     let err = |m: String| UsersError {
         file: Some(path.to_owned()),
         user: None,
@@ -352,6 +361,23 @@ mod tests {
             assert!(check_hash(&phc).is_ok(), "{phc}");
             assert!(verify_password(&phc, "pw"));
         }
+    }
+
+    #[test]
+    fn save_refuses_a_file_that_would_not_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.yaml");
+        let file = UserFile {
+            users: vec![UserEntry {
+                name: "carol".into(),
+                hash: h("pw"),
+                groups: vec!["a b".into()],
+                disabled: false,
+            }],
+        };
+        let e = save(&path, &file).unwrap_err().to_string();
+        assert!(e.contains("user \"carol\"") && e.contains("group"), "{e}");
+        assert!(!path.exists());
     }
 
     #[test]

@@ -153,3 +153,21 @@ pub async fn catalog_page(
     let page: Catalog = json(resp).await?;
     Ok((page.repositories.unwrap_or_default(), next))
 }
+
+/// The tags of `repo` pointing at `digest` (a delete by digest removes them all), from
+/// at most `max` tags; the flag says whether every tag was examined.
+pub async fn tags_pointing_at(
+    up: &Upstream,
+    repo: &str,
+    digest: &str,
+    max: usize,
+) -> Result<(Vec<String>, bool), ProxyError> {
+    let (tags, complete) = tags(up, repo, max).await?;
+    let mut out = Vec::new();
+    for t in tags {
+        if manifest_digest(up, repo, &t).await?.as_deref() == Some(digest) {
+            out.push(t);
+        }
+    }
+    Ok((out, complete))
+}
