@@ -351,6 +351,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_user_file_loads() {
+        let users = Users::from_yaml(include_str!("../../config/users.example.yaml")).unwrap();
+        assert!(verify_password(&users.get("alice").unwrap().hash, "alice-demo-password"));
+        assert!(users.get("former-employee").unwrap().disabled);
+    }
+
+    #[test]
     fn argon2i_and_argon2d_are_accepted() {
         for alg in [Algorithm::Argon2i, Algorithm::Argon2d] {
             let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
