@@ -247,6 +247,7 @@ fn user_command(
         }
     };
     let find = |file: &users::UserFile, name: &str| file.users.iter().position(|u| u.name == name);
+    let done: String;
     match action {
         UserAction::List => {
             for u in &file.users {
@@ -284,7 +285,7 @@ fn user_command(
                 groups,
                 disabled: false,
             });
-            eprintln!("added user {name:?} to {}", path.display());
+            done = format!("added user {name:?} to {}", path.display());
         }
         UserAction::Passwd { name, params } => {
             let i = find(&file, &name)
@@ -293,16 +294,19 @@ fn user_command(
                 &read_password(&format!("New password for {name}: "))?,
                 &params,
             )?;
-            eprintln!("changed the password of {name:?}");
+            done = format!("changed the password of {name:?}");
         }
         UserAction::Del { name } => {
             let i = find(&file, &name)
                 .ok_or_else(|| format!("no user {name:?} in {}", path.display()))?;
             file.users.remove(i);
-            eprintln!("removed user {name:?}");
+            done = format!("removed user {name:?}");
         }
     }
-    users::save(&path, &file).map_err(|e| e.to_string())
+    // Say what was done only once it is on disk.
+    users::save(&path, &file).map_err(|e| e.to_string())?;
+    eprintln!("{done}");
+    Ok(())
 }
 
 fn fail(code: u8, e: &dyn std::fmt::Display) -> ExitCode {
@@ -670,8 +674,8 @@ fn audit_command(action: AuditAction) -> ExitCode {
                 Err(e) => return fail(EXIT_CONFIG, &e),
             };
             println!(
-                "{:<24} {:<8} {:<12} {:<15} {:<7} {:<28} {:<20} {}",
-                "TIME", "PHASE", "USER", "CLIENT", "STATUS", "REPOSITORY", "REFERENCE", "DETAIL"
+                "{:<24} {:<8} {:<12} {:<15} {:<7} {:<28} {:<20} DETAIL",
+                "TIME", "PHASE", "USER", "CLIENT", "STATUS", "REPOSITORY", "REFERENCE"
             );
             for (name, c) in &contents {
                 for (i, line) in c.split(|&b| b == b'\n').enumerate() {

@@ -447,9 +447,17 @@ async fn permit(
             Identity::User { .. } => Ok((granted, None, "any authenticated user".into())),
         };
     };
-    let decision = policy.decide(id, repo, route.actions());
-    tracing::debug!(user = id.name(), repo, allowed = decision.allowed, reason = %decision.reason(), "decision");
-    if !decision.allowed {
+    // The fast check on every request; the explained decision only where it is kept
+    // (an audit record) or where a refusal is logged.
+    let allowed = policy.allows(id, repo, route.actions());
+    let reason = if allowed && audit_target(state, route).is_none() {
+        String::new()
+    } else {
+        let decision = policy.decide(id, repo, route.actions());
+        tracing::debug!(user = id.name(), repo, allowed, reason = %decision.reason(), "decision");
+        decision.reason()
+    };
+    if !allowed {
         // The same answer whether the repository exists or not: nothing was looked up.
         return Err(refuse(format!(
             "requested access to the resource is denied (needs {})",
@@ -460,16 +468,16 @@ async fn permit(
     match (&route.method, &route.target) {
         (_, Target::UploadStart { mount, .. }) => {
             // distribution also reads `mount`/`from` from a form body: refuse such bodies.
-            let form = parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| {
-                let v = v.as_bytes();
-                starts_with_ignore_case(v, b"application/x-www-form-urlencoded")
-                    || starts_with_ignore_case(v, b"multipart/form-data")
-            });
+            let form = parts
+                .headers
+                .get_all(header::CONTENT_TYPE)
+                .iter()
+                .any(|v| is_form_content_type(v.as_bytes()));
             if form {
                 return Err(ProxyError::FormBody);
             }
             if let Some(m) = mount {
-                if !policy.decide(id, &m.from, Actions::PULL).allowed {
+                if !policy.allows(id, &m.from, Actions::PULL) {
                     // Without pull on `from`, a plain upload start: every client falls back
                     // to uploading the blob, and nothing of `from` is read.
                     query = Some(registry::route::strip_query_params(
@@ -528,7 +536,7 @@ async fn permit(
         }
         _ => {}
     }
-    Ok((granted, query, decision.reason()))
+    Ok((granted, query, reason))
 }
 
 /// Most tags examined to protect a delete by digest; beyond it the delete is refused
@@ -567,8 +575,19 @@ async fn protected_tags_of(
     Ok(())
 }
 
-fn starts_with_ignore_case(v: &[u8], prefix: &[u8]) -> bool {
-    v.len() >= prefix.len() && v[..prefix.len()].eq_ignore_ascii_case(prefix)
+/// Whether the upstream could read a body with this Content-Type as a form. Go's
+/// `mime.ParseMediaType` (distribution's `FormValue`) trims Unicode white space around the
+/// media type: leading spaces and tabs (kept by HTTP/2) and NBSP, NEL or EM SPACE (UTF-8
+/// bytes HTTP/1.1 carries as obs-text) all still make a form. So any value that holds a
+/// form media type anywhere is one.
+fn is_form_content_type(v: &[u8]) -> bool {
+    contains_ignore_case(v, b"application/x-www-form-urlencoded")
+        || contains_ignore_case(v, b"multipart/form-data")
+}
+
+fn contains_ignore_case(v: &[u8], needle: &[u8]) -> bool {
+    v.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// Upstream catalog pages requested per client page at most: bounds the time a page
@@ -597,7 +616,7 @@ async fn catalog(
         more = next.is_some() && !names.is_empty();
         for name in names {
             cursor = Some(name.clone());
-            if policy.decide(id, &name, Actions::PULL).allowed {
+            if policy.allows(id, &name, Actions::PULL) {
                 out.push(name);
                 if out.len() == n {
                     // Stopped inside an upstream page: the rest of it is still unseen.

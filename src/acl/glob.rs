@@ -145,21 +145,36 @@ impl Pattern {
     /// Whether `name` matches, `${user}` standing for `user` (None: anonymous, so
     /// `${user}` matches nothing).
     pub fn matches(&self, name: &str, user: Option<&str>) -> bool {
-        let comps: Vec<&str> = name.split('/').collect();
-        match_segments(&self.segments, &comps, user)
+        match_segments(&self.segments, Some(name), user)
     }
 }
 
-fn match_segments(segs: &[Segment], comps: &[&str], user: Option<&str>) -> bool {
+/// `rest`: the components still to match, `None` when there are none left.
+fn match_segments(segs: &[Segment], rest: Option<&str>, user: Option<&str>) -> bool {
     match segs.split_first() {
-        None => comps.is_empty(),
-        Some((Segment::Any, rest)) => {
+        None => rest.is_none(),
+        Some((Segment::Any, tail)) => {
             // zero or more components
-            (0..=comps.len()).any(|k| match_segments(rest, &comps[k..], user))
+            let mut r = rest;
+            loop {
+                if match_segments(tail, r, user) {
+                    return true;
+                }
+                match r {
+                    Some(s) => r = s.split_once('/').map(|(_, b)| b),
+                    None => return false,
+                }
+            }
         }
-        Some((Segment::Tokens(t), rest)) => match comps.split_first() {
-            Some((c, more)) => match_tokens(t, c, user) && match_segments(rest, more, user),
+        Some((Segment::Tokens(t), tail)) => match rest {
             None => false,
+            Some(s) => {
+                let (c, more) = match s.split_once('/') {
+                    Some((a, b)) => (a, Some(b)),
+                    None => (s, None),
+                };
+                match_tokens(t, c, user) && match_segments(tail, more, user)
+            }
         },
     }
 }

@@ -140,11 +140,9 @@ impl Policy {
         !matches!(id, Identity::Anonymous) && self.admins.includes(id)
     }
 
-    /// The actions `id` has on `repo`, and the rules that grant them.
-    pub fn granted(&self, id: &Identity, repo: &str) -> (Actions, Vec<&Rule>) {
-        if self.is_admin(id) {
-            return (Actions::ALL, Vec::new());
-        }
+    /// Calls `f` with every rule that grants something to `id` on `repo` (a rule may
+    /// come more than once). No allocation: this runs on every request.
+    fn matching<'a>(&'a self, id: &Identity, repo: &str, mut f: impl FnMut(&'a Rule) -> bool) {
         let ns = repo.split('/').next().unwrap_or(repo);
         let user = match id {
             Identity::User { name, .. } => Some(name.as_str()),
@@ -157,21 +155,43 @@ impl Policy {
             .flatten()
             .chain(self.user_namespace.iter().filter(|_| user == Some(ns)))
             .chain(self.general.iter());
-        let mut granted = Actions::NONE;
-        let mut by: Vec<&Rule> = Vec::new();
-        let mut seen: Vec<usize> = Vec::new();
         for &i in candidates {
-            if seen.contains(&i) {
-                continue;
-            }
-            seen.push(i);
             let r = &self.rules[i];
-            if r.who.includes(id) && r.repos.iter().any(|p| p.matches(repo, user)) {
-                granted = granted.union(r.actions);
-                by.push(r);
+            if r.who.includes(id) && r.repos.iter().any(|p| p.matches(repo, user)) && !f(r) {
+                return;
             }
         }
+    }
+
+    /// The actions `id` has on `repo`, and the rules that grant them.
+    pub fn granted(&self, id: &Identity, repo: &str) -> (Actions, Vec<&Rule>) {
+        if self.is_admin(id) {
+            return (Actions::ALL, Vec::new());
+        }
+        let mut granted = Actions::NONE;
+        let mut by: Vec<&Rule> = Vec::new();
+        self.matching(id, repo, |r| {
+            granted = granted.union(r.actions);
+            if !by.iter().any(|b| std::ptr::eq(*b, r)) {
+                by.push(r);
+            }
+            true
+        });
         (granted, by)
+    }
+
+    /// Whether `id` may do `needed` on `repo`: [`Policy::decide`] without the
+    /// explanation, for the request path.
+    pub fn allows(&self, id: &Identity, repo: &str, needed: Actions) -> bool {
+        if self.is_admin(id) {
+            return true;
+        }
+        let mut granted = Actions::NONE;
+        self.matching(id, repo, |r| {
+            granted = granted.union(r.actions);
+            !granted.contains(needed)
+        });
+        granted.contains(needed)
     }
 
     /// Whether `id` may do `needed` on `repo`.

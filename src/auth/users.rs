@@ -353,7 +353,10 @@ mod tests {
     #[test]
     fn the_example_user_file_loads() {
         let users = Users::from_yaml(include_str!("../../config/users.example.yaml")).unwrap();
-        assert!(verify_password(&users.get("alice").unwrap().hash, "alice-demo-password"));
+        assert!(verify_password(
+            &users.get("alice").unwrap().hash,
+            "alice-demo-password"
+        ));
         assert!(users.get("former-employee").unwrap().disabled);
     }
 

@@ -7,6 +7,8 @@
 //! skipping it.
 #![allow(dead_code)]
 
+pub mod fake;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -219,6 +221,7 @@ pub fn users_yaml(users: &[TestUser]) -> String {
 
 pub struct ProxyBuilder {
     users: Vec<TestUser>,
+    users_file: Option<String>,
     auth_extra: String,
     access: Option<String>,
     upstream: String,
@@ -234,6 +237,12 @@ impl ProxyBuilder {
     /// Turns authentication on with these users (default: `auth.disabled: true`).
     pub fn users(mut self, users: Vec<TestUser>) -> Self {
         self.users = users;
+        self
+    }
+    /// The user file verbatim (turns authentication on; replaces what `users` would write),
+    /// e.g. [`users_yaml`] with a `disabled: true` line added.
+    pub fn users_file_yaml(mut self, yaml: &str) -> Self {
+        self.users_file = Some(yaml.to_owned());
         self
     }
     /// Extra keys under `auth:` (two-space indented).
@@ -287,11 +296,15 @@ impl ProxyBuilder {
             }
             TlsMode::Plaintext => "  plaintext: true\n".to_owned(),
         };
-        let auth = if self.users.is_empty() && self.access.is_none() {
+        let auth = if self.users.is_empty() && self.access.is_none() && self.users_file.is_none() {
             "auth:\n  disabled: true\n".to_owned()
         } else {
             let users_file = dir.path().join("users.yaml");
-            std::fs::write(&users_file, users_yaml(&self.users)).unwrap();
+            let text = match &self.users_file {
+                Some(t) => t.clone(),
+                None => users_yaml(&self.users),
+            };
+            std::fs::write(&users_file, text).unwrap();
             let access = self.access.clone().unwrap_or_else(|| {
                 "  rules:\n    - repos: ['**']\n      users: ['*']\n      actions: [pull, push, delete]\n".to_owned()
             });
@@ -322,6 +335,7 @@ impl Proxy {
     pub fn builder(upstream: &str) -> ProxyBuilder {
         ProxyBuilder {
             users: Vec::new(),
+            users_file: None,
             auth_extra: String::new(),
             access: None,
             upstream: upstream.to_owned(),
@@ -399,6 +413,11 @@ impl Proxy {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// The user file the proxy reads (with authentication on).
+    pub fn users_file(&self) -> PathBuf {
+        self.dir.path().join("users.yaml")
     }
 
     /// Everything the proxy logged so far.

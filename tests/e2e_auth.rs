@@ -1,0 +1,349 @@
+//! Authentication end to end against real clients (issue 3): Debian's docker-registry
+//! behind the registry-guard binary, skopeo pushing and pulling an image made by
+//! tests/e2e/mkimage.py, curl, and the seed document's flows (tests/e2e/seed_flows.py),
+//! with good, wrong and no credentials.
+mod common;
+use common::*;
+
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const PYTHON: &str = "/usr/bin/python3";
+const USER: &str = "alice";
+const PASSWORD: &str = "e2e-Pw:with colon";
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/e2e")
+        .join(name)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs `cmd` with its output in files (no pipe can fill up), killed after `limit`.
+fn run_bounded(mut cmd: Command, limit: Duration, scratch: &Path) -> Output {
+    let out_path = scratch.join(format!("out-{}", rand_suffix()));
+    let err_path = out_path.with_extension("err");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if wait_for(limit, || child.try_wait().ok().flatten()).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "{cmd:?} did not finish within {limit:?}:\n{}",
+            std::fs::read_to_string(&err_path).unwrap_or_default()
+        );
+    }
+    Output {
+        status: child.wait().unwrap(),
+        stdout: std::fs::read(&out_path).unwrap(),
+        stderr: std::fs::read(&err_path).unwrap(),
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// skopeo with no ambient credentials (its own HOME, XDG_RUNTIME_DIR and auth file).
+fn skopeo(home: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new("skopeo");
+    cmd.env("HOME", home)
+        .env("XDG_RUNTIME_DIR", home)
+        .env("REGISTRY_AUTH_FILE", home.join("no-auth.json"))
+        .args(args);
+    run_bounded(cmd, Duration::from_secs(180), home)
+}
+
+/// An image layout with one 1 MiB layer tagged `tag`; returns (layout, layer digest).
+fn make_image(dir: &Path, tag: &str) -> (PathBuf, String) {
+    let layout = dir.join(format!("img-{tag}"));
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg(script("mkimage.py"))
+        .arg(&layout)
+        .args(["--size-mib", "1", "--tag", tag]);
+    let out = run_bounded(cmd, Duration::from_secs(60), dir);
+    assert!(out.status.success(), "mkimage: {}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (layout, v["layer_digest"].as_str().unwrap().to_owned())
+}
+
+/// Pushes `layout:tag` to `repo:tag` through the proxy with `creds` (None: none at all).
+fn push(
+    proxy: &Proxy,
+    home: &Path,
+    layout: &Path,
+    tag: &str,
+    repo: &str,
+    creds: Option<&str>,
+) -> Output {
+    let src = format!("oci:{}:{tag}", layout.display());
+    let dest = format!("docker://{}/{repo}:{tag}", proxy.addr);
+    let cert_dir = proxy.cert_dir.to_str().unwrap();
+    let mut args = vec![
+        "copy",
+        "--preserve-digests",
+        "--retry-times",
+        "0",
+        "--dest-cert-dir",
+        cert_dir,
+    ];
+    if let Some(c) = creds {
+        args.extend_from_slice(&["--dest-creds", c]);
+    }
+    args.extend_from_slice(&[&src, &dest]);
+    skopeo(home, &args)
+}
+
+/// Tags of `repo` straight from the registry (bypassing the proxy).
+fn registry_tags(registry: &Registry, repo: &str) -> Vec<String> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30"])
+        .arg(format!("{}/v2/{repo}/tags/list", registry.url))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["tags"]
+        .as_array()
+        .map(|t| t.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+fn sha256_file(p: &Path) -> String {
+    format!("sha256:{:x}", Sha256::digest(std::fs::read(p).unwrap()))
+}
+
+fn blob(layout: &Path, digest: &str) -> PathBuf {
+    layout
+        .join("blobs/sha256")
+        .join(digest.strip_prefix("sha256:").unwrap())
+}
+
+fn mentions_unauthorized(stderr: &str) -> bool {
+    let s = stderr.to_ascii_lowercase();
+    s.contains("401") || s.contains("unauthorized") || s.contains("authentication required")
+}
+
+#[test]
+fn skopeo_pushes_and_pulls_with_credentials_and_fails_with_wrong_or_none() {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    if !have("skopeo") || !have("curl") {
+        return;
+    }
+    let proxy = Proxy::builder(&registry.url)
+        .users(vec![user(USER, PASSWORD, &["team-a"])])
+        .start();
+    let work = tempfile::tempdir().unwrap();
+    let home = work.path();
+    let (layout, layer) = make_image(home, "v1");
+    let creds = format!("{USER}:{PASSWORD}");
+
+    // Push with credentials: in the registry.
+    let out = push(&proxy, home, &layout, "v1", "alice/app", Some(&creds));
+    assert!(
+        out.status.success(),
+        "push: {}\n{}",
+        text(&out.stderr),
+        proxy.logs()
+    );
+    assert_eq!(registry_tags(&registry, "alice/app"), ["v1"]);
+
+    // Pull it back with credentials: the same layer, byte for byte (--preserve-digests:
+    // else skopeo compresses the uncompressed layer on its way into the oci: layout).
+    let pulled = home.join("pulled");
+    let src = format!("docker://{}/alice/app:v1", proxy.addr);
+    let dest = format!("oci:{}:v1", pulled.display());
+    let out = skopeo(
+        home,
+        &[
+            "copy",
+            "--preserve-digests",
+            "--retry-times",
+            "0",
+            "--src-cert-dir",
+            proxy.cert_dir.to_str().unwrap(),
+            "--src-creds",
+            &creds,
+            &src,
+            &dest,
+        ],
+    );
+    assert!(out.status.success(), "pull: {}", text(&out.stderr));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(pulled.join("index.json")).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(&pulled, manifest_digest)).unwrap()).unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1, "{manifest}");
+    assert_eq!(layers[0]["digest"], layer.as_str());
+    assert_eq!(sha256_file(&blob(&pulled, &layer)), layer);
+
+    // A wrong password: refused, nothing pushed.
+    let out = push(
+        &proxy,
+        home,
+        &layout,
+        "v1",
+        "alice/wrong",
+        Some(&format!("{USER}:not-the-password")),
+    );
+    let err = text(&out.stderr);
+    eprintln!("skopeo, wrong password: {}", err.trim());
+    assert!(
+        !out.status.success(),
+        "push with a wrong password succeeded"
+    );
+    assert!(mentions_unauthorized(&err), "{err}");
+    // No credentials at all (skopeo then sends `Basic Og==` or nothing): refused too.
+    let out = push(&proxy, home, &layout, "v1", "alice/none", None);
+    let err = text(&out.stderr);
+    eprintln!("skopeo, no credentials: {}", err.trim());
+    assert!(!out.status.success(), "push without credentials succeeded");
+    assert!(mentions_unauthorized(&err), "{err}");
+    // Nor may a pull without credentials read the pushed image.
+    let out = skopeo(
+        home,
+        &[
+            "copy",
+            "--retry-times",
+            "0",
+            "--src-cert-dir",
+            proxy.cert_dir.to_str().unwrap(),
+            &src,
+            &format!("oci:{}:v1", home.join("anon").display()),
+        ],
+    );
+    assert!(!out.status.success(), "anonymous pull succeeded");
+    assert!(
+        mentions_unauthorized(&text(&out.stderr)),
+        "{}",
+        text(&out.stderr)
+    );
+    for repo in ["alice/wrong", "alice/none"] {
+        assert!(
+            registry_tags(&registry, repo).is_empty(),
+            "{repo} was pushed"
+        );
+    }
+    assert!(!proxy.logs().contains(PASSWORD));
+}
+
+/// curl against the proxy: (HTTP status, body).
+fn curl(proxy: &Proxy, args: &[&str], path: &str) -> (u16, String) {
+    let url = format!("{}{path}", proxy.base);
+    let mut all = vec!["-w", "\n%{http_code}"];
+    all.extend_from_slice(args);
+    all.push(&url);
+    let out = proxy.curl(&all);
+    assert!(out.status.success(), "curl: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let (body, code) = stdout.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_owned())
+}
+
+fn seed_flows(proxy: &Proxy, password: &str, scratch: &Path) -> Output {
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg(script("seed_flows.py"))
+        .args(["--base", &proxy.base, "--cacert"])
+        .arg(&proxy.ca)
+        .args(["--user", USER, "--password-env", "RG_SEED_PASSWORD"])
+        .args(["--repo", "alice/seed", "--tag", "v1", "--timeout", "30"])
+        .env("RG_SEED_PASSWORD", password);
+    run_bounded(cmd, Duration::from_secs(120), scratch)
+}
+
+#[test]
+fn curl_and_the_seed_flows_with_preemptive_basic_credentials() {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    if !have("skopeo") || !have("curl") {
+        return;
+    }
+    let proxy = Proxy::builder(&registry.url)
+        .users(vec![user(USER, PASSWORD, &["team-a"])])
+        .start();
+    let work = tempfile::tempdir().unwrap();
+    let home = work.path();
+    let (layout, _) = make_image(home, "v1");
+    let out = push(
+        &proxy,
+        home,
+        &layout,
+        "v1",
+        "alice/seed",
+        Some(&format!("{USER}:{PASSWORD}")),
+    );
+    assert!(out.status.success(), "push: {}", text(&out.stderr));
+
+    // curl -u (curl sends Basic at once) and a hand-made header, as the seed's script does.
+    let tags = "/v2/alice/seed/tags/list";
+    let want = r#"{"name":"alice/seed","tags":["v1"]}"#;
+    let (code, body) = curl(&proxy, &["-u", &format!("{USER}:{PASSWORD}")], tags);
+    assert_eq!((code, body.trim()), (200, want));
+    let header = format!("Authorization: {}", basic(USER, PASSWORD));
+    let (code, body) = curl(&proxy, &["-H", &header], tags);
+    assert_eq!((code, body.trim()), (200, want));
+    // Without credentials and with a wrong password: the 401 challenge.
+    let (code, _) = curl(&proxy, &[], tags);
+    assert_eq!(code, 401);
+    let (code, body) = curl(&proxy, &["-u", &format!("{USER}:wrong")], tags);
+    assert_eq!(code, 401, "{body}");
+
+    // The seed's flows with a wrong password fail at the first step, deleting nothing.
+    let out = seed_flows(&proxy, "not-the-password", home);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    let first: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(first["step"], "tags_list", "{stdout}");
+    assert_eq!(first["ok"], false, "{stdout}");
+    assert!(first["error"].as_str().unwrap().contains("401"), "{stdout}");
+    assert_eq!(registry_tags(&registry, "alice/seed"), ["v1"]);
+
+    // With the right one every step passes, the delete included.
+    let out = seed_flows(&proxy, PASSWORD, home);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let steps: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "tags_list",
+            "catalog",
+            "get_manifest",
+            "head_manifest",
+            "delete_manifest",
+            "gone_manifest",
+            "gone_tags"
+        ]
+    );
+    assert!(steps.iter().all(|s| s["ok"] == true), "{stdout}");
+    assert!(registry_tags(&registry, "alice/seed").is_empty());
+    assert!(!proxy.logs().contains(PASSWORD));
+}
