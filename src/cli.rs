@@ -532,6 +532,19 @@ fn explain(
             );
         }
     }
+    // What serve refuses before any rule is looked at.
+    let disabled = user.and_then(|n| users.get(n)).is_some_and(|u| u.disabled);
+    if disabled {
+        let _ = writeln!(out, "decision: 401 challenge (the user is disabled)");
+        return Ok(out);
+    }
+    if matches!(id, Identity::Anonymous) && !auth.settings.anonymous {
+        let _ = writeln!(
+            out,
+            "decision: 401 challenge (no credentials and auth.anonymous is false)"
+        );
+        return Ok(out);
+    }
     let policy = &access.policy;
     let Some(repo) = route.repo() else {
         let ok = matches!(id, Identity::User { .. });

@@ -487,22 +487,28 @@ async fn permit(
                 }
             }
         }
-        (
-            &Method::PUT,
-            Target::Manifest {
-                reference: Reference::Tag(tag),
-                ..
-            },
-        ) => {
-            if let Some(p) = policy.tag_protection(id, repo, tag) {
-                if lookup::manifest_digest(&state.upstream, repo, tag)
-                    .await?
-                    .is_some()
-                {
-                    return Err(refuse(format!(
-                        "tag {tag:?} is protected ({}): it cannot be overwritten",
-                        p.label
-                    )));
+        (&Method::PUT, Target::Manifest { reference, .. }) => {
+            // The tag in the path, and any `?tag=` (OCI 1.1 lets a push by digest tag it).
+            let mut tags: Vec<String> =
+                form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+                    .filter(|(k, _)| k == "tag")
+                    .map(|(_, v)| v.into_owned())
+                    .collect();
+            if let Reference::Tag(t) = reference {
+                tags.push(t.clone());
+            }
+            for tag in &tags {
+                if let Some(p) = policy.tag_protection(id, repo, tag) {
+                    if !crate::registry::grammar::is_tag(tag)
+                        || lookup::manifest_digest(&state.upstream, repo, tag)
+                            .await?
+                            .is_some()
+                    {
+                        return Err(refuse(format!(
+                            "tag {tag:?} is protected ({}): it cannot be overwritten",
+                            p.label
+                        )));
+                    }
                 }
             }
         }

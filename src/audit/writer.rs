@@ -125,12 +125,24 @@ impl Writer {
     fn rotate(&mut self) {
         let file = &self.settings.file;
         let stamp = super::record::now_rfc3339().replace([':', '-'], "");
-        let aside = file.with_file_name(format!(
-            "{}.{stamp}",
-            file.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ));
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // Two rotations can fall in the same millisecond (fast fsync, small rotate_bytes):
+        // never rename over an earlier rotated file. `NAME.STAMP` < `NAME.STAMP.001` <
+        // `NAME.STAMP.002` < the next millisecond's name, so name order stays time order.
+        // Only this thread renames into the folder, so the check cannot race itself.
+        let aside = (0..1000u32)
+            .map(|n| match n {
+                0 => file.with_file_name(format!("{name}.{stamp}")),
+                n => file.with_file_name(format!("{name}.{stamp}.{n:03}")),
+            })
+            .find(|p| std::fs::symlink_metadata(p).is_err());
+        let Some(aside) = aside else {
+            tracing::error!("audit file not rotated: 1000 rotated files in one millisecond");
+            return;
+        };
         match std::fs::rename(file, &aside) {
             Ok(()) => {
                 tracing::info!(to = %aside.display(), "audit file rotated");
@@ -226,5 +238,45 @@ impl AuditLog {
     /// Asks the writer to start a new file on its next write (after logrotate moved it).
     pub async fn reopen(&self) {
         let _ = self.tx.send(Msg::Reopen).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rotations in quick succession (many per millisecond) each keep their own file,
+    /// and name order is rotation order.
+    #[test]
+    fn rotations_never_replace_an_earlier_rotated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("audit.jsonl");
+        let mut w = Writer {
+            settings: AuditSettings {
+                file: file.clone(),
+                rotate_bytes: 1,
+                stdout: false,
+            },
+            last_hash: GENESIS.to_owned(),
+            create_next: true,
+        };
+        for i in 0..50 {
+            std::fs::write(&file, format!("{i}\n")).unwrap();
+            w.rotate();
+            assert!(!file.exists());
+        }
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("audit.jsonl."))
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 50, "{names:?}");
+        let contents: Vec<String> = names
+            .iter()
+            .map(|n| std::fs::read_to_string(dir.path().join(n)).unwrap())
+            .collect();
+        let want: Vec<String> = (0..50).map(|i| format!("{i}\n")).collect();
+        assert_eq!(contents, want);
     }
 }

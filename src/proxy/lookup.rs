@@ -128,7 +128,9 @@ pub async fn tags(
         }
         match next {
             Some(n) if Some(&n) != last.as_ref() => last = Some(n),
-            _ => return Ok((out, true)),
+            // A `Link` that does not move on: the listing cannot be trusted to be whole.
+            Some(_) => return Ok((out, false)),
+            None => return Ok((out, true)),
         }
     }
 }
