@@ -682,6 +682,14 @@ fn audit_command(action: AuditAction) -> ExitCode {
             repo,
             since,
         } => {
+            let since = match since
+                .as_deref()
+                .map(crate::audit::record::normalize_since)
+                .transpose()
+            {
+                Ok(s) => s,
+                Err(e) => return fail(EXIT_CONFIG, &e),
+            };
             let contents = match read_files(&files) {
                 Ok(c) => c,
                 Err(e) => return fail(EXIT_CONFIG, &e),

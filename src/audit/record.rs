@@ -114,6 +114,35 @@ pub fn now_rfc3339() -> String {
     )
 }
 
+/// Turns a `--since` argument (RFC 3339 with any offset and fraction, or a date
+/// `YYYY-MM-DD`) into the records' own format (UTC, milliseconds), so that comparing the
+/// two strings compares the times.
+pub fn normalize_since(since: &str) -> Result<String, String> {
+    use time::format_description::well_known::Rfc3339;
+    let full = if since.len() == 10 {
+        format!("{since}T00:00:00Z")
+    } else {
+        since.to_owned()
+    };
+    let t = time::OffsetDateTime::parse(&full, &Rfc3339)
+        .map_err(|e| {
+            format!(
+                "{since:?} is not a time like 2026-11-23T10:00:00Z or a date like 2026-11-23: {e}"
+            )
+        })?
+        .to_offset(time::UtcOffset::UTC);
+    Ok(format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    ))
+}
+
 /// The client address to record: the peer, unless the peer is a trusted proxy, in which
 /// case the right-most `X-Forwarded-For` address that is not itself a trusted proxy
 /// (the left-most entries are whatever the client chose to send).
@@ -188,6 +217,27 @@ mod tests {
         assert!(
             t.ends_with('Z') && t.as_bytes()[10] == b'T' && t.as_bytes()[19] == b'.',
             "{t}"
+        );
+    }
+
+    #[test]
+    fn since_is_normalised_to_the_record_format() {
+        assert_eq!(
+            normalize_since("2026-11-23").unwrap(),
+            "2026-11-23T00:00:00.000Z"
+        );
+        assert_eq!(
+            normalize_since("2026-11-23T19:36:34Z").unwrap(),
+            "2026-11-23T19:36:34.000Z"
+        );
+        assert_eq!(
+            normalize_since("2026-11-23T21:36:34.04+02:00").unwrap(),
+            "2026-11-23T19:36:34.040Z"
+        );
+        assert!(normalize_since("yesterday").is_err());
+        // the record written within that second sorts after it
+        assert!(
+            "2026-11-23T19:36:34.866Z" >= normalize_since("2026-11-23T19:36:34Z").unwrap().as_str()
         );
     }
 
