@@ -641,6 +641,31 @@ async fn twenty_requests_with_the_same_credentials_cost_one_argon2_run() {
     assert_eq!(upstream.started(), 20);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_requests_with_the_same_credentials_cost_one_argon2_run() {
+    // A client opening 16 connections at once with a cold cache (docker, wrk): one
+    // verification, the others wait for it and hit the cache.
+    let upstream = registry_like().await;
+    let (b, metrics) = proxy_builder(&upstream, vec![user("alice", "alice-pw", &[])]);
+    let proxy = std::sync::Arc::new(b.start());
+    let c0 = counts(metrics).await;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let proxy = proxy.clone();
+        set.spawn(async move { login(&proxy, "alice", "alice-pw").await });
+    }
+    while let Some(status) = set.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    let c1 = counts(metrics).await;
+    assert_eq!(
+        c1.argon2 - c0.argon2,
+        1,
+        "one argon2 run for 16 concurrent first requests"
+    );
+    assert_eq!(c1.cache_hits - c0.cache_hits, 15);
+}
+
 /// Runs the binary with `stdin` as its standard input, killed after 60 s.
 fn cli_stdin(args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(bin())

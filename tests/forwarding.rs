@@ -1230,3 +1230,42 @@ async fn tls_below_1_2_is_refused() {
         assert!(out.contains("Verification: OK"), "{out}");
     }
 }
+
+#[tokio::test]
+async fn an_https_upstream_is_verified_against_its_ca_file() {
+    let (up, ca_pem) = FakeUpstream::start_tls(|_| Reply::new(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("upstream-ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+
+    // Trusting the upstream's CA: forwarded over TLS.
+    let proxy = Proxy::builder(&up.url)
+        .upstream_yaml(&format!("  ca_file: {}\n", ca.display()))
+        .start();
+    let req = request(&proxy, "GET", "/v2/")
+        .body(TestBody::empty())
+        .unwrap();
+    let (status, _, _) = collect(send(&proxy, Version::HTTP_11, req).await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(up.seen().len(), 1);
+    assert_eq!(up.seen()[0].target, "/v2/");
+
+    // Trusting only the system roots: the self-signed upstream is refused, 502.
+    let untrusting = Proxy::builder(&up.url).start();
+    let req = request(&untrusting, "GET", "/v2/")
+        .body(TestBody::empty())
+        .unwrap();
+    let (status, headers, body) =
+        collect(send(&untrusting, Version::HTTP_11, req).await.unwrap()).await;
+    assert_registry_error(status, &headers, &body, 502, "UNAVAILABLE");
+    assert_eq!(
+        up.seen().len(),
+        1,
+        "nothing reached the upstream without a verified handshake"
+    );
+    assert!(
+        untrusting.logs().contains("upstream failed"),
+        "{}",
+        untrusting.logs()
+    );
+}

@@ -18,11 +18,11 @@ use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use cache::VerifyCache;
 use http::header::{HeaderMap, AUTHORIZATION};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use throttle::Throttle;
-use tokio::sync::Semaphore;
 use users::Users;
 
 /// Random bytes from the operating system.
@@ -86,7 +86,11 @@ pub struct Authenticator {
     users: ArcSwap<Users>,
     cache: VerifyCache,
     throttle: Throttle,
-    verify_slots: Arc<Semaphore>,
+    argon2: Argon2Pool,
+    /// One lock per credential being verified: concurrent requests with the same
+    /// credentials (64 connections of one client at start) wait for one argon2 run and
+    /// then hit the cache, instead of running argon2 64 times.
+    in_flight: std::sync::Mutex<HashMap<cache::Fingerprint, Arc<tokio::sync::Mutex<()>>>>,
     anonymous: bool,
     metrics: Arc<Metrics>,
 }
@@ -101,7 +105,8 @@ impl Authenticator {
                 settings.failure_window,
                 settings.max_tracked,
             ),
-            verify_slots: Arc::new(Semaphore::new(settings.verify_concurrency.max(1))),
+            argon2: Argon2Pool::new(settings.verify_concurrency.max(1)),
+            in_flight: std::sync::Mutex::new(HashMap::new()),
             anonymous: settings.anonymous,
             metrics,
         }
@@ -152,10 +157,26 @@ impl Authenticator {
             tracing::warn!(user = %creds.user, %client, "login throttled");
             return Err(AuthError::Throttled(retry));
         }
+        let flight = fingerprint.map(|fp| self.flight(fp));
+        let _turn = match &flight {
+            Some(f) => Some(f.lock().await),
+            None => None,
+        };
+        if let Some(fp) = &fingerprint {
+            // Verified by the request this one waited for.
+            if self.cache.hit(fp, Instant::now()) {
+                self.metrics.auth_cache_hits.inc();
+                drop(_turn);
+                self.land(fingerprint.as_ref(), flight);
+                return Ok(identity_of(user.as_deref()));
+            }
+        }
         let hash = user
             .as_ref()
             .map_or_else(|| snapshot.dummy_hash.clone(), |u| u.hash.clone());
         let verified = self.verify(hash, creds.password.expose().to_owned()).await;
+        drop(_turn);
+        self.land(fingerprint.as_ref(), flight);
         match (verified, fingerprint) {
             (true, Some(fp)) => {
                 self.cache.insert(fp, Instant::now());
@@ -179,15 +200,72 @@ impl Authenticator {
         }
     }
 
-    /// One argon2 verification on the blocking pool, at most `verify_concurrency` at once.
-    async fn verify(&self, hash: String, password: String) -> bool {
-        let Ok(_slot) = self.verify_slots.clone().acquire_owned().await else {
-            return false;
+    /// The lock of the verification of `fp`, created if none is under way.
+    fn flight(&self, fp: cache::Fingerprint) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(fp).or_default().clone()
+    }
+
+    /// Forgets the lock of `fp` once no request holds or waits for it.
+    fn land(&self, fp: Option<&cache::Fingerprint>, flight: Option<Arc<tokio::sync::Mutex<()>>>) {
+        let (Some(fp), Some(flight)) = (fp, flight) else {
+            return;
         };
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours and the map's: nobody else is waiting.
+        if Arc::strong_count(&flight) <= 2 {
+            map.remove(fp);
+        }
+    }
+
+    /// One argon2 verification on the argon2 threads.
+    async fn verify(&self, hash: String, password: String) -> bool {
         self.metrics.auth_argon2_runs.inc();
-        tokio::task::spawn_blocking(move || users::verify_password(&hash, &password))
-            .await
-            .unwrap_or(false)
+        self.argon2.verify(hash, password).await
+    }
+}
+
+/// A fixed set of threads for argon2. A fixed set, not the blocking pool: each thread
+/// that ever runs argon2 keeps its allocator arena, and argon2 allocates `m_cost` KiB
+/// per run (19 MiB by default), so the memory it holds is bounded by the thread count.
+/// The queue in front of them is bounded: a flood of guesses waits there, it does not
+/// take the threads that serve requests.
+#[derive(Debug)]
+struct Argon2Pool {
+    jobs: tokio::sync::mpsc::Sender<(String, String, tokio::sync::oneshot::Sender<bool>)>,
+}
+
+impl Argon2Pool {
+    fn new(threads: usize) -> Self {
+        let (jobs, rx) =
+            tokio::sync::mpsc::channel::<(String, String, tokio::sync::oneshot::Sender<bool>)>(
+                1024,
+            );
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || loop {
+                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).blocking_recv();
+                    let Some((hash, password, done)) = job else {
+                        return;
+                    };
+                    let _ = done.send(users::verify_password(&hash, &password));
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start an argon2 thread");
+            }
+        }
+        Argon2Pool { jobs }
+    }
+
+    async fn verify(&self, hash: String, password: String) -> bool {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        if self.jobs.send((hash, password, done)).await.is_err() {
+            return false;
+        }
+        answer.await.unwrap_or(false)
     }
 }
 

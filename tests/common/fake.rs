@@ -207,8 +207,35 @@ pub struct FakeUpstream {
 
 impl FakeUpstream {
     pub async fn start(script: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> FakeUpstream {
+        FakeUpstream::serve(script, None).await
+    }
+
+    /// The same over TLS, with a certificate for 127.0.0.1 signed by a throw-away CA;
+    /// returns the upstream (`https://` URL) and the CA's PEM.
+    pub async fn start_tls(
+        script: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> (FakeUpstream, String) {
+        let made = registry_guard::tls::make_self_signed(&["127.0.0.1".to_owned()]).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(registry_guard::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(made.chain, made.key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        (
+            FakeUpstream::serve(script, Some(acceptor)).await,
+            made.ca_pem,
+        )
+    }
+
+    async fn serve(
+        script: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> FakeUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let seen = Arc::new(Mutex::new(Vec::new()));
         let started = Arc::new(AtomicUsize::new(0));
         let script: Script = Arc::new(script);
@@ -219,6 +246,7 @@ impl FakeUpstream {
                     continue;
                 };
                 let (seen, started, script) = (seen2.clone(), started2.clone(), script.clone());
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (seen, started, script) =
@@ -261,15 +289,23 @@ impl FakeUpstream {
                             Ok::<_, Infallible>(resp)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
+                    let h1 = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = h1.serve_connection(TokioIo::new(tcp), svc).await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(tcp).await {
+                                let _ = h1.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                    }
                 });
             }
         });
         FakeUpstream {
             addr,
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             seen,
             started,
         }
