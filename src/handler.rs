@@ -1,6 +1,8 @@
 //! The request flow, one stage after the other:
 //!
-//!     route (pure) → identity (auth) → permit (acl) → forward → stream back
+//! ```text
+//! route (pure) → identity (auth) → permit (acl) → audit → forward → stream back
+//! ```
 //!
 //! The catalog is the one route the proxy answers from several upstream requests: it is
 //! filtered to what the identity may pull (`catalog`).

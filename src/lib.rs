@@ -1,11 +1,15 @@
 //! registry-guard: a TLS-terminating proxy in front of a Docker/OCI registry
 //! (Registry HTTP API v2). One request flows one way:
 //!
-//!     TLS accept (server) → route (registry) → forward (handler, proxy) → stream back
+//! ```text
+//! TLS accept (server) → route (registry) → identity (auth) → permit (acl)
+//!   → audit → forward (handler, proxy) → stream back
+//! ```
 //!
-//! The pure cores (`registry`, `proxy::headers`, `response`, `config` validation) do no
-//! I/O and are unit-tested, property-tested and fuzzed; only `server`, `proxy::upstream`,
-//! `tls` and `cli` touch the outside world.
+//! The pure cores (`registry`, `auth::basic`, `acl`, `audit::verify`, `proxy::headers`,
+//! `response`, `config` validation) do no I/O and are unit-tested, property-tested and
+//! fuzzed; only `server`, `proxy::upstream`, `proxy::lookup`, `audit::writer`, `tls` and
+//! `cli` touch the outside world.
 #![forbid(unsafe_code)]
 
 pub mod acl;
