@@ -6,6 +6,7 @@
 mod access_support;
 mod common;
 use access_support::*;
+use common::e2e::{mkimage, Image};
 use common::*;
 
 use std::path::{Path, PathBuf};
@@ -43,14 +44,6 @@ const ACCESS: &str = "  admins:
         groups: [release]
 ";
 
-/// One image of the OCI layout the tests push from.
-#[derive(Debug, Clone)]
-struct Image {
-    tag: String,
-    manifest: String,
-    layer: String,
-}
-
 struct Env {
     reg: Registry,
     proxy: Proxy,
@@ -61,33 +54,9 @@ struct Env {
 
 /// Writes images with `tests/e2e/mkimage.py` (1 MiB layers, one seed each).
 fn make_images(dir: &Path, specs: &[(&str, u32)]) -> Vec<Image> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/mkimage.py");
     specs
         .iter()
-        .map(|(tag, seed)| {
-            let (out, exited) = run_bounded(
-                Command::new("python3").arg(&script).arg(dir).args([
-                    "--size-mib",
-                    "1",
-                    "--tag",
-                    tag,
-                    "--seed",
-                    &seed.to_string(),
-                ]),
-                Duration::from_secs(60),
-            );
-            assert!(
-                exited && out.status.success(),
-                "mkimage: {}",
-                text(&out.stderr)
-            );
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            Image {
-                tag: tag.to_string(),
-                manifest: v["manifest_digest"].as_str().unwrap().to_owned(),
-                layer: v["layer_digest"].as_str().unwrap().to_owned(),
-            }
-        })
+        .map(|(tag, seed)| mkimage(dir, 1, tag, *seed))
         .collect()
 }
 
@@ -258,19 +227,19 @@ fn e2e_push_pull_delete_mount_and_catalog_follow_the_rules() {
     env.push_ok("bob", b, "bob/app:1");
     assert_eq!(
         env.registry_tag("public/base", "1").as_deref(),
-        Some(p.manifest.as_str())
+        Some(p.manifest_digest.as_str())
     );
 
     // alice pushes to her namespace, not to bob's.
     env.push_ok("alice", a, "alice/app:1");
     assert_eq!(
         env.registry_tag("alice/app", "1").as_deref(),
-        Some(a.manifest.as_str())
+        Some(a.manifest_digest.as_str())
     );
     env.push_denied("alice", a, "bob/app:evil");
     assert_eq!(env.registry_tag("bob/app", "evil"), None);
     assert!(
-        !env.registry_has_blob("bob/app", &a.layer),
+        !env.registry_has_blob("bob/app", &a.layer_digest),
         "alice's layer reached bob/app"
     );
     let r = env.call(Some("alice"), "POST", "/v2/bob/app/blobs/uploads/");
@@ -286,7 +255,7 @@ fn e2e_push_pull_delete_mount_and_catalog_follow_the_rules() {
         "alice pulling public/base: {}",
         text(&out.stderr)
     );
-    let hex = p.layer.strip_prefix("sha256:").unwrap();
+    let hex = p.layer_digest.strip_prefix("sha256:").unwrap();
     assert!(
         pulled.join("blobs/sha256").join(hex).exists(),
         "the layer was not pulled"
@@ -307,28 +276,28 @@ fn e2e_push_pull_delete_mount_and_catalog_follow_the_rules() {
     let real = env.call(
         Some("alice"),
         "GET",
-        &format!("/v2/bob/app/manifests/{}", b.manifest),
+        &format!("/v2/bob/app/manifests/{}", b.manifest_digest),
     );
     let ghost = env.call(
         Some("alice"),
         "GET",
-        &format!("/v2/bob/ghost/manifests/{}", b.manifest),
+        &format!("/v2/bob/ghost/manifests/{}", b.manifest_digest),
     );
     assert_eq!((real.status, &real.body), (ghost.status, &ghost.body));
 
     // No delete without delete: alice has only pull on public/base.
     for path in [
-        format!("/v2/public/base/manifests/{}", p.manifest),
-        format!("/v2/public/base/blobs/{}", p.layer),
+        format!("/v2/public/base/manifests/{}", p.manifest_digest),
+        format!("/v2/public/base/blobs/{}", p.layer_digest),
     ] {
         let r = env.call(Some("alice"), "DELETE", &path);
         r.assert_refusal(403, "DENIED", &path);
     }
     assert_eq!(
         env.registry_tag("public/base", "1").as_deref(),
-        Some(p.manifest.as_str())
+        Some(p.manifest_digest.as_str())
     );
-    assert!(env.registry_has_blob("public/base", &p.layer));
+    assert!(env.registry_has_blob("public/base", &p.layer_digest));
 
     // Mounting bob's layer into alice/app: a plain upload start, never bob's bytes.
     let r = env.call(
@@ -336,7 +305,7 @@ fn e2e_push_pull_delete_mount_and_catalog_follow_the_rules() {
         "POST",
         &format!(
             "/v2/alice/app/blobs/uploads/?mount={}&from=bob/app",
-            b.layer
+            b.layer_digest
         ),
     );
     assert_eq!(r.status, 202, "{}", r.describe());
@@ -347,7 +316,7 @@ fn e2e_push_pull_delete_mount_and_catalog_follow_the_rules() {
     );
     assert!(r.header("docker-upload-uuid").is_some(), "{}", r.describe());
     assert!(
-        !env.registry_has_blob("alice/app", &b.layer),
+        !env.registry_has_blob("alice/app", &b.layer_digest),
         "bob's layer was mounted into alice/app"
     );
     // Her pull on `from` makes the mount happen.
@@ -356,19 +325,22 @@ fn e2e_push_pull_delete_mount_and_catalog_follow_the_rules() {
         "POST",
         &format!(
             "/v2/alice/app/blobs/uploads/?mount={}&from=public/base",
-            p.layer
+            p.layer_digest
         ),
     );
     assert_eq!(r.status, 201, "{}", r.describe());
     assert!(
         r.header("location")
             .unwrap()
-            .ends_with(&format!("/v2/alice/app/blobs/{}", p.layer)),
+            .ends_with(&format!("/v2/alice/app/blobs/{}", p.layer_digest)),
         "{}",
         r.describe()
     );
-    assert_eq!(r.header("docker-content-digest"), Some(p.layer.as_str()));
-    assert!(env.registry_has_blob("alice/app", &p.layer));
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(p.layer_digest.as_str())
+    );
+    assert!(env.registry_has_blob("alice/app", &p.layer_digest));
 
     // Catalogs: what each may pull; the admin sees everything.
     assert_eq!(env.catalog("alice"), ["alice/app", "public/base"]);
@@ -380,7 +352,7 @@ fn e2e_push_pull_delete_mount_and_catalog_follow_the_rules() {
     let r = env.call(
         Some("alice"),
         "DELETE",
-        &format!("/v2/alice/app/manifests/{}", a.manifest),
+        &format!("/v2/alice/app/manifests/{}", a.manifest_digest),
     );
     assert_eq!(r.status, 202, "{}", r.describe());
     assert_eq!(env.registry_tag("alice/app", "1"), None);
@@ -398,7 +370,7 @@ fn e2e_protected_tags_hold_against_overwrite_and_delete_except_for_the_release_g
     env.push_ok("alice", a3, "alice/app:dev");
     assert_eq!(
         env.registry_tag("alice/app", "latest").as_deref(),
-        Some(a.manifest.as_str())
+        Some(a.manifest_digest.as_str())
     );
 
     // An existing protected tag cannot be overwritten.
@@ -406,13 +378,13 @@ fn e2e_protected_tags_hold_against_overwrite_and_delete_except_for_the_release_g
     assert!(err.contains("protected"), "{err}");
     assert_eq!(
         env.registry_tag("alice/app", "latest").as_deref(),
-        Some(a.manifest.as_str())
+        Some(a.manifest_digest.as_str())
     );
     // An unprotected tag can be moved.
     env.push_ok("alice", a2, "alice/app:dev");
     assert_eq!(
         env.registry_tag("alice/app", "dev").as_deref(),
-        Some(a2.manifest.as_str())
+        Some(a2.manifest_digest.as_str())
     );
     env.push_ok("alice", a3, "alice/app:dev");
 
@@ -423,7 +395,7 @@ fn e2e_protected_tags_hold_against_overwrite_and_delete_except_for_the_release_g
     let r = env.call(
         Some("alice"),
         "DELETE",
-        &format!("/v2/alice/app/manifests/{}", a.manifest),
+        &format!("/v2/alice/app/manifests/{}", a.manifest_digest),
     );
     r.assert_refusal(403, "DENIED", "delete the digest latest points at");
     assert!(
@@ -433,17 +405,17 @@ fn e2e_protected_tags_hold_against_overwrite_and_delete_except_for_the_release_g
     );
     assert_eq!(
         env.registry_tag("alice/app", "latest").as_deref(),
-        Some(a.manifest.as_str())
+        Some(a.manifest_digest.as_str())
     );
     assert_eq!(
         env.registry_tag("alice/app", "v1").as_deref(),
-        Some(a.manifest.as_str())
+        Some(a.manifest_digest.as_str())
     );
     // The digest of an unprotected tag is deleted.
     let r = env.call(
         Some("alice"),
         "DELETE",
-        &format!("/v2/alice/app/manifests/{}", a3.manifest),
+        &format!("/v2/alice/app/manifests/{}", a3.manifest_digest),
     );
     assert_eq!(r.status, 202, "{}", r.describe());
     assert_eq!(env.registry_tag("alice/app", "dev"), None);
@@ -452,12 +424,12 @@ fn e2e_protected_tags_hold_against_overwrite_and_delete_except_for_the_release_g
     env.push_ok("rel", a2, "alice/app:latest");
     assert_eq!(
         env.registry_tag("alice/app", "latest").as_deref(),
-        Some(a2.manifest.as_str())
+        Some(a2.manifest_digest.as_str())
     );
     let r = env.call(
         Some("rel"),
         "DELETE",
-        &format!("/v2/alice/app/manifests/{}", a2.manifest),
+        &format!("/v2/alice/app/manifests/{}", a2.manifest_digest),
     );
     assert_eq!(r.status, 202, "{}", r.describe());
     assert_eq!(env.registry_tag("alice/app", "latest"), None);
@@ -469,7 +441,7 @@ fn e2e_protected_tags_hold_against_overwrite_and_delete_except_for_the_release_g
     let r = env.call(
         Some("rel"),
         "DELETE",
-        &format!("/v2/alice/app/manifests/{}", a.manifest),
+        &format!("/v2/alice/app/manifests/{}", a.manifest_digest),
     );
     assert_eq!(r.status, 202, "{}", r.describe());
     assert_eq!(env.registry_tag("alice/app", "v1"), None);
@@ -477,7 +449,7 @@ fn e2e_protected_tags_hold_against_overwrite_and_delete_except_for_the_release_g
     env.push_ok("alice", a3, "alice/app:latest");
     assert_eq!(
         env.registry_tag("alice/app", "latest").as_deref(),
-        Some(a3.manifest.as_str())
+        Some(a3.manifest_digest.as_str())
     );
 }
 
@@ -497,8 +469,15 @@ fn e2e_anonymous_pulls_work_only_where_a_rule_allows_them() {
     );
     let r = env.call(None, "GET", "/v2/public/base/manifests/1");
     assert_eq!(r.status, 200, "{}", r.describe());
-    assert_eq!(r.header("docker-content-digest"), Some(p.manifest.as_str()));
-    let r = env.call(None, "HEAD", &format!("/v2/public/base/blobs/{}", p.layer));
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(p.manifest_digest.as_str())
+    );
+    let r = env.call(
+        None,
+        "HEAD",
+        &format!("/v2/public/base/blobs/{}", p.layer_digest),
+    );
     assert_eq!(r.status, 200, "{}", r.describe());
 
     for (method, path) in [
@@ -511,7 +490,7 @@ fn e2e_anonymous_pulls_work_only_where_a_rule_allows_them() {
         ("POST", "/v2/public/base/blobs/uploads/".to_owned()),
         (
             "DELETE",
-            format!("/v2/public/base/manifests/{}", p.manifest),
+            format!("/v2/public/base/manifests/{}", p.manifest_digest),
         ),
     ] {
         let r = env.call(None, method, &path);
@@ -519,7 +498,7 @@ fn e2e_anonymous_pulls_work_only_where_a_rule_allows_them() {
     }
     assert_eq!(
         env.registry_tag("public/base", "1").as_deref(),
-        Some(p.manifest.as_str())
+        Some(p.manifest_digest.as_str())
     );
     // With credentials the same user gets in.
     let r = env.call(Some("alice"), "GET", "/v2/alice/app/tags/list");
@@ -532,7 +511,7 @@ fn e2e_a_mount_smuggled_in_a_form_body_is_refused_however_its_type_is_spelled() 
     let imgs = make_images(&env.layout, &[("b", 21)]);
     let b = &imgs[0];
     env.push_ok("bob", b, "bob/app:1");
-    let body = format!("mount={}&from=bob/app", b.layer);
+    let body = format!("mount={}&from=bob/app", b.layer_digest);
 
     // The registry itself reads `mount`/`from` from such a body (Go trims Unicode white
     // space around the media type): straight to it, the mount happens.
@@ -546,7 +525,7 @@ fn e2e_a_mount_smuggled_in_a_form_body_is_refused_however_its_type_is_spelled() 
     .body(&body)
     .send();
     assert_eq!(r.status, 201, "{}", r.describe());
-    assert!(env.registry_has_blob("carol/direct", &b.layer));
+    assert!(env.registry_has_blob("carol/direct", &b.layer_digest));
 
     // Through the proxy: refused, over HTTP/2 and HTTP/1.1, and nothing is mounted.
     let auth = basic("alice", "pw-alice");
@@ -566,7 +545,7 @@ fn e2e_a_mount_smuggled_in_a_form_body_is_refused_however_its_type_is_spelled() 
         );
         assert_eq!(status, 400, "h2 {what:?}: {resp}");
         assert!(
-            !env.registry_has_blob("alice/app", &b.layer),
+            !env.registry_has_blob("alice/app", &b.layer_digest),
             "h2 {what:?}: bob's layer was mounted into alice/app"
         );
     }
@@ -587,7 +566,7 @@ fn e2e_a_mount_smuggled_in_a_form_body_is_refused_however_its_type_is_spelled() 
         .send();
         r.assert_refusal(400, "UNSUPPORTED", ct);
         assert!(
-            !env.registry_has_blob("alice/app", &b.layer),
+            !env.registry_has_blob("alice/app", &b.layer_digest),
             "{ct:?}: mounted"
         );
     }

@@ -12,20 +12,16 @@
 //! process started is stopped by its pid. A missing docker-registry, skopeo or Debian
 //! python3(-requests) skips a test, or fails it under `RG_REQUIRE_REAL=1` / `CI=true`.
 mod common;
+use common::e2e::*;
 use common::*;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Debian's interpreter: python3-requests is installed into it, not into a pyenv one.
-const PYTHON: &str = "/usr/bin/python3";
-/// Deadline of one external command.
-const STEP: Duration = Duration::from_secs(60);
 /// Every manifest type, so a HEAD finds whatever a reference points at.
 const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 /// Everyone may do everything in their own namespace, nothing elsewhere.
@@ -34,87 +30,10 @@ const RULES: &str =
 
 // ---- processes ---------------------------------------------------------------------
 
-fn required() -> bool {
-    std::env::var("RG_REQUIRE_REAL").is_ok_and(|v| v == "1")
-        || std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Whether Debian's python3 is there (and, with `requests`, python3-requests in it).
-fn have_python(requests: bool) -> bool {
-    let code = if requests { "import requests" } else { "pass" };
-    let found = Command::new(PYTHON)
-        .args(["-c", code])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            !required(),
-            "{PYTHON} (with requests: {requests}) is required (RG_REQUIRE_REAL/CI) but missing"
-        );
-        eprintln!("SKIPPING: {PYTHON} (requests: {requests}) is not installed");
-    }
-    found
-}
-
 /// docker-registry, skopeo and python3 (for mkimage.py), or skip.
 fn tools() -> Option<Registry> {
     let reg = Registry::start()?;
     (have("skopeo") && have("curl") && have_python(false)).then_some(reg)
-}
-
-fn e2e_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/e2e")
-        .join(name)
-}
-
-/// Runs `cmd` to its end within `limit`; past it the child is killed by its pid and the
-/// test fails. Output is drained by threads so a chatty child never blocks on a pipe.
-fn run(cmd: &mut Command, limit: Duration) -> Output {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            v
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let Some(status) = wait_for(limit, || child.try_wait().ok().flatten()) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{what} did not finish within {limit:?}");
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
-}
-
-/// Asserts a command succeeded; returns its stdout.
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn skopeo(args: &[&str]) -> Output {
-    run(Command::new("skopeo").args(args), STEP)
 }
 
 /// `registry-guard ARGS` (bounded); returns (exit code, stdout, stderr).
@@ -154,80 +73,6 @@ fn start_proxy(reg: &Registry, audit_file: &Path, more: &str) -> Proxy {
         .access_yaml(RULES)
         .extra_yaml(&format!("audit:\n  file: {}\n{more}", audit_file.display()))
         .start()
-}
-
-// ---- images ------------------------------------------------------------------------
-
-/// One image written by mkimage.py.
-struct Image {
-    layout: PathBuf,
-    tag: String,
-    digest: String,
-}
-
-impl Image {
-    fn oci_ref(&self) -> String {
-        format!("oci:{}:{}", self.layout.display(), self.tag)
-    }
-    /// The manifest's bytes as the layout (and so the registry, digests preserved) has them.
-    fn manifest(&self) -> Vec<u8> {
-        let hex = self.digest.strip_prefix("sha256:").unwrap();
-        std::fs::read(self.layout.join("blobs/sha256").join(hex)).unwrap()
-    }
-}
-
-/// A distinct image (the layout tag is part of its config, so of its digest), empty layer.
-fn mkimage(layout: &Path, tag: &str) -> Image {
-    let out = run(
-        Command::new(PYTHON)
-            .arg(e2e_script("mkimage.py"))
-            .arg(layout)
-            .args(["--size-mib", "0", "--tag", tag]),
-        STEP,
-    );
-    let v: Value = serde_json::from_str(ok(&out, "mkimage.py").trim()).unwrap();
-    Image {
-        layout: layout.to_owned(),
-        tag: tag.to_owned(),
-        digest: v["manifest_digest"].as_str().unwrap().to_owned(),
-    }
-}
-
-/// skopeo copy through the proxy as alice (digests preserved).
-fn push_through(proxy: &Proxy, img: &Image, repo_tag: &str) {
-    let dest = format!("docker://{}/{repo_tag}", proxy.addr);
-    let out = skopeo(&[
-        "--insecure-policy",
-        "copy",
-        "--quiet",
-        "--preserve-digests",
-        "--dest-cert-dir",
-        proxy.cert_dir.to_str().unwrap(),
-        "--dest-creds",
-        "alice:pw",
-        &img.oci_ref(),
-        &dest,
-    ]);
-    ok(&out, &format!("skopeo copy {} {dest}", img.oci_ref()));
-}
-
-/// skopeo copy straight into the registry over plain HTTP (setting up data).
-fn push_direct(reg: &Registry, img: &Image, repo_tag: &str) {
-    let dest = format!("docker://{}/{repo_tag}", reg.addr);
-    let out = skopeo(&[
-        "--insecure-policy",
-        "copy",
-        "--quiet",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        &img.oci_ref(),
-        &dest,
-    ]);
-    ok(&out, &format!("skopeo copy {} {dest}", img.oci_ref()));
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(bytes))
 }
 
 // ---- plain HTTP straight to the registry ----------------------------------------------
@@ -288,7 +133,7 @@ fn put_variants(reg: &Registry, img: &Image, repo: &str, n: usize) -> Vec<String
             let mut m = base.clone();
             m["annotations"] = serde_json::json!({ "audit.test/n": i.to_string() });
             let bytes = serde_json::to_vec(&m).unwrap();
-            let digest = format!("sha256:{}", sha256_hex(&bytes));
+            let digest = sha256_digest(&bytes);
             let path = format!("/v2/{repo}/manifests/{digest}");
             let (status, body) = reg_http(
                 reg.addr,
@@ -305,70 +150,9 @@ fn put_variants(reg: &Registry, img: &Image, repo: &str, n: usize) -> Vec<String
 
 // ---- curl through the proxy ------------------------------------------------------------
 
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    fn request_id(&self) -> String {
-        self.header("x-request-id")
-            .unwrap_or_else(|| panic!("no x-request-id: {self:?}"))
-            .to_owned()
-    }
-    fn error_code(&self) -> String {
-        let v: Value =
-            serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"));
-        v["errors"][0]["code"].as_str().unwrap_or("").to_owned()
-    }
-}
-
 /// curl through the proxy (trusting its CA), one request; `args` are curl's.
 fn pcurl(proxy: &Proxy, args: &[&str]) -> Resp {
-    let tmp = tempfile::tempdir().unwrap();
-    let (head, body) = (tmp.path().join("head"), tmp.path().join("body"));
-    let out = run(
-        Command::new("curl")
-            .args(["-sS", "--max-time", "30", "--cacert"])
-            .arg(&proxy.ca)
-            .arg("-D")
-            .arg(&head)
-            .arg("-o")
-            .arg(&body)
-            .args(args),
-        STEP,
-    );
-    ok(&out, &format!("curl {args:?}"));
-    let head = std::fs::read_to_string(&head).unwrap();
-    let block = head
-        .split("\r\n\r\n")
-        .map(str::trim)
-        .filter(|b| b.starts_with("HTTP/"))
-        .last()
-        .unwrap_or_else(|| panic!("curl {args:?}: no response head in {head:?}"));
-    let mut lines = block.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Resp {
-        status,
-        headers,
-        body: std::fs::read_to_string(&body).unwrap_or_default(),
-    }
+    curl_with(Some(&proxy.ca), 30, args, None)
 }
 
 /// DELETE `/v2/{repo}/manifests/{reference}` through the proxy as `creds` (`user:pw`, or
@@ -530,11 +314,11 @@ fn deletes_by_digest_record_user_client_digest_and_every_tag() {
     let work = tempfile::tempdir().unwrap();
     let audit = work.path().join("audit.jsonl");
     let proxy = start_proxy(&reg, &audit, "");
-    let one = mkimage(&work.path().join("img"), "one");
-    let two = mkimage(&work.path().join("img"), "two");
-    let other = mkimage(&work.path().join("img"), "other");
+    let one = mkimage(&work.path().join("img"), 0, "one", 1);
+    let two = mkimage(&work.path().join("img"), 0, "two", 1);
+    let other = mkimage(&work.path().join("img"), 0, "other", 1);
     for t in ["a", "b", "c"] {
-        push_through(&proxy, &one, &format!("alice/app:{t}"));
+        push_through(&proxy, &one, &format!("alice/app:{t}"), Some("alice:pw"));
     }
     assert_eq!(
         std::fs::metadata(&audit).unwrap().len(),
@@ -554,7 +338,7 @@ fn deletes_by_digest_record_user_client_digest_and_every_tag() {
     ]);
     ok(&out, "skopeo delete");
     let after = now_utc();
-    for reference in [one.digest.as_str(), "a", "b", "c"] {
+    for reference in [one.manifest_digest.as_str(), "a", "b", "c"] {
         assert!(
             !reg_has(&reg, "alice/app", reference),
             "the registry still has alice/app {reference} after the delete by digest"
@@ -570,7 +354,7 @@ fn deletes_by_digest_record_user_client_digest_and_every_tag() {
         intent,
         outcome,
         "alice/app",
-        &one.digest,
+        &one.manifest_digest,
         &["a", "b", "c"],
         "skopeo/",
         (&before, &after),
@@ -579,9 +363,9 @@ fn deletes_by_digest_record_user_client_digest_and_every_tag() {
     // curl: the digest from Docker-Content-Digest, like the seed's guide. Tag d points at
     // another image and must neither be listed nor removed.
     for t in ["a", "b", "c"] {
-        push_through(&proxy, &two, &format!("alice/app:{t}"));
+        push_through(&proxy, &two, &format!("alice/app:{t}"), Some("alice:pw"));
     }
-    push_through(&proxy, &other, "alice/app:d");
+    push_through(&proxy, &other, "alice/app:d", Some("alice:pw"));
     let head = pcurl(
         &proxy,
         &[
@@ -595,12 +379,12 @@ fn deletes_by_digest_record_user_client_digest_and_every_tag() {
     );
     assert_eq!(head.status, 200, "{head:?}");
     let digest = head.header("docker-content-digest").unwrap().to_owned();
-    assert_eq!(digest, two.digest);
+    assert_eq!(digest, two.manifest_digest);
     let before = now_utc();
     let r = delete(&proxy, "alice:pw", "alice/app", &digest);
     let after = now_utc();
     assert_eq!(r.status, 202, "{r:?}");
-    for reference in [two.digest.as_str(), "a", "b", "c"] {
+    for reference in [two.manifest_digest.as_str(), "a", "b", "c"] {
         assert!(
             !reg_has(&reg, "alice/app", reference),
             "the registry still has alice/app {reference} after the delete by digest"
@@ -617,7 +401,7 @@ fn deletes_by_digest_record_user_client_digest_and_every_tag() {
         intent,
         outcome,
         "alice/app",
-        &two.digest,
+        &two.manifest_digest,
         &["a", "b", "c"],
         "curl/",
         (&before, &after),
@@ -643,7 +427,7 @@ fn delete_by_tag_is_recorded_as_failed_with_the_registry_answer() {
     let work = tempfile::tempdir().unwrap();
     let audit = work.path().join("audit.jsonl");
     let proxy = start_proxy(&reg, &audit, "");
-    let img = mkimage(&work.path().join("img"), "one");
+    let img = mkimage(&work.path().join("img"), 0, "one", 1);
     push_direct(&reg, &img, "alice/app:t1");
     push_direct(&reg, &img, "alice/app:t2");
 
@@ -653,7 +437,7 @@ fn delete_by_tag_is_recorded_as_failed_with_the_registry_answer() {
         "distribution 2.8 answers a delete by tag with 400: {r:?}"
     );
     assert_eq!(r.error_code(), "DIGEST_INVALID", "{r:?}");
-    assert!(reg_has(&reg, "alice/app", "t1") && reg_has(&reg, "alice/app", &img.digest));
+    assert!(reg_has(&reg, "alice/app", "t1") && reg_has(&reg, "alice/app", &img.manifest_digest));
 
     let recs = records(&audit);
     assert_eq!(recs.len(), 2, "{recs:#?}");
@@ -661,7 +445,7 @@ fn delete_by_tag_is_recorded_as_failed_with_the_registry_answer() {
     for rec in [intent, outcome] {
         assert_eq!(rec["target"], "manifest_by_tag", "{rec}");
         assert_eq!(rec["reference"], "t1", "{rec}");
-        assert_eq!(rec["digest"], img.digest.as_str(), "{rec}");
+        assert_eq!(rec["digest"], img.manifest_digest.as_str(), "{rec}");
         assert_eq!(tags_of(rec), ["t1", "t2"], "{rec}");
         assert_eq!(rec["user"], "alice", "{rec}");
         assert_eq!(rec["decision"], "allowed", "{rec}");
@@ -685,18 +469,18 @@ fn refused_and_unauthenticated_deletes_get_one_denied_record() {
     let work = tempfile::tempdir().unwrap();
     let audit = work.path().join("audit.jsonl");
     let proxy = start_proxy(&reg, &audit, "");
-    let img = mkimage(&work.path().join("img"), "one");
+    let img = mkimage(&work.path().join("img"), 0, "one", 1);
     push_direct(&reg, &img, "alice/app:v1");
 
     let before = now_utc();
-    let r = delete(&proxy, "bob:pw2", "alice/app", &img.digest);
+    let r = delete(&proxy, "bob:pw2", "alice/app", &img.manifest_digest);
     assert_eq!(r.status, 403, "{r:?}");
     assert_eq!(r.error_code(), "DENIED", "{r:?}");
-    let anon = delete(&proxy, "", "alice/app", &img.digest);
+    let anon = delete(&proxy, "", "alice/app", &img.manifest_digest);
     assert_eq!(anon.status, 401, "{anon:?}");
     assert_eq!(anon.error_code(), "UNAUTHORIZED", "{anon:?}");
     let after = now_utc();
-    assert!(reg_has(&reg, "alice/app", &img.digest) && reg_has(&reg, "alice/app", "v1"));
+    assert!(reg_has(&reg, "alice/app", &img.manifest_digest) && reg_has(&reg, "alice/app", "v1"));
 
     let recs = records(&audit);
     assert_eq!(recs.len(), 2, "{recs:#?}");
@@ -711,7 +495,7 @@ fn refused_and_unauthenticated_deletes_get_one_denied_record() {
         assert_eq!(d["client"], "127.0.0.1", "{d}");
         assert_eq!(d["repo"], "alice/app", "{d}");
         assert_eq!(d["target"], "manifest_by_digest", "{d}");
-        assert_eq!(d["digest"], img.digest.as_str(), "{d}");
+        assert_eq!(d["digest"], img.manifest_digest.as_str(), "{d}");
         assert!(d.get("upstream_status").is_none(), "{d}");
         assert!(!d["reason"].as_str().unwrap_or("").is_empty(), "{d}");
         assert_time(d, &before, &after);
@@ -743,12 +527,12 @@ fn an_unwritable_audit_file_refuses_deletes_until_sighup() {
     let proxy = start_proxy(&reg, &audit, "");
     let imgs: Vec<Image> = ["one", "two", "three"]
         .iter()
-        .map(|t| mkimage(&work.path().join("img"), t))
+        .map(|t| mkimage(&work.path().join("img"), 0, t, 1))
         .collect();
     for i in &imgs {
         push_direct(&reg, i, &format!("alice/app:{}", i.tag));
     }
-    let r = delete(&proxy, "alice:pw", "alice/app", &imgs[0].digest);
+    let r = delete(&proxy, "alice:pw", "alice/app", &imgs[0].manifest_digest);
     assert_eq!(r.status, 202, "{r:?}");
     let kept = work.path().join("kept");
     std::fs::create_dir(&kept).unwrap();
@@ -757,11 +541,11 @@ fn an_unwritable_audit_file_refuses_deletes_until_sighup() {
 
     // Gone (moved away by someone who did not signal the proxy).
     std::fs::remove_file(&audit).unwrap();
-    let r = delete(&proxy, "alice:pw", "alice/app", &imgs[1].digest);
+    let r = delete(&proxy, "alice:pw", "alice/app", &imgs[1].manifest_digest);
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.error_code(), "UNAVAILABLE", "{r:?}");
     assert!(
-        reg_has(&reg, "alice/app", &imgs[1].digest),
+        reg_has(&reg, "alice/app", &imgs[1].manifest_digest),
         "a delete whose intent could not be written was forwarded"
     );
     assert!(
@@ -771,9 +555,9 @@ fn an_unwritable_audit_file_refuses_deletes_until_sighup() {
 
     signal(proxy.pid(), "HUP");
     wait_log(&proxy, "SIGHUP: the audit log starts a new file");
-    let r = delete(&proxy, "alice:pw", "alice/app", &imgs[1].digest);
+    let r = delete(&proxy, "alice:pw", "alice/app", &imgs[1].manifest_digest);
     assert_eq!(r.status, 202, "{r:?}");
-    assert!(!reg_has(&reg, "alice/app", &imgs[1].digest));
+    assert!(!reg_has(&reg, "alice/app", &imgs[1].manifest_digest));
     let recs = records(&audit);
     assert_eq!(recs.len(), 2, "{recs:#?}");
     assert_eq!(recs[0]["prev"].as_str().unwrap(), last_hash(&first));
@@ -786,10 +570,10 @@ fn an_unwritable_audit_file_refuses_deletes_until_sighup() {
     // A directory where the file was.
     std::fs::remove_file(&audit).unwrap();
     std::fs::create_dir(&audit).unwrap();
-    let r = delete(&proxy, "alice:pw", "alice/app", &imgs[2].digest);
+    let r = delete(&proxy, "alice:pw", "alice/app", &imgs[2].manifest_digest);
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.error_code(), "UNAVAILABLE", "{r:?}");
-    assert!(reg_has(&reg, "alice/app", &imgs[2].digest));
+    assert!(reg_has(&reg, "alice/app", &imgs[2].manifest_digest));
     std::fs::remove_dir(&audit).unwrap();
     let hups = proxy.logs().matches("SIGHUP: the audit log").count();
     signal(proxy.pid(), "HUP");
@@ -797,9 +581,9 @@ fn an_unwritable_audit_file_refuses_deletes_until_sighup() {
         (proxy.logs().matches("SIGHUP: the audit log").count() > hups).then_some(())
     })
     .expect("the second SIGHUP was not taken");
-    let r = delete(&proxy, "alice:pw", "alice/app", &imgs[2].digest);
+    let r = delete(&proxy, "alice:pw", "alice/app", &imgs[2].manifest_digest);
     assert_eq!(r.status, 202, "{r:?}");
-    assert!(!reg_has(&reg, "alice/app", &imgs[2].digest));
+    assert!(!reg_has(&reg, "alice/app", &imgs[2].manifest_digest));
 
     let (code, report) = verify(&[&first, &second, &audit]);
     assert_eq!(code, 0, "{report}");
@@ -833,7 +617,7 @@ fn kill_9_during_a_burst_of_deletes_leaves_a_verifiable_complete_log() {
     let Some(reg) = tools() else { return };
     let work = tempfile::tempdir().unwrap();
     let audit = work.path().join("audit.jsonl");
-    let img = mkimage(&work.path().join("img"), "base");
+    let img = mkimage(&work.path().join("img"), 0, "base", 1);
     push_direct(&reg, &img, "alice/burst:base");
     let digests = put_variants(&reg, &img, "alice/burst", N);
     assert_eq!(digests.iter().collect::<HashSet<_>>().len(), N);
@@ -980,9 +764,9 @@ fn edited_and_removed_lines_fail_verify_naming_file_and_line() {
     let audit = work.path().join("audit.jsonl");
     let proxy = start_proxy(&reg, &audit, "");
     for t in ["one", "two", "three"] {
-        let img = mkimage(&work.path().join("img"), t);
+        let img = mkimage(&work.path().join("img"), 0, t, 1);
         push_direct(&reg, &img, &format!("alice/app:{t}"));
-        let r = delete(&proxy, "alice:pw", "alice/app", &img.digest);
+        let r = delete(&proxy, "alice:pw", "alice/app", &img.manifest_digest);
         assert_eq!(r.status, 202, "{r:?}");
     }
     let lines = lines_of(&audit);
@@ -1074,7 +858,7 @@ fn rotation_run(
     let dir = work.path().join("log");
     std::fs::create_dir(&dir).unwrap();
     let audit = dir.join("audit.jsonl");
-    let img = mkimage(&work.path().join("img"), "base");
+    let img = mkimage(&work.path().join("img"), 0, "base", 1);
     push_direct(&reg, &img, "alice/rot:base");
     let digests = put_variants(&reg, &img, "alice/rot", sequential + concurrent);
     let proxy = start_proxy(&reg, &audit, &format!("  rotate_bytes: {rotate_bytes}\n"));
@@ -1169,14 +953,14 @@ fn stdout_carries_the_same_lines() {
     let work = tempfile::tempdir().unwrap();
     let audit = work.path().join("audit.jsonl");
     let proxy = start_proxy(&reg, &audit, "  stdout: true\n");
-    let img = mkimage(&work.path().join("img"), "one");
+    let img = mkimage(&work.path().join("img"), 0, "one", 1);
     push_direct(&reg, &img, "alice/app:v1");
     assert_eq!(
-        delete(&proxy, "bob:pw2", "alice/app", &img.digest).status,
+        delete(&proxy, "bob:pw2", "alice/app", &img.manifest_digest).status,
         403
     );
     assert_eq!(
-        delete(&proxy, "alice:pw", "alice/app", &img.digest).status,
+        delete(&proxy, "alice:pw", "alice/app", &img.manifest_digest).status,
         202
     );
     let lines = lines_of(&audit);
@@ -1235,10 +1019,10 @@ fn show_filters_by_user_repository_and_time() {
     let proxy = start_proxy(&reg, &audit, "");
     let layout = work.path().join("img");
     let (x, w, y, z) = (
-        mkimage(&layout, "x"),
-        mkimage(&layout, "w"),
-        mkimage(&layout, "y"),
-        mkimage(&layout, "z"),
+        mkimage(&layout, 0, "x", 1),
+        mkimage(&layout, 0, "w", 1),
+        mkimage(&layout, 0, "y", 1),
+        mkimage(&layout, 0, "z", 1),
     );
     push_direct(&reg, &x, "alice/app:x");
     push_direct(&reg, &w, "alice/app:w");
@@ -1246,12 +1030,15 @@ fn show_filters_by_user_repository_and_time() {
     push_direct(&reg, &z, "bob/app:z");
 
     assert_eq!(
-        delete(&proxy, "alice:pw", "alice/app", &x.digest).status,
+        delete(&proxy, "alice:pw", "alice/app", &x.manifest_digest).status,
         202
     );
-    assert_eq!(delete(&proxy, "bob:pw2", "bob/app", &z.digest).status, 202);
     assert_eq!(
-        delete(&proxy, "bob:pw2", "alice/app", &w.digest).status,
+        delete(&proxy, "bob:pw2", "bob/app", &z.manifest_digest).status,
+        202
+    );
+    assert_eq!(
+        delete(&proxy, "bob:pw2", "alice/app", &w.manifest_digest).status,
         403
     );
     // The next group starts in a later second than every record above.
@@ -1265,11 +1052,11 @@ fn show_filters_by_user_repository_and_time() {
     .unwrap();
     let second_group = records(&audit).len();
     assert_eq!(
-        delete(&proxy, "alice:pw", "alice/app", &w.digest).status,
+        delete(&proxy, "alice:pw", "alice/app", &w.manifest_digest).status,
         202
     );
     assert_eq!(
-        delete(&proxy, "alice:pw", "alice/other", &y.digest).status,
+        delete(&proxy, "alice:pw", "alice/other", &y.manifest_digest).status,
         202
     );
     let recs = records(&audit);
@@ -1279,10 +1066,12 @@ fn show_filters_by_user_repository_and_time() {
     assert_eq!(all.len(), 9, "{all:?}");
     let rows = show(&[&audit], &["--user", "alice", "--repo", "alice/app"]);
     assert_eq!(rows.len(), 4, "{rows:?}");
-    for (row, digest) in rows
-        .iter()
-        .zip([&x.digest, &x.digest, &w.digest, &w.digest])
-    {
+    for (row, digest) in rows.iter().zip([
+        &x.manifest_digest,
+        &x.manifest_digest,
+        &w.manifest_digest,
+        &w.manifest_digest,
+    ]) {
         assert_eq!(row[2], "alice", "{row:?}");
         assert_eq!(row[3], "127.0.0.1", "{row:?}");
         assert_eq!(row[5], "alice/app", "{row:?}");
@@ -1327,9 +1116,9 @@ fn manifest_pushes_are_audited_when_asked() {
     let work = tempfile::tempdir().unwrap();
     let audit = work.path().join("audit.jsonl");
     let proxy = start_proxy(&reg, &audit, "  manifest_pushes: true\n");
-    let img = mkimage(&work.path().join("img"), "one");
+    let img = mkimage(&work.path().join("img"), 0, "one", 1);
     let before = now_utc();
-    push_through(&proxy, &img, "alice/app:p1");
+    push_through(&proxy, &img, "alice/app:p1", Some("alice:pw"));
     let after = now_utc();
     assert!(reg_has(&reg, "alice/app", "p1"));
 
@@ -1357,7 +1146,7 @@ fn manifest_pushes_are_audited_when_asked() {
     }
     assert_eq!(outcome["outcome"], "pushed", "{outcome}");
     assert_eq!(outcome["upstream_status"], 201, "{outcome}");
-    assert_eq!(outcome["digest"], img.digest.as_str(), "{outcome}");
+    assert_eq!(outcome["digest"], img.manifest_digest.as_str(), "{outcome}");
     let (code, report) = verify(&[&audit]);
     assert_eq!(code, 0, "{report}");
     assert_eq!(report_field(&report, "pushes"), "1", "{report}");
@@ -1378,8 +1167,8 @@ fn seed_delete_flow_is_audited() {
     let work = tempfile::tempdir().unwrap();
     let audit = work.path().join("audit.jsonl");
     let proxy = start_proxy(&reg, &audit, "");
-    let img = mkimage(&work.path().join("img"), "v1");
-    push_through(&proxy, &img, "alice/seed:v1");
+    let img = mkimage(&work.path().join("img"), 0, "v1", 1);
+    push_through(&proxy, &img, "alice/seed:v1", Some("alice:pw"));
     let out = run(
         Command::new(PYTHON)
             .arg(e2e_script("seed_flows.py"))
@@ -1400,7 +1189,7 @@ fn seed_delete_flow_is_audited() {
         "{stdout}"
     );
     assert!(steps.iter().all(|s| s["ok"] == true), "{stdout}");
-    assert!(!reg_has(&reg, "alice/seed", &img.digest));
+    assert!(!reg_has(&reg, "alice/seed", &img.manifest_digest));
     assert!(!reg_has(&reg, "alice/seed", "v1"));
 
     let recs = records(&audit);
@@ -1409,7 +1198,7 @@ fn seed_delete_flow_is_audited() {
     for r in [intent, outcome] {
         assert_eq!(r["user"], "alice", "{r}");
         assert_eq!(r["repo"], "alice/seed", "{r}");
-        assert_eq!(r["digest"], img.digest.as_str(), "{r}");
+        assert_eq!(r["digest"], img.manifest_digest.as_str(), "{r}");
         assert_eq!(tags_of(r), ["v1"], "{r}");
         assert!(
             r["user_agent"]
@@ -1436,7 +1225,7 @@ fn a_blob_delete_is_audited() {
     let work = tempfile::tempdir().unwrap();
     let audit = work.path().join("audit.jsonl");
     let proxy = start_proxy(&reg, &audit, "");
-    let img = mkimage(&work.path().join("img"), "one");
+    let img = mkimage(&work.path().join("img"), 0, "one", 1);
     push_direct(&reg, &img, "alice/app:v1");
     let manifest: Value = serde_json::from_slice(&img.manifest()).unwrap();
     let config = manifest["config"]["digest"].as_str().unwrap().to_owned();
@@ -1470,7 +1259,7 @@ fn an_unreachable_registry_gives_a_failed_outcome() {
     let work = tempfile::tempdir().unwrap();
     let audit = work.path().join("audit.jsonl");
     let proxy = start_proxy(&reg, &audit, "");
-    let img = mkimage(&work.path().join("img"), "one");
+    let img = mkimage(&work.path().join("img"), 0, "one", 1);
     push_direct(&reg, &img, "alice/app:v1");
     signal(reg.pid(), "KILL");
     wait_for(Duration::from_secs(10), || {
@@ -1480,12 +1269,12 @@ fn an_unreachable_registry_gives_a_failed_outcome() {
     })
     .expect("the registry still accepts connections after SIGKILL");
 
-    let r = delete(&proxy, "alice:pw", "alice/app", &img.digest);
+    let r = delete(&proxy, "alice:pw", "alice/app", &img.manifest_digest);
     assert_eq!(r.status, 502, "{r:?}");
     assert_eq!(r.error_code(), "UNAVAILABLE", "{r:?}");
     let recs = records(&audit);
     let (intent, outcome) = pair(&recs, &r.request_id());
-    assert_eq!(intent["digest"], img.digest.as_str(), "{intent}");
+    assert_eq!(intent["digest"], img.manifest_digest.as_str(), "{intent}");
     assert_eq!(intent["tags_complete"], false, "{intent}");
     assert_eq!(outcome["outcome"], "failed", "{outcome}");
     assert!(outcome.get("upstream_status").is_none(), "{outcome}");
@@ -1545,10 +1334,10 @@ fn show_since_is_a_time_not_a_string_prefix() {
     let work = tempfile::tempdir().unwrap();
     let audit = work.path().join("audit.jsonl");
     let proxy = start_proxy(&reg, &audit, "");
-    let img = mkimage(&work.path().join("img"), "one");
+    let img = mkimage(&work.path().join("img"), 0, "one", 1);
     push_direct(&reg, &img, "alice/app:v1");
     assert_eq!(
-        delete(&proxy, "alice:pw", "alice/app", &img.digest).status,
+        delete(&proxy, "alice:pw", "alice/app", &img.manifest_digest).status,
         202
     );
     let recs = records(&audit);

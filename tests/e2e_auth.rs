@@ -3,60 +3,18 @@
 //! tests/e2e/mkimage.py, curl, and the seed document's flows (tests/e2e/seed_flows.py),
 //! with good, wrong and no credentials.
 mod common;
+use common::e2e::*;
 use common::*;
 
-use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::Duration;
 
-const PYTHON: &str = "/usr/bin/python3";
 const USER: &str = "alice";
 const PASSWORD: &str = "e2e-Pw:with colon";
 
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/e2e")
-        .join(name)
-}
-
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// Runs `cmd` with its output in files (no pipe can fill up), killed after `limit`.
-fn run_bounded(mut cmd: Command, limit: Duration, scratch: &Path) -> Output {
-    let out_path = scratch.join(format!("out-{}", rand_suffix()));
-    let err_path = out_path.with_extension("err");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    if wait_for(limit, || child.try_wait().ok().flatten()).is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "{cmd:?} did not finish within {limit:?}:\n{}",
-            std::fs::read_to_string(&err_path).unwrap_or_default()
-        );
-    }
-    Output {
-        status: child.wait().unwrap(),
-        stdout: std::fs::read(&out_path).unwrap(),
-        stderr: std::fs::read(&err_path).unwrap(),
-    }
-}
-
-fn rand_suffix() -> String {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// skopeo with no ambient credentials (its own HOME, XDG_RUNTIME_DIR and auth file).
@@ -66,20 +24,7 @@ fn skopeo(home: &Path, args: &[&str]) -> Output {
         .env("XDG_RUNTIME_DIR", home)
         .env("REGISTRY_AUTH_FILE", home.join("no-auth.json"))
         .args(args);
-    run_bounded(cmd, Duration::from_secs(180), home)
-}
-
-/// An image layout with one 1 MiB layer tagged `tag`; returns (layout, layer digest).
-fn make_image(dir: &Path, tag: &str) -> (PathBuf, String) {
-    let layout = dir.join(format!("img-{tag}"));
-    let mut cmd = Command::new(PYTHON);
-    cmd.arg(script("mkimage.py"))
-        .arg(&layout)
-        .args(["--size-mib", "1", "--tag", tag]);
-    let out = run_bounded(cmd, Duration::from_secs(60), dir);
-    assert!(out.status.success(), "mkimage: {}", text(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    (layout, v["layer_digest"].as_str().unwrap().to_owned())
+    run(&mut cmd, Duration::from_secs(180))
 }
 
 /// Pushes `layout:tag` to `repo:tag` through the proxy with `creds` (None: none at all).
@@ -123,16 +68,6 @@ fn registry_tags(registry: &Registry, repo: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn sha256_file(p: &Path) -> String {
-    format!("sha256:{:x}", Sha256::digest(std::fs::read(p).unwrap()))
-}
-
-fn blob(layout: &Path, digest: &str) -> PathBuf {
-    layout
-        .join("blobs/sha256")
-        .join(digest.strip_prefix("sha256:").unwrap())
-}
-
 fn mentions_unauthorized(stderr: &str) -> bool {
     let s = stderr.to_ascii_lowercase();
     s.contains("401") || s.contains("unauthorized") || s.contains("authentication required")
@@ -151,7 +86,11 @@ fn skopeo_pushes_and_pulls_with_credentials_and_fails_with_wrong_or_none() {
         .start();
     let work = tempfile::tempdir().unwrap();
     let home = work.path();
-    let (layout, layer) = make_image(home, "v1");
+    let Image {
+        layout,
+        layer_digest: layer,
+        ..
+    } = mkimage(&home.join("img-v1"), 1, "v1", 1);
     let creds = format!("{USER}:{PASSWORD}");
 
     // Push with credentials: in the registry.
@@ -189,11 +128,12 @@ fn skopeo_pushes_and_pulls_with_credentials_and_fails_with_wrong_or_none() {
         serde_json::from_slice(&std::fs::read(pulled.join("index.json")).unwrap()).unwrap();
     let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
     let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(blob(&pulled, manifest_digest)).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(blob_file(&pulled, manifest_digest)).unwrap())
+            .unwrap();
     let layers = manifest["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 1, "{manifest}");
     assert_eq!(layers[0]["digest"], layer.as_str());
-    assert_eq!(sha256_file(&blob(&pulled, &layer)), layer);
+    assert_eq!(sha256_file(&blob_file(&pulled, &layer)), layer);
 
     // A wrong password: refused, nothing pushed.
     let out = push(
@@ -258,15 +198,15 @@ fn curl(proxy: &Proxy, args: &[&str], path: &str) -> (u16, String) {
     (code.parse().unwrap(), body.to_owned())
 }
 
-fn seed_flows(proxy: &Proxy, password: &str, scratch: &Path) -> Output {
+fn seed_flows(proxy: &Proxy, password: &str) -> Output {
     let mut cmd = Command::new(PYTHON);
-    cmd.arg(script("seed_flows.py"))
+    cmd.arg(e2e_script("seed_flows.py"))
         .args(["--base", &proxy.base, "--cacert"])
         .arg(&proxy.ca)
         .args(["--user", USER, "--password-env", "RG_SEED_PASSWORD"])
         .args(["--repo", "alice/seed", "--tag", "v1", "--timeout", "30"])
         .env("RG_SEED_PASSWORD", password);
-    run_bounded(cmd, Duration::from_secs(120), scratch)
+    run(&mut cmd, Duration::from_secs(120))
 }
 
 #[test]
@@ -282,7 +222,7 @@ fn curl_and_the_seed_flows_with_preemptive_basic_credentials() {
         .start();
     let work = tempfile::tempdir().unwrap();
     let home = work.path();
-    let (layout, _) = make_image(home, "v1");
+    let Image { layout, .. } = mkimage(&home.join("img-v1"), 1, "v1", 1);
     let out = push(
         &proxy,
         home,
@@ -308,7 +248,7 @@ fn curl_and_the_seed_flows_with_preemptive_basic_credentials() {
     assert_eq!(code, 401, "{body}");
 
     // The seed's flows with a wrong password fail at the first step, deleting nothing.
-    let out = seed_flows(&proxy, "not-the-password", home);
+    let out = seed_flows(&proxy, "not-the-password");
     let stdout = text(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -323,7 +263,7 @@ fn curl_and_the_seed_flows_with_preemptive_basic_credentials() {
     assert_eq!(registry_tags(&registry, "alice/seed"), ["v1"]);
 
     // With the right one every step passes, the delete included.
-    let out = seed_flows(&proxy, PASSWORD, home);
+    let out = seed_flows(&proxy, PASSWORD);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     let steps: Vec<serde_json::Value> = stdout

@@ -15,246 +15,18 @@
 //! under `RG_REQUIRE_REAL=1` / `CI=true`.
 mod common;
 use base64::Engine;
+use common::e2e::*;
 use common::*;
-use sha2::{Digest, Sha256};
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Debian's interpreter: python3-requests is installed into it, not into a pyenv one.
-const PYTHON: &str = "/usr/bin/python3";
-/// Deadline of one external command (a 64 MiB push over loopback takes a second or two).
-const STEP: Duration = Duration::from_secs(60);
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// A numeric account id, like the seed's personal namespaces (`10000460xxxxx/ubuntu`).
 const SEED_USER: &str = "10000460123";
 
-// ---- processes ---------------------------------------------------------------------
-
-/// Same rule as `common`: real parts are required under RG_REQUIRE_REAL=1 or CI=true.
-fn required() -> bool {
-    std::env::var("RG_REQUIRE_REAL").is_ok_and(|v| v == "1")
-        || std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Whether Debian's python3 is there (and, with `requests`, python3-requests in it).
-fn have_python(requests: bool) -> bool {
-    let code = if requests { "import requests" } else { "pass" };
-    let found = Command::new(PYTHON)
-        .args(["-c", code])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        let what = if requests {
-            "python3-requests (for /usr/bin/python3)"
-        } else {
-            "/usr/bin/python3"
-        };
-        assert!(
-            !required(),
-            "{what} is required (RG_REQUIRE_REAL/CI) but not installed: run scripts/install-deps"
-        );
-        eprintln!("SKIPPING: {what} is not installed (set RG_REQUIRE_REAL=1 to fail instead)");
-    }
-    found
-}
-
-fn e2e_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/e2e")
-        .join(name)
-}
-
-/// Runs `cmd` to its end within `limit`, stdin empty.
-fn run(cmd: &mut Command, limit: Duration) -> Output {
-    run_in(cmd, Stdio::null(), limit)
-}
-
-/// Runs `cmd` to its end within `limit`; past it the child is killed by its pid and the
-/// test fails. Output is drained by threads so a chatty child never blocks on a pipe.
-fn run_in(cmd: &mut Command, stdin: Stdio, limit: Duration) -> Output {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            v
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let Some(status) = wait_for(limit, || child.try_wait().ok().flatten()) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{what} did not finish within {limit:?}");
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
-}
-
-/// Asserts a command succeeded; returns its stdout.
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn skopeo(args: &[&str]) -> Output {
-    run(Command::new("skopeo").args(args), STEP)
-}
-
-fn json(text: &str, what: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text}"))
-}
-
-// ---- images ------------------------------------------------------------------------
-
-/// One image written by mkimage.py.
-struct Image {
-    layout: PathBuf,
-    tag: String,
-    manifest_digest: String,
-    layer_digest: String,
-    layer_size: u64,
-}
-
-impl Image {
-    /// The skopeo reference of the image in its layout.
-    fn oci_ref(&self) -> String {
-        format!("oci:{}:{}", self.layout.display(), self.tag)
-    }
-    fn layer_file(&self) -> PathBuf {
-        blob_file(&self.layout, &self.layer_digest)
-    }
-}
-
-fn mkimage(layout: &Path, size_mib: u32, tag: &str, seed: u32) -> Image {
-    let out = run(
-        Command::new(PYTHON)
-            .arg(e2e_script("mkimage.py"))
-            .arg(layout)
-            .args(["--size-mib", &size_mib.to_string()])
-            .args(["--tag", tag, "--seed", &seed.to_string()]),
-        STEP,
-    );
-    let v = json(ok(&out, "mkimage.py").trim(), "mkimage.py output");
-    let s = |k: &str| {
-        v[k].as_str()
-            .unwrap_or_else(|| panic!("mkimage.py: no {k}: {v}"))
-    };
-    Image {
-        layout: layout.to_owned(),
-        tag: tag.to_owned(),
-        manifest_digest: s("manifest_digest").to_owned(),
-        layer_digest: s("layer_digest").to_owned(),
-        layer_size: v["layer_size"].as_u64().expect("mkimage.py: layer_size"),
-    }
-}
-
-/// Where an OCI layout keeps a blob.
-fn blob_file(layout: &Path, digest: &str) -> PathBuf {
-    let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
-    layout.join("blobs/sha256").join(hex)
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    format!("sha256:{:x}", Sha256::digest(bytes))
-}
-
-/// `sha256:<hex>` of a file, streamed (layers are bigger than worth holding in memory).
-fn sha256_file(path: &Path) -> String {
-    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    format!("sha256:{:x}", h.finalize())
-}
-
-/// skopeo copy with digests preserved (the layer stays uncompressed, digests unchanged).
-fn push_through(proxy: &Proxy, img: &Image, repo_tag: &str) {
-    let dest = format!("docker://{}/{repo_tag}", proxy.addr);
-    let out = skopeo(&[
-        "--insecure-policy",
-        "copy",
-        "--quiet",
-        "--preserve-digests",
-        "--dest-cert-dir",
-        proxy.cert_dir.to_str().unwrap(),
-        &img.oci_ref(),
-        &dest,
-    ]);
-    ok(&out, &format!("skopeo copy {} {dest}", img.oci_ref()));
-}
-
-/// The same, straight to the registry over plain HTTP (setting up data the proxy
-/// must not reach).
-fn push_direct(reg: &Registry, img: &Image, repo_tag: &str) {
-    let dest = format!("docker://{}/{repo_tag}", reg.addr);
-    let out = skopeo(&[
-        "--insecure-policy",
-        "copy",
-        "--quiet",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        &img.oci_ref(),
-        &dest,
-    ]);
-    ok(&out, &format!("skopeo copy {} {dest}", img.oci_ref()));
-}
-
 // ---- HTTP through curl ---------------------------------------------------------------
-
-/// One response as curl saw it (the last header block: a `100 Continue` is skipped).
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-    fn json(&self) -> serde_json::Value {
-        json(&self.text(), &format!("body of a {} response", self.status))
-    }
-    fn request_id(&self) -> String {
-        self.header("x-request-id")
-            .unwrap_or_else(|| panic!("no x-request-id: {self:?}"))
-            .to_owned()
-    }
-}
 
 /// Runs curl (`-sS`, bounded, trusting `ca` if given) and parses its answer. For HEAD use
 /// `-I` (the body is then not meaningful).
@@ -264,41 +36,7 @@ fn curl(ca: Option<&Path>, args: &[&str]) -> Resp {
 
 /// The same, with `stdin` (a file) on curl's standard input, for `--data-binary @-`.
 fn curl_in(ca: Option<&Path>, args: &[&str], stdin: Option<&Path>) -> Resp {
-    let tmp = tempfile::tempdir().unwrap();
-    let (head, body) = (tmp.path().join("head"), tmp.path().join("body"));
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "60"]);
-    if let Some(ca) = ca {
-        cmd.arg("--cacert").arg(ca);
-    }
-    cmd.arg("-D").arg(&head).arg("-o").arg(&body).args(args);
-    let stdin = match stdin {
-        Some(f) => Stdio::from(std::fs::File::open(f).unwrap()),
-        None => Stdio::null(),
-    };
-    ok(&run_in(&mut cmd, stdin, STEP), &format!("curl {args:?}"));
-    let head = std::fs::read_to_string(&head).unwrap();
-    let block = head
-        .split("\r\n\r\n")
-        .map(str::trim)
-        .filter(|b| b.starts_with("HTTP/") && !b.split(' ').nth(1).unwrap_or("").starts_with('1'))
-        .last()
-        .unwrap_or_else(|| panic!("curl {args:?}: no response head in {head:?}"));
-    let mut lines = block.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line in {block:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Resp {
-        status,
-        headers,
-        body: std::fs::read(&body).unwrap_or_default(),
-    }
+    curl_with(ca, 60, args, stdin)
 }
 
 /// curl through the proxy.
@@ -377,7 +115,7 @@ fn skopeo_round_trip_of_a_64_mib_layer() {
     let remote = format!("docker://{}/e2e/big", proxy.addr);
 
     let started = Instant::now();
-    push_through(&proxy, &img, "e2e/big:v1");
+    push_through(&proxy, &img, "e2e/big:v1", None);
     let pushed = started.elapsed();
 
     // Pull it back into a fresh layout: the layer file must be the same bytes.
@@ -468,8 +206,8 @@ fn seed_python_flows_through_the_proxy() {
     let game = mkimage(&layout, 1, "v1", 3);
     assert_ne!(ubuntu.manifest_digest, game.manifest_digest);
     let ubuntu_repo = format!("{SEED_USER}/ubuntu");
-    push_through(&proxy, &ubuntu, &format!("{ubuntu_repo}:latest"));
-    push_through(&proxy, &game, "public/2048:v1");
+    push_through(&proxy, &ubuntu, &format!("{ubuntu_repo}:latest"), None);
+    push_through(&proxy, &game, "public/2048:v1", None);
     // Not checked yet, sent anyway (the seed's scripts always send it); a colon in the
     // password as the checklist allows.
     let password = "Kang:653456-e2e";
@@ -558,8 +296,8 @@ fn seed_curl_flows_through_the_proxy() {
     let work = tempfile::tempdir().unwrap();
     let img = mkimage(&work.path().join("small"), 1, "v1", 4);
     let ubuntu_repo = format!("{SEED_USER}/ubuntu");
-    push_through(&proxy, &img, "public/2048:v1");
-    push_through(&proxy, &img, &format!("{ubuntu_repo}:latest"));
+    push_through(&proxy, &img, "public/2048:v1", None);
+    push_through(&proxy, &img, &format!("{ubuntu_repo}:latest"), None);
     let auth = basic_header(SEED_USER, "pw");
     let url = |path: &str| format!("{}{path}", proxy.base);
     let get = |path: &str, extra: &[&str]| {
@@ -597,7 +335,7 @@ fn seed_curl_flows_through_the_proxy() {
     let digest = r
         .header("docker-content-digest")
         .expect("Docker-Content-Digest");
-    assert_eq!(digest, sha256_hex(&r.body), "digest header vs body");
+    assert_eq!(digest, sha256_digest(&r.body), "digest header vs body");
     assert_eq!(digest, img.manifest_digest);
     let body_len = r.body.len();
     let digest = digest.to_owned();
@@ -669,7 +407,7 @@ fn chunked_upload_through_the_proxy() {
     let (first, second) = (work.path().join("part1"), work.path().join("part2"));
     std::fs::write(&first, &data[..split]).unwrap();
     std::fs::write(&second, &data[split..]).unwrap();
-    let digest = sha256_hex(&data);
+    let digest = sha256_digest(&data);
     let origin = format!("https://{}", proxy.addr);
     let uploads = "/v2/e2e/chunk/blobs/uploads/";
 
@@ -781,7 +519,7 @@ fn chunked_upload_through_the_proxy() {
     // What the registry stored, read from it directly.
     let r = curl(None, &[&format!("{}{blob_path}", reg.url)]);
     assert_eq!(r.status, 200);
-    assert_eq!(sha256_hex(&r.body), digest);
+    assert_eq!(sha256_digest(&r.body), digest);
 }
 
 /// One upload session, for checking the Locations it is handed.
@@ -840,7 +578,7 @@ fn slow_upload_outlasting_the_header_timeout_completes() {
         .collect();
     let file = work.path().join("slow.bin");
     std::fs::write(&file, &data).unwrap();
-    let digest = sha256_hex(&data);
+    let digest = sha256_digest(&data);
 
     let r = pcurl(
         &proxy,
@@ -1005,7 +743,7 @@ fn path_tricks_are_refused_and_never_forwarded() {
         ],
     );
     assert_eq!(r.status, 200, "victim/secret:v1 is gone: {}", r.text());
-    assert_eq!(sha256_hex(&r.body), *manifest);
+    assert_eq!(sha256_digest(&r.body), *manifest);
 }
 
 // ---- 6. upstream down ----------------------------------------------------------------

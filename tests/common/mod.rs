@@ -7,6 +7,7 @@
 //! skipping it.
 #![allow(dead_code)]
 
+pub mod e2e;
 pub mod fake;
 
 use std::io::{Read, Write};
