@@ -73,6 +73,8 @@ struct RawServer {
     #[serde(default)]
     plaintext: bool,
     public_url: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -298,6 +300,9 @@ pub struct Server {
     pub tls: Tls,
     /// Origin (`https://host[:port]`) clients use; `None`: taken from each request's Host.
     pub public_origin: Option<String>,
+    /// Peers whose `X-Forwarded-For` is believed for the client address (load balancers).
+    /// The one client address (throttle, logs, audit, forwarded headers) comes from here.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -474,7 +479,7 @@ fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duratio
 }
 
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-    let server = validate_server(raw.server)?;
+    let mut server = validate_server(raw.server)?;
     let upstream = validate_upstream(raw.upstream)?;
     let auth = validate_auth(raw.auth)?;
     let access = match (&auth, raw.access) {
@@ -493,20 +498,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let audit = match raw.audit {
         None => None,
         Some(a) => {
-            let trusted_proxies = a
-                .trusted_proxies
-                .iter()
-                .map(|p| {
-                    p.parse::<ipnet::IpNet>()
-                        .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                        .map_err(|_| {
-                            ConfigError::new(
-                                "audit.trusted_proxies",
-                                format!("{p:?} is not an address or CIDR block"),
-                            )
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let trusted_proxies = parse_nets("audit.trusted_proxies", &a.trusted_proxies)?;
             if a.file.as_os_str().is_empty() {
                 return Err(ConfigError::new("audit.file", "must name a file"));
             }
@@ -528,6 +520,14 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             })
         }
     };
+    // `audit.trusted_proxies` (older configs) means the same as `server.trusted_proxies`.
+    if let Some(a) = &audit {
+        for n in &a.trusted_proxies {
+            if !server.trusted_proxies.contains(n) {
+                server.trusted_proxies.push(*n);
+            }
+        }
+    }
     let metrics_listen = match raw.metrics {
         None => None,
         Some(m) => Some(m.listen.parse::<SocketAddr>().map_err(|_| {
@@ -881,11 +881,27 @@ fn validate_server(s: RawServer) -> Result<Server, ConfigError> {
             Some(format!("{}://{authority}", scheme.as_str()))
         }
     };
+    let trusted_proxies = parse_nets("server.trusted_proxies", &s.trusted_proxies)?;
     Ok(Server {
         listen,
         tls,
         public_origin,
+        trusted_proxies,
     })
+}
+
+/// Addresses or CIDR blocks (`10.0.0.0/8`, `192.0.2.7`, `::1`).
+fn parse_nets(key: &str, values: &[String]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    values
+        .iter()
+        .map(|p| {
+            p.parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    ConfigError::new(key, format!("{p:?} is not an address or CIDR block"))
+                })
+        })
+        .collect()
 }
 
 /// Splits `scheme://host[:port][/]` into (scheme, authority, normalised origin).

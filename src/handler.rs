@@ -28,7 +28,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +55,8 @@ pub struct State {
     pub proto: &'static str,
     pub max_manifest_bytes: u64,
     pub local_addr: SocketAddr,
+    /// Peers whose `X-Forwarded-For` gives the client address (`server.trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// The client connection a request came on.
@@ -62,6 +64,9 @@ pub struct State {
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub activity: Arc<ConnActivity>,
+    /// Set once a request on this connection carried valid credentials: the server's
+    /// per-address cap counts only connections that never did.
+    pub authenticated: std::sync::atomic::AtomicBool,
 }
 
 /// Proof that a request may be forwarded: only [`permit`] makes one.
@@ -77,17 +82,14 @@ pub async fn handle(
     state.metrics.requests.inc();
     let request_id = next_request_id();
     let method = req.method().clone();
-    let mut record = AccessRecord::new(
-        request_id.clone(),
-        method.clone(),
-        req.uri().path(),
-        conn.peer.ip(),
-    );
+    let client = client_of(&state, &conn, req.headers());
+    let mut record =
+        AccessRecord::new(request_id.clone(), method.clone(), req.uri().path(), client);
     record.in_flight = Some(InFlight::new(conn.activity.clone()));
     let (parts, body) = req.into_parts();
 
     let mut body = Some(body);
-    let result = serve(&state, &conn, &parts, &mut body, &mut record).await;
+    let result = serve(&state, &conn, client, &parts, &mut body, &mut record).await;
     let mut resp = match result {
         Ok(resp) => {
             record.upstream_status = Some(resp.status().as_u16());
@@ -122,10 +124,27 @@ pub async fn handle(
     resp.map(|b| b.metered(record))
 }
 
+/// The one client address of a request, used by the throttle, the logs, the audit and
+/// the forwarded headers alike: the TCP peer, or, when the peer is a trusted proxy, the
+/// address it reports in `X-Forwarded-For` (never a header from an untrusted peer).
+fn client_of(state: &State, conn: &ConnInfo, headers: &http::HeaderMap) -> IpAddr {
+    let peer = conn.peer.ip().to_canonical();
+    if state.trusted_proxies.is_empty() {
+        return peer;
+    }
+    let xff: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    audit::record::client_address(peer, &xff, &state.trusted_proxies)
+}
+
 /// Route, identity, permit, forward.
 async fn serve(
     state: &State,
     conn: &ConnInfo,
+    client: IpAddr,
     parts: &http::request::Parts,
     body: &mut Option<Incoming>,
     record: &mut AccessRecord,
@@ -136,14 +155,14 @@ async fn serve(
 
     let audited = audit_target(state, &route);
     let identity = match &state.auth {
-        Some(auth) => match auth.identify(&parts.headers, conn.peer.ip()).await {
+        Some(auth) => match auth.identify(&parts.headers, client).await {
             Ok(id) => Some(id),
             Err(e) => {
                 let e = ProxyError::from(e);
                 if let Some(target) = audited {
                     audit_refusal(
                         state,
-                        conn,
+                        client,
                         parts,
                         &route,
                         target,
@@ -160,6 +179,10 @@ async fn serve(
     };
     if let Some(id) = &identity {
         record.user = Some(id.name().to_owned());
+        if matches!(id, Identity::User { .. }) {
+            conn.authenticated
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
     let (permit, query, reason) = match permit(state, identity.as_ref(), &route, parts).await {
         Ok(p) => p,
@@ -167,7 +190,7 @@ async fn serve(
             if let Some(target) = audited {
                 audit_refusal(
                     state,
-                    conn,
+                    client,
                     parts,
                     &route,
                     target,
@@ -200,7 +223,7 @@ async fn serve(
             };
             audited_forward(
                 state,
-                conn,
+                client,
                 &route,
                 parts,
                 query.as_deref(),
@@ -210,7 +233,7 @@ async fn serve(
             )
             .await
         }
-        _ => forward(state, conn, &route, parts, query.as_deref(), body, permit).await,
+        _ => forward(state, client, &route, parts, query.as_deref(), body, permit).await,
     }
 }
 
@@ -243,24 +266,13 @@ fn audit_target(state: &State, route: &Route) -> Option<audit::Target> {
 
 /// The parts of an audit record every phase shares.
 fn audit_record(
-    state: &State,
-    conn: &ConnInfo,
+    client: IpAddr,
     parts: &http::request::Parts,
     route: &Route,
     target: audit::Target,
     identity: Option<&Identity>,
     request_id: &str,
 ) -> audit::Record {
-    let trusted = state
-        .audit
-        .as_ref()
-        .map_or(&[][..], |(_, s)| &s.trusted_proxies[..]);
-    let xff: Vec<&str> = parts
-        .headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
     let reference = match &route.target {
         Target::Manifest { reference, .. } => reference.as_str().to_owned(),
         Target::Blob { digest, .. } => digest.clone(),
@@ -271,7 +283,7 @@ fn audit_record(
         phase: Phase::Intent,
         request_id: request_id.to_owned(),
         user: identity.map_or_else(|| "-".to_owned(), |i| i.name().to_owned()),
-        client: audit::record::client_address(conn.peer.ip(), &xff, trusted).to_string(),
+        client: client.to_string(),
         user_agent: parts
             .headers
             .get(header::USER_AGENT)
@@ -302,7 +314,7 @@ fn audit_record(
 #[allow(clippy::too_many_arguments)]
 async fn audit_refusal(
     state: &State,
-    conn: &ConnInfo,
+    client: IpAddr,
     parts: &http::request::Parts,
     route: &Route,
     target: audit::Target,
@@ -311,7 +323,7 @@ async fn audit_refusal(
     request_id: &str,
 ) {
     let Some((log, _)) = &state.audit else { return };
-    let mut r = audit_record(state, conn, parts, route, target, identity, request_id);
+    let mut r = audit_record(client, parts, route, target, identity, request_id);
     r.phase = Phase::Denied;
     r.decision = "denied".into();
     r.reason = error.to_string();
@@ -337,7 +349,7 @@ struct AuditContext<'a> {
 #[allow(clippy::too_many_arguments)]
 async fn audited_forward(
     state: &State,
-    conn: &ConnInfo,
+    client: IpAddr,
     route: &Route,
     parts: &http::request::Parts,
     query: Option<&str>,
@@ -347,8 +359,7 @@ async fn audited_forward(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let started = std::time::Instant::now();
     let mut rec = audit_record(
-        state,
-        conn,
+        client,
         parts,
         route,
         ctx.target,
@@ -385,7 +396,7 @@ async fn audited_forward(
         .await
         .map_err(ProxyError::AuditUnavailable)?;
 
-    let result = forward(state, conn, route, parts, query, body, permit).await;
+    let result = forward(state, client, route, parts, query, body, permit).await;
     rec.phase = Phase::Outcome;
     rec.time = audit::record::now_rfc3339();
     match &result {
@@ -656,7 +667,7 @@ async fn catalog(
 /// Forwards a permitted request and streams the upstream's answer back.
 async fn forward(
     state: &State,
-    conn: &ConnInfo,
+    client: IpAddr,
     route: &Route,
     parts: &http::request::Parts,
     query: Option<&str>,
@@ -681,7 +692,7 @@ async fn forward(
     headers::forward_request(
         &mut parts.headers,
         &ForwardContext {
-            client_ip: conn.peer.ip(),
+            client_ip: client,
             proto: state.proto,
             public_host,
             upstream_authorization: state.upstream.authorization.as_ref(),

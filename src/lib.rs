@@ -18,6 +18,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fuzzing;
 pub mod handler;
 pub mod log;
 pub mod metrics;

@@ -125,6 +125,7 @@ impl Server {
             proto: if tls.is_some() { "https" } else { "http" },
             max_manifest_bytes: cfg.limits.max_manifest_bytes,
             local_addr,
+            trusted_proxies: cfg.server.trusted_proxies.clone(),
         });
         Ok(Server {
             listener,
@@ -229,6 +230,7 @@ async fn serve_connection(
     let conn = Arc::new(ConnInfo {
         peer,
         activity: activity.clone(),
+        authenticated: Default::default(),
     });
     let svc = service_fn(move |req| {
         let (state, conn) = (state.clone(), conn.clone());
