@@ -18,9 +18,13 @@ pub enum ProxyError {
     /// repository exists or not.
     #[error("denied: {0}")]
     Denied(String),
-    /// A form-encoded body on an upload start (distribution reads `from` from it).
-    #[error("form-encoded bodies are not accepted on upload requests")]
+    /// A body the upstream could read as a form (distribution's `FormValue` prefers the
+    /// body's `from`, `mount`, `digest` over the query's).
+    #[error("form-encoded bodies are not accepted")]
     FormBody,
+    /// An upload start with a body or a Content-Type that real clients never send.
+    #[error("{0}")]
+    UploadStartBody(&'static str),
     /// The audit intent of a delete could not be written: the delete is not forwarded.
     #[error("audit log unavailable: {0}")]
     AuditUnavailable(String),

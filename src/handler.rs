@@ -19,6 +19,7 @@ use crate::error::ProxyError;
 use crate::log::{next_request_id, AccessRecord, ConnActivity, InFlight};
 use crate::metrics::Metrics;
 use crate::proxy::body::{RequestBody, ResponseBody};
+use crate::proxy::form;
 use crate::proxy::headers::{self, ForwardContext};
 use crate::proxy::lookup;
 use crate::proxy::upstream::Upstream;
@@ -26,7 +27,7 @@ use crate::registry::{self, Actions, Reference, Route, Target};
 use crate::response;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, Version};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Incoming;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -203,6 +204,7 @@ async fn serve(
             return Err(e);
         }
     };
+    check_body_headers(&route, &parts.headers)?;
     if let (Some(id), Some(policy), Target::Catalog { n, last }) =
         (&identity, &state.policy, &route.target)
     {
@@ -235,6 +237,20 @@ async fn serve(
         }
         _ => forward(state, client, &route, parts, query.as_deref(), body, permit).await,
     }
+}
+
+/// Refuses what the upstream could read differently from what was decided: a body on
+/// an upload start, or a body it would parse as a form (see `proxy::form`).
+fn check_body_headers(route: &Route, headers: &http::HeaderMap) -> Result<(), ProxyError> {
+    if matches!(route.target, Target::UploadStart { .. }) {
+        return form::check_upload_start(headers)
+            .map_err(|r| ProxyError::UploadStartBody(r.message()));
+    }
+    let has_body = matches!(route.method, Method::POST | Method::PUT | Method::PATCH);
+    if has_body && form::is_form(headers) {
+        return Err(ProxyError::FormBody);
+    }
+    Ok(())
 }
 
 /// What an audited request is, if it is one: deletes of manifests and blobs, and
@@ -480,15 +496,6 @@ async fn permit(
     let mut query = None;
     match (&route.method, &route.target) {
         (_, Target::UploadStart { mount, .. }) => {
-            // distribution also reads `mount`/`from` from a form body: refuse such bodies.
-            let form = parts
-                .headers
-                .get_all(header::CONTENT_TYPE)
-                .iter()
-                .any(|v| is_form_content_type(v.as_bytes()));
-            if form {
-                return Err(ProxyError::FormBody);
-            }
             if let Some(m) = mount {
                 if !policy.allows(id, &m.from, Actions::PULL) {
                     // Without pull on `from`, a plain upload start: every client falls back
@@ -594,21 +601,6 @@ async fn protected_tags_of(
     Ok(())
 }
 
-/// Whether the upstream could read a body with this Content-Type as a form. Go's
-/// `mime.ParseMediaType` (distribution's `FormValue`) trims Unicode white space around the
-/// media type: leading spaces and tabs (kept by HTTP/2) and NBSP, NEL or EM SPACE (UTF-8
-/// bytes HTTP/1.1 carries as obs-text) all still make a form. So any value that holds a
-/// form media type anywhere is one.
-fn is_form_content_type(v: &[u8]) -> bool {
-    contains_ignore_case(v, b"application/x-www-form-urlencoded")
-        || contains_ignore_case(v, b"multipart/form-data")
-}
-
-fn contains_ignore_case(v: &[u8], needle: &[u8]) -> bool {
-    v.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
-}
-
 /// Upstream catalog pages requested per client page at most: bounds the time a page
 /// takes however few repositories the identity may see.
 const MAX_CATALOG_PAGES: usize = 20;
@@ -700,7 +692,17 @@ async fn forward(
     );
 
     let limit = state.max_manifest_bytes;
-    let body: RequestBody = if is_manifest_put(route) {
+    let body: RequestBody = if matches!(route.target, Target::UploadStart { .. }) {
+        // Nothing of the client's body reaches the upstream: it is checked to be empty
+        // (a chunked one announces no length) and an empty one is sent, without a type.
+        ensure_empty(body).await?;
+        parts.headers.remove(header::CONTENT_TYPE);
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        Empty::new().map_err(|never| match never {}).boxed()
+    } else if is_manifest_put(route) {
         // Refuse by the announced length before a byte is read; cap what is streamed.
         let announced = parts
             .headers
@@ -727,6 +729,35 @@ async fn forward(
     headers::forward_response(&mut parts.headers, &state.upstream.origin, &public);
     Ok(Response::from_parts(parts, ResponseBody::upstream(body)))
 }
+
+/// Reads a body that must be empty to its end: any byte refuses the request.
+async fn ensure_empty(mut body: Incoming) -> Result<(), ProxyError> {
+    use http_body::Body as _;
+    if body.is_end_stream() {
+        return Ok(());
+    }
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ProxyError::ClientBody(e.to_string()))?;
+            if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                return Err(ProxyError::UploadStartBody(
+                    form::UploadStartRefusal::Body.message(),
+                ));
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(EMPTY_BODY_WAIT, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ProxyError::ClientBody(
+                "the request body did not end".into(),
+            ))
+        })
+}
+
+/// How long the end of a body that must be empty is waited for.
+const EMPTY_BODY_WAIT: Duration = Duration::from_secs(10);
 
 fn is_manifest_put(route: &Route) -> bool {
     route.method == Method::PUT && matches!(route.target, Target::Manifest { .. })

@@ -32,7 +32,9 @@ pub fn status_and_code(e: &ProxyError) -> (StatusCode, &'static str) {
             AuthError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
         },
         ProxyError::Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
-        ProxyError::FormBody => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
+        ProxyError::FormBody | ProxyError::UploadStartBody(_) => {
+            (StatusCode::BAD_REQUEST, "UNSUPPORTED")
+        }
         ProxyError::ManifestTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
         ProxyError::ClientBody(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
         ProxyError::AuditUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),

@@ -537,7 +537,8 @@ fn a_form_body_is_refused_however_its_content_type_is_spelled() {
         r.assert_refusal(400, "UNSUPPORTED", ct);
         assert!(fake.take().is_empty(), "{ct:?} forwarded");
     }
-    // Other bodies still start uploads (a monolithic upload carries the blob).
+    // No body at all on an upload start, whatever its type: a monolithic single-POST
+    // upload is refused too (distribution 2.8 ignores such a body anyway).
     let (status, resp) = h2_request(
         proxy.addr,
         &proxy.ca,
@@ -549,10 +550,116 @@ fn a_form_body_is_refused_however_its_content_type_is_spelled() {
         ],
         "blob bytes",
     );
-    assert_eq!(status, 202, "{resp}");
-    let seen = fake.take();
-    assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].body, b"blob bytes");
+    assert_eq!(status, 400, "{resp}");
+    assert!(
+        resp.contains("UNSUPPORTED") && resp.contains("no body"),
+        "{resp}"
+    );
+    assert!(fake.take().is_empty());
+    let r = proxy_call(&proxy, "POST", path)
+        .user("alice", "pw")
+        .header("Content-Type: application/octet-stream")
+        .body("x")
+        .send();
+    r.assert_refusal(400, "UNSUPPORTED", "a one-byte body");
+    assert!(fake.take().is_empty());
+    // A chunked body announces no length: read, and refused at its first byte.
+    let r = proxy_call(&proxy, "POST", path)
+        .user("alice", "pw")
+        .header("Content-Type: application/json")
+        .header("Transfer-Encoding: chunked")
+        .body(&body)
+        .send();
+    r.assert_refusal(400, "UNSUPPORTED", "a chunked body");
+    assert!(fake.take().is_empty());
+
+    // Types that are no form but that no client sends on an upload start: refused.
+    for ct in ODD_UPLOAD_START_TYPES {
+        let (status, resp) = h2_request(
+            proxy.addr,
+            &proxy.ca,
+            "POST",
+            path,
+            &[("authorization", auth.as_bytes()), ("content-type", ct)],
+            "",
+        );
+        let what = String::from_utf8_lossy(ct).into_owned();
+        assert_eq!(status, 400, "h2 {what:?}: {resp}");
+        assert!(fake.take().is_empty(), "h2 {what:?} forwarded");
+    }
+
+    // What clients send passes, and reaches the upstream with no body and no type at all.
+    for (ct, chunked) in [
+        (None, false),
+        (Some("application/json"), false),
+        (Some("application/octet-stream"), false),
+        (Some("application/json"), true),
+    ] {
+        let target = format!("{path}?mount={DIGEST}&from=alice/other");
+        let mut c = proxy_call(&proxy, "POST", &target).user("alice", "pw");
+        if let Some(ct) = ct {
+            c = c.header(&format!("Content-Type: {ct}"));
+        }
+        c = if chunked {
+            c.header("Transfer-Encoding: chunked").body("")
+        } else {
+            c.header("Content-Length: 0")
+        };
+        let r = c.send();
+        assert_eq!(r.status, 202, "{ct:?}: {}", r.describe());
+        let seen = fake.take();
+        assert_eq!(seen.len(), 1, "{ct:?}");
+        assert!(seen[0].body.is_empty(), "{ct:?}");
+        assert!(
+            seen[0].headers.get("content-type").is_none(),
+            "{ct:?}: {seen:#?}"
+        );
+        assert!(seen[0].headers.get("transfer-encoding").is_none(), "{ct:?}");
+        assert_eq!(seen[0].headers["content-length"], "0", "{ct:?}");
+    }
+
+    // Every other request with a body: refused when the upstream would read it as a form
+    // (distribution reads `digest` and `_state` with FormValue on upload PUTs).
+    let uploads = format!("{path}{UPLOAD}");
+    let puts = [
+        ("PATCH", uploads.clone()),
+        ("PUT", format!("{uploads}?digest={DIGEST}")),
+        ("PUT", "/v2/alice/app/manifests/v1".to_owned()),
+    ];
+    for (method, target) in &puts {
+        for ct in DISGUISED_FORM_TYPES {
+            let (status, resp) = h2_request(
+                proxy.addr,
+                &proxy.ca,
+                method,
+                target,
+                &[("authorization", auth.as_bytes()), ("content-type", ct)],
+                &format!("digest={OTHER_DIGEST}"),
+            );
+            let what = format!("{method} {target} {:?}", String::from_utf8_lossy(ct));
+            assert_eq!(status, 400, "h2 {what}: {resp}");
+            assert!(resp.contains("UNSUPPORTED"), "{what}: {resp}");
+            assert!(fake.take().is_empty(), "{what} forwarded");
+        }
+    }
+    // ... and forwarded as before with the types clients send.
+    for (method, target) in &puts {
+        let (status, resp) = h2_request(
+            proxy.addr,
+            &proxy.ca,
+            method,
+            target,
+            &[
+                ("authorization", auth.as_bytes()),
+                ("content-type", b"application/octet-stream"),
+            ],
+            "bytes",
+        );
+        assert_eq!(status, 202, "{method} {target}: {resp}");
+        let seen = fake.take();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].body, b"bytes");
+    }
 }
 
 // ---------------------------------------------------------------------------------------

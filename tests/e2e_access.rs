@@ -526,33 +526,68 @@ fn e2e_a_mount_smuggled_in_a_form_body_is_refused_however_its_type_is_spelled() 
     .send();
     assert_eq!(r.status, 201, "{}", r.describe());
     assert!(env.registry_has_blob("carol/direct", &b.layer_digest));
+    // ... and with a Turkish dotted capital I, which Go lowercases to `i`, with `mount` in
+    // the query and only `from` in the body (the outside review's request).
+    let r = call(
+        &env.reg.url,
+        None,
+        "POST",
+        &format!("/v2/carol/dotted/blobs/uploads/?mount={}", b.layer_digest),
+    )
+    .header("Content-Type: appl\u{130}cation/x-www-form-urlencoded")
+    .body("from=bob/app")
+    .send();
+    assert_eq!(r.status, 201, "{}", r.describe());
+    assert!(env.registry_has_blob("carol/dotted", &b.layer_digest));
 
-    // Through the proxy: refused, over HTTP/2 and HTTP/1.1, and nothing is mounted.
+    // Through the proxy: refused, over HTTP/2 and HTTP/1.1, and nothing is mounted,
+    // whether the body holds both parameters or only `from`; any other body or odd type
+    // on an upload start is refused as well.
     let auth = basic("alice", "pw-alice");
+    let only_mount = format!("/v2/alice/app/blobs/uploads/?mount={}", b.layer_digest);
     for ct in DISGUISED_FORM_TYPES
         .iter()
+        .chain(ODD_UPLOAD_START_TYPES)
         .copied()
-        .chain([&b"application/x-www-form-urlencoded"[..]])
+        .chain([
+            &b"application/x-www-form-urlencoded"[..],
+            b"application/octet-stream",
+            b"application/json",
+        ])
     {
         let what = String::from_utf8_lossy(ct).into_owned();
-        let (status, resp) = h2_request(
-            env.proxy.addr,
-            &env.proxy.ca,
-            "POST",
-            "/v2/alice/app/blobs/uploads/",
-            &[("authorization", auth.as_bytes()), ("content-type", ct)],
-            &body,
-        );
-        assert_eq!(status, 400, "h2 {what:?}: {resp}");
-        assert!(
-            !env.registry_has_blob("alice/app", &b.layer_digest),
-            "h2 {what:?}: bob's layer was mounted into alice/app"
-        );
+        for (path, body) in [
+            ("/v2/alice/app/blobs/uploads/", body.as_str()),
+            (only_mount.as_str(), "from=bob/app"),
+        ] {
+            let (status, resp) = h2_request(
+                env.proxy.addr,
+                &env.proxy.ca,
+                "POST",
+                path,
+                &[("authorization", auth.as_bytes()), ("content-type", ct)],
+                body,
+            );
+            assert_eq!(status, 400, "h2 {what:?} {path}: {resp}");
+            assert!(
+                !env.registry_has_blob("alice/app", &b.layer_digest),
+                "h2 {what:?}: bob's layer was mounted into alice/app"
+            );
+        }
     }
+    // alice is never served bob's bytes through the proxy.
+    let r = env.call(
+        Some("alice"),
+        "GET",
+        &format!("/v2/alice/app/blobs/{}", b.layer_digest),
+    );
+    assert_eq!(r.status, 404, "{}", r.describe());
     for ct in [
         "\u{a0}application/x-www-form-urlencoded",
         "\u{85}application/x-www-form-urlencoded",
+        "appl\u{130}cation/x-www-form-urlencoded",
         "application/x-www-form-urlencoded",
+        "application/octet-stream",
     ] {
         let r = call(
             &env.proxy.base,

@@ -308,12 +308,31 @@ pub fn h2_request(
 }
 
 /// Content-Type values Go's `mime.ParseMediaType` (and so distribution's `FormValue`)
-/// reads as a form: white space around the type is trimmed, including Unicode white
-/// space (NBSP, NEL) that HTTP carries as obs-text bytes.
-pub const DISGUISED_FORM_TYPES: [&[u8]; 5] = [
+/// reads as a form: it lowercases with Unicode rules (`İ` U+0130 becomes `i`), trims
+/// Unicode white space (NBSP, NEL, EM SPACE, IDEOGRAPHIC SPACE) that HTTP carries as
+/// obs-text bytes, and ignores parameters, broken or not.
+pub const DISGUISED_FORM_TYPES: &[&[u8]] = &[
     b" application/x-www-form-urlencoded",
     b"\tapplication/x-www-form-urlencoded",
+    b"Application/X-WWW-Form-Urlencoded",
+    b"APPLICATION/X-WWW-FORM-URLENCODED; charset=utf-8",
+    b"application/x-www-form-urlencoded;charset=\"broken",
+    b"appl\xc4\xb0cation/x-www-form-urlencoded",
+    b"APPL\xc4\xb0CATION/X-WWW-FORM-URLENCODED; charset=utf-8",
     b"\xc2\xa0application/x-www-form-urlencoded",
     b"\xc2\x85application/x-www-form-urlencoded ;charset=utf-8",
+    b"application/x-www-form-urlencoded\xe3\x80\x80",
     b"\xe2\x80\x83multipart/form-data; boundary=x",
+    b"MULTIPART/FORM-DATA; boundary=x",
+];
+
+/// Content-Type values that are not forms to Go but still not what a client sends on an
+/// upload start: refused there all the same (only the exact values clients send pass).
+pub const ODD_UPLOAD_START_TYPES: &[&[u8]] = &[
+    b"text/plain",
+    b"application/json; charset=utf-8",
+    b"Application/Octet-Stream",
+    b"application/octet-stream ",
+    b"appl\xc4\xb1cation/x-www-form-urlencoded",
+    b"",
 ];
