@@ -210,7 +210,8 @@ mod tests {
                 Ok(())
             );
         }
-        let refused: &[(&[(&str, &[u8])], UploadStartRefusal)] = &[
+        type Headers<'a> = &'a [(&'a str, &'a [u8])];
+        let refused: &[(Headers, UploadStartRefusal)] = &[
             (
                 &[("content-type", b"Application/JSON")],
                 UploadStartRefusal::ContentType,
