@@ -495,15 +495,15 @@ async fn permit(
     }
     let mut query = None;
     match (&route.method, &route.target) {
-        (_, Target::UploadStart { mount: Some(m), .. }) => {
-            if !policy.allows(id, &m.from, Actions::PULL) {
-                // Without pull on `from`, a plain upload start: every client falls back
-                // to uploading the blob, and nothing of `from` is read.
-                query = Some(registry::route::strip_query_params(
-                    parts.uri.query().unwrap_or(""),
-                    &["mount", "from"],
-                ));
-            }
+        (_, Target::UploadStart { mount: Some(m), .. })
+            if !policy.allows(id, &m.from, Actions::PULL) =>
+        {
+            // Without pull on `from`, a plain upload start: every client falls back to
+            // uploading the blob, and nothing of `from` is read.
+            query = Some(registry::route::strip_query_params(
+                parts.uri.query().unwrap_or(""),
+                &["mount", "from"],
+            ));
         }
         (&Method::PUT, Target::Manifest { reference, .. }) => {
             // The tag in the path, and any `?tag=` (OCI 1.1 lets a push by digest tag it).
