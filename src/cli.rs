@@ -605,11 +605,12 @@ fn explain(
                 Target::Manifest {
                     reference: Reference::Digest(_),
                     ..
-                },
+                }
+                | Target::Blob { .. },
             ) if policy.has_protections(&id, repo) => {
                 let _ = writeln!(
                     out,
-                    "note:     refused (403) if a protected tag points at this digest"
+                    "note:     refused (403) if a protected tag points at this digest or its manifest references it"
                 );
             }
             (_, Target::UploadStart { mount: Some(m), .. }) => {

@@ -549,9 +549,10 @@ async fn permit(
             Target::Manifest {
                 reference: Reference::Digest(digest),
                 ..
-            },
+            }
+            | Target::Blob { digest, .. },
         ) if policy.has_protections(id, repo) => {
-            protected_tags_of(state, policy, id, repo, digest)
+            protected_references(state, policy, id, repo, digest)
                 .await
                 .map_err(|e| match e {
                     ProxyError::Denied(r) => refuse(r),
@@ -567,9 +568,16 @@ async fn permit(
 /// rather than risk removing a protected tag unseen.
 const MAX_TAGS_EXAMINED: usize = 10_000;
 
-/// Refuses a delete by digest that would remove a protected tag (a delete by digest
-/// removes every tag pointing at it).
-async fn protected_tags_of(
+/// Most manifests read to protect one delete (the protected tags' own and their index
+/// children); past it the delete is refused rather than allowed unchecked.
+const MAX_MANIFESTS_WALKED: usize = 256;
+
+/// Refuses a delete by digest (of a manifest or a blob) that would break a protected
+/// tag: the tag points at that manifest (a delete by digest removes every tag pointing at
+/// it), or its manifest, or a child manifest of its index, references that digest
+/// (config, layers, children). Fails closed: when not every tag can be listed or a
+/// protected manifest cannot be read, the delete is refused and the reason says why.
+async fn protected_references(
     state: &State,
     policy: &Policy,
     id: &Identity,
@@ -577,24 +585,48 @@ async fn protected_tags_of(
     digest: &str,
 ) -> Result<(), ProxyError> {
     let (tags, complete) = lookup::tags(&state.upstream, repo, MAX_TAGS_EXAMINED).await?;
+    if !complete {
+        return Err(ProxyError::Denied(format!(
+            "{repo} has more than {MAX_TAGS_EXAMINED} tags: protected tags cannot be checked, delete by tag instead"
+        )));
+    }
+    let mut walked = 0;
     for tag in &tags {
-        if let Some(p) = policy.tag_protection(id, repo, tag) {
-            if lookup::manifest_digest(&state.upstream, repo, tag)
-                .await?
-                .as_deref()
-                == Some(digest)
-            {
+        let Some(p) = policy.tag_protection(id, repo, tag) else {
+            continue;
+        };
+        let mut queue = vec![tag.clone()];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(reference) = queue.pop() {
+            walked += 1;
+            if walked > MAX_MANIFESTS_WALKED {
+                return Err(ProxyError::Denied(format!(
+                    "protected tags of {repo} reference more than {MAX_MANIFESTS_WALKED} manifests: they cannot all be checked"
+                )));
+            }
+            let Some((found, body)) = lookup::manifest(&state.upstream, repo, &reference).await?
+            else {
+                continue;
+            };
+            if found == digest {
                 return Err(ProxyError::Denied(format!(
                     "deleting {digest} would remove the protected tag {tag:?} ({})",
                     p.label
                 )));
             }
+            let refs = registry::manifest::references(&body).map_err(|e| {
+                ProxyError::Denied(format!(
+                    "the manifest {found} of the protected tag {tag:?} cannot be read ({e}): deletes by digest in {repo} are refused"
+                ))
+            })?;
+            if refs.digests.iter().any(|d| d == digest) {
+                return Err(ProxyError::Denied(format!(
+                    "deleting {digest} would break the protected tag {tag:?} ({}): its manifest {found} references it",
+                    p.label
+                )));
+            }
+            queue.extend(refs.children.into_iter().filter(|c| seen.insert(c.clone())));
         }
-    }
-    if !complete {
-        return Err(ProxyError::Denied(format!(
-            "{repo} has more than {MAX_TAGS_EXAMINED} tags: protected tags cannot be checked, delete by tag instead"
-        )));
     }
     Ok(())
 }

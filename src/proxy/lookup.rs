@@ -79,6 +79,43 @@ pub async fn manifest_digest(
     }
 }
 
+/// A manifest's digest and body (GET, every manifest type accepted); `None` when it
+/// does not exist. The digest is the upstream's `Docker-Content-Digest`, else the
+/// SHA-256 of the body.
+pub async fn manifest(
+    up: &Upstream,
+    repo: &str,
+    reference: &str,
+) -> Result<Option<(String, Bytes)>, ProxyError> {
+    let resp = request(
+        up,
+        Method::GET,
+        &format!("/v2/{repo}/manifests/{reference}"),
+    )
+    .await?;
+    match resp.status() {
+        StatusCode::OK => {}
+        StatusCode::NOT_FOUND => return Ok(None),
+        s => return Err(unexpected("manifest read", s)),
+    }
+    let header = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = Limited::new(resp.into_body(), MAX_JSON)
+        .collect()
+        .await
+        .map_err(|e| ProxyError::UpstreamUnavailable(format!("reading a manifest: {e}")))?
+        .to_bytes();
+    let digest = header.unwrap_or_else(|| {
+        let d = ring::digest::digest(&ring::digest::SHA256, &body);
+        let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
+    });
+    Ok(Some((digest, body)))
+}
+
 #[derive(serde::Deserialize)]
 struct TagList {
     tags: Option<Vec<String>>,
@@ -122,8 +159,13 @@ pub async fn tags(
         let next = next_last(&resp);
         let page: TagList = json(resp).await?;
         out.extend(page.tags.unwrap_or_default());
-        if out.len() >= max {
+        // distribution 2.8 ignores `n` and answers every tag at once: a list cut to
+        // `max` is never called complete.
+        if out.len() > max {
             out.truncate(max);
+            return Ok((out, false));
+        }
+        if out.len() == max {
             return Ok((out, next.is_none()));
         }
         match next {

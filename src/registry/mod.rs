@@ -1,8 +1,9 @@
 //! The Registry HTTP API v2 as the proxy understands it: the grammar of names, tags,
-//! digests and upload ids, and the routes built from them. Everything here is pure:
+//! digests and upload ids, the routes built from them, and what a manifest references. Everything here is pure:
 //! no I/O, no async, so it is unit-tested, property-tested and fuzzed directly.
 
 pub mod grammar;
+pub mod manifest;
 pub mod route;
 
 pub use route::{parse, Actions, Reference, Route, RouteError, Target};
