@@ -11,6 +11,7 @@ const TARGETS: &[(&str, Entry)] = &[
     ("route", registry_guard::fuzzing::route),
     ("location", registry_guard::fuzzing::location),
     ("config", registry_guard::fuzzing::config),
+    ("upload_start", registry_guard::fuzzing::upload_start),
 ];
 
 fn fuzz_dir() -> &'static Path {

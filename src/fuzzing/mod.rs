@@ -63,3 +63,55 @@ pub fn config(data: &[u8]) {
         let _ = crate::config::Config::from_yaml(text);
     }
 }
+
+/// The mount and form handling of an upload start must never panic and never let
+/// through what distribution would read differently: an accepted mount names a valid
+/// `from` given once; a query stripped of `mount`/`from` holds neither (however its keys
+/// are encoded) and keeps every other pair byte for byte; no Content-Type that Go's
+/// `mime.ParseMediaType` reads as a form ever passes the upload-start check, and
+/// `is_form` agrees with [`go_media_type`](crate::proxy::form::go_media_type).
+///
+/// Input: `query \n content-type` (bytes; the Content-Type may be any bytes a header
+/// value can hold).
+pub fn upload_start(data: &[u8]) {
+    use crate::proxy::form;
+    use crate::registry::{grammar, parse, route::strip_query_params, Target};
+    let (query, content_type) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &b""[..]),
+    };
+    let query = String::from_utf8_lossy(query);
+    if let Ok(route) = parse(&Method::POST, "/v2/a/b/blobs/uploads/", Some(&query)) {
+        if let Target::UploadStart { mount: Some(m), .. } = &route.target {
+            assert!(grammar::is_name(&m.from), "mount from {:?}", m.from);
+            let keys = |k: &str| {
+                form_urlencoded::parse(query.as_bytes())
+                    .filter(|(key, _)| key == k)
+                    .count()
+            };
+            assert_eq!(keys("mount"), 1, "{query:?}");
+            assert_eq!(keys("from"), 1, "{query:?}");
+        }
+    }
+    let stripped = strip_query_params(&query, &["mount", "from"]);
+    for (k, _) in form_urlencoded::parse(stripped.as_bytes()) {
+        assert!(k != "mount" && k != "from", "{query:?} kept {k:?}");
+    }
+    for pair in stripped.split('&').filter(|p| !p.is_empty()) {
+        assert!(query.split('&').any(|p| p == pair), "{pair:?} not in {query:?}");
+    }
+    if let Ok(value) = http::HeaderValue::from_bytes(content_type) {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::CONTENT_TYPE, value);
+        let go_form = form::go_media_type(content_type).is_some_and(|t| {
+            t == "application/x-www-form-urlencoded" || t == "multipart/form-data"
+        });
+        assert_eq!(form::is_form(&headers), go_form, "{content_type:?}");
+        if go_form {
+            assert!(
+                form::check_upload_start(&headers).is_err(),
+                "form type {content_type:?} starts an upload"
+            );
+        }
+    }
+}

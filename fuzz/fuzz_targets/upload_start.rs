@@ -1,0 +1,7 @@
+//! Fuzz target `upload_start`: see `registry_guard::fuzzing::upload_start` for what it
+//! must never do.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| registry_guard::fuzzing::upload_start(data));
