@@ -732,6 +732,10 @@ async fn forward(
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         Empty::new().map_err(|never| match never {}).boxed()
+    } else if !matches!(route.method, Method::PUT | Method::PATCH) {
+        // GET, HEAD, DELETE: nothing for the upstream to parse a form from.
+        parts.headers.remove(header::CONTENT_TYPE);
+        body.map_err(Into::into).boxed()
     } else if is_manifest_put(route) {
         // Refuse by the announced length before a byte is read; cap what is streamed.
         let announced = parts

@@ -642,6 +642,28 @@ fn a_form_body_is_refused_however_its_content_type_is_spelled() {
             assert!(fake.take().is_empty(), "{what} forwarded");
         }
     }
+    // Requests without a body reach the upstream without a Content-Type.
+    for method in ["GET", "HEAD", "DELETE"] {
+        let target = format!("/v2/alice/app/manifests/{DIGEST}");
+        let (status, _) = h2_request(
+            proxy.addr,
+            &proxy.ca,
+            method,
+            &target,
+            &[
+                ("authorization", auth.as_bytes()),
+                ("content-type", b"application/x-www-form-urlencoded"),
+            ],
+            "",
+        );
+        assert_eq!(status, 202, "{method}");
+        let seen = fake.take();
+        assert_eq!(seen.len(), 1, "{method}");
+        assert!(
+            seen[0].headers.get("content-type").is_none(),
+            "{method}: {seen:#?}"
+        );
+    }
     // ... and forwarded as before with the types clients send.
     for (method, target) in &puts {
         let (status, resp) = h2_request(

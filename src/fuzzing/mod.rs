@@ -98,7 +98,10 @@ pub fn upload_start(data: &[u8]) {
         assert!(k != "mount" && k != "from", "{query:?} kept {k:?}");
     }
     for pair in stripped.split('&').filter(|p| !p.is_empty()) {
-        assert!(query.split('&').any(|p| p == pair), "{pair:?} not in {query:?}");
+        assert!(
+            query.split('&').any(|p| p == pair),
+            "{pair:?} not in {query:?}"
+        );
     }
     if let Ok(value) = http::HeaderValue::from_bytes(content_type) {
         let mut headers = http::HeaderMap::new();
