@@ -156,6 +156,9 @@ async fn assert_pinging_h2_client_is_closed_after_idle_timeout(proxy: &Proxy) {
     let (status, body) = c.get("/v2/", None).await;
     assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
     let (ended, pongs) = c.only_ping_until_closed(Duration::from_secs(12)).await;
+    eprintln!(
+        "pinging h2 client: closed {ended:?} after its last response, {pongs} PINGs answered"
+    );
     let ended = ended.unwrap_or_else(|| {
         panic!("an HTTP/2 connection answering PINGs was still open 12 s after its last response (idle_timeout 2s); {pongs} PINGs answered")
     });
