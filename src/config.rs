@@ -118,6 +118,7 @@ struct RawLimits {
     header_read_timeout: Option<String>,
     idle_timeout: Option<String>,
     max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
     max_header_bytes: Option<usize>,
     max_manifest_bytes: Option<u64>,
     shutdown_grace: Option<String>,
@@ -375,6 +376,13 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Connections from one client address (IPv6 by /64) that have not carried an
+    /// authenticated request; a further one is closed right after accept. The default,
+    /// 128, leaves room for an office behind one NAT or a CI farm of anonymous pullers
+    /// (a few connections per pull each) while one address can take at most 1/32 of the
+    /// default `max_connections`. Peers in `server.trusted_proxies` are not capped: a
+    /// load balancer carries many clients whose addresses are known only per request.
+    pub max_connections_per_address: usize,
     pub max_header_bytes: usize,
     pub max_manifest_bytes: u64,
     pub shutdown_grace: Duration,
@@ -554,6 +562,16 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
             Some(n) => n,
             None => 4096,
+        },
+        max_connections_per_address: match l.max_connections_per_address {
+            Some(n) if n == 0 || n > MAX_CONNECTIONS => {
+                return Err(ConfigError::new(
+                    "limits.max_connections_per_address",
+                    format!("must be between 1 and {MAX_CONNECTIONS}"),
+                ))
+            }
+            Some(n) => n,
+            None => 128,
         },
         max_header_bytes: match l.max_header_bytes {
             Some(n) if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&n) => {
@@ -1015,6 +1033,7 @@ mod tests {
         assert_eq!(c.upstream.origin, "http://127.0.0.1:5000");
         assert_eq!(c.limits.max_manifest_bytes, MIN_MANIFEST_BYTES);
         assert_eq!(c.limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.max_connections_per_address, 128);
         assert_eq!(c.log.format, LogFormat::Text);
     }
 
@@ -1057,6 +1076,10 @@ mod tests {
             (
                 format!("{MIN}limits:\n  max_connections: 0\n"),
                 "limits.max_connections",
+            ),
+            (
+                format!("{MIN}limits:\n  max_connections_per_address: 0\n"),
+                "limits.max_connections_per_address",
             ),
             (format!("{MIN}log:\n  format: xml\n"), "log.format"),
             (MIN.replace("  plaintext: true\n", ""), "server.tls"),

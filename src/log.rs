@@ -33,13 +33,55 @@ pub fn init(format: LogFormat) {
 }
 
 /// Per-connection activity, read by the idle watchdog in `server.rs`.
-#[derive(Debug, Default)]
+///
+/// Idleness is counted in requests, never in bytes: protocol traffic of a connection with
+/// no request open (HTTP/2 PINGs and their ACKs, SETTINGS, WINDOW_UPDATEs) must not keep
+/// it alive, or one client could hold a connection slot forever without ever sending a
+/// request. A request is open from the moment it reaches the handler until its response
+/// body is done ([`InFlight`]).
+#[derive(Debug)]
 pub struct ConnActivity {
     pub in_flight: AtomicUsize,
     /// Requests seen on the connection so far.
     pub requests: AtomicU64,
-    /// Milliseconds since [`process_clock`] of the last byte read or written.
-    pub last_io_ms: AtomicU64,
+    /// Milliseconds since [`process_clock`] when the connection last became idle: its
+    /// start, then the end of each request.
+    pub idle_since_ms: AtomicU64,
+    /// HTTP/1.1: milliseconds since [`process_clock`] when the first byte of the next
+    /// request head arrived while no request was open, or [`ConnActivity::NO_HEAD`]. The
+    /// watchdog gives the rest of the head `header_read_timeout` from there.
+    pub head_started_ms: AtomicU64,
+}
+
+impl ConnActivity {
+    /// `head_started_ms` when no request head is being read.
+    pub const NO_HEAD: u64 = u64::MAX;
+
+    /// A connection that starts idle now.
+    pub fn new() -> Self {
+        ConnActivity {
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(now_ms()),
+            head_started_ms: AtomicU64::new(Self::NO_HEAD),
+        }
+    }
+
+    /// Called for bytes read from an HTTP/1.1 client: with no request open they begin
+    /// the next request head (bytes read while a request is open are its body).
+    pub fn bytes_read(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_started_ms.load(Ordering::Relaxed) == Self::NO_HEAD
+        {
+            self.head_started_ms.store(now_ms(), Ordering::Release);
+        }
+    }
+}
+
+impl Default for ConnActivity {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A monotonic clock origin shared by all connections.
@@ -52,7 +94,8 @@ pub fn now_ms() -> u64 {
     process_clock().elapsed().as_millis() as u64
 }
 
-/// Marks one request in flight on a connection until dropped.
+/// Marks one request open on a connection, from its complete head reaching the handler
+/// until dropped (with the access record, when the response body is done).
 #[derive(Debug)]
 pub struct InFlight(Arc<ConnActivity>);
 
@@ -60,14 +103,17 @@ impl InFlight {
     pub fn new(conn: Arc<ConnActivity>) -> Self {
         conn.in_flight.fetch_add(1, Ordering::AcqRel);
         conn.requests.fetch_add(1, Ordering::Relaxed);
+        // The head is complete: no header deadline while the request is served.
+        conn.head_started_ms
+            .store(ConnActivity::NO_HEAD, Ordering::Release);
         InFlight(conn)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.0.idle_since_ms.store(now_ms(), Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.last_io_ms.store(now_ms(), Ordering::Release);
     }
 }
 

@@ -12,6 +12,8 @@ pub const AUTH_ARGON2_RUNS: &str = "registry_guard_auth_argon2_runs_total";
 pub const AUTH_CACHE_HITS: &str = "registry_guard_auth_cache_hits_total";
 pub const AUTH_FAILURES: &str = "registry_guard_auth_failures_total";
 pub const AUTH_THROTTLED: &str = "registry_guard_auth_throttled_total";
+pub const CONNECTIONS_REFUSED_PER_ADDRESS: &str =
+    "registry_guard_connections_refused_per_address_total";
 
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -34,10 +36,11 @@ pub struct Metrics {
     pub auth_cache_hits: Counter,
     pub auth_failures: Counter,
     pub auth_throttled: Counter,
+    pub connections_refused_per_address: Counter,
 }
 
 impl Metrics {
-    fn all(&self) -> [(&'static str, &'static str, &Counter); 7] {
+    fn all(&self) -> [(&'static str, &'static str, &Counter); 8] {
         [
             (REQUESTS, "Requests received.", &self.requests),
             (
@@ -70,6 +73,11 @@ impl Metrics {
                 "Logins refused with 429 by the brute-force throttle.",
                 &self.auth_throttled,
             ),
+            (
+                CONNECTIONS_REFUSED_PER_ADDRESS,
+                "Connections closed at accept: their address held limits.max_connections_per_address unauthenticated ones.",
+                &self.connections_refused_per_address,
+            ),
         ]
     }
 
@@ -101,6 +109,6 @@ mod tests {
             text.contains("\nregistry_guard_auth_cache_hits_total 2\n"),
             "{text}"
         );
-        assert_eq!(text.matches("# TYPE ").count(), 7);
+        assert_eq!(text.matches("# TYPE ").count(), 8);
     }
 }

@@ -1,7 +1,14 @@
-//! The listener: TCP accept under a connection cap, TLS handshake (with a deadline), one
-//! HTTP/1.1 or HTTP/2 connection per socket chosen by ALPN, an idle watchdog, and a
-//! graceful drain on shutdown (stop accepting, let in-flight requests finish up to
-//! `limits.shutdown_grace`, then close what is left).
+//! The listener: TCP accept under a connection cap and a per-address cap on
+//! unauthenticated connections, TLS handshake (with a deadline), one HTTP/1.1 or HTTP/2
+//! connection per socket chosen by ALPN, a watchdog for idle connections and slow request
+//! heads, and a graceful drain on shutdown (stop accepting, let in-flight requests finish
+//! up to `limits.shutdown_grace`, then close what is left).
+//!
+//! Idleness is counted in requests, never in bytes (see [`ConnActivity`]): a connection
+//! with no request open for `idle_timeout` is closed, whatever PINGs or other protocol
+//! frames it exchanges. An HTTP/1.1 connection then has `header_read_timeout` from the
+//! first byte of a request head to its end; the first request's head has to be complete
+//! within `min(idle_timeout, header_read_timeout)` of the accept.
 
 use crate::auth::users::Users;
 use crate::auth::Authenticator;
@@ -14,14 +21,15 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -169,6 +177,10 @@ impl Server {
         tokio::spawn(reload(users_file, state.clone()));
         let limits = Arc::new(limits);
         let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let per_address = Arc::new(AddressCap::new(
+            limits.max_connections_per_address,
+            state.trusted_proxies.clone(),
+        ));
         // Each connection holds a receiver; `closed()` resolves when the last is gone.
         let (stop_tx, stop_rx) = watch::channel(false);
         tracing::info!(addr = %state.local_addr, tls = acceptor.is_some(), upstream = %state.upstream.origin, "listening");
@@ -192,6 +204,18 @@ impl Server {
                 },
                 _ = shutdown.as_mut() => break,
             };
+            let conn = Arc::new(ConnInfo {
+                peer,
+                activity: Arc::new(ConnActivity::new()),
+                authenticated: Default::default(),
+            });
+            let Ok(slot) = per_address.admit(&conn) else {
+                // Closed before TLS: refusing costs the proxy no handshake.
+                state.metrics.connections_refused_per_address.inc();
+                tracing::debug!(%peer, max = limits.max_connections_per_address, "unauthenticated connections per address at limits.max_connections_per_address: connection closed");
+                drop(tcp);
+                continue;
+            };
             let (state, acceptor, limits, stop_rx) = (
                 state.clone(),
                 acceptor.clone(),
@@ -200,7 +224,8 @@ impl Server {
             );
             tokio::spawn(async move {
                 let _permit = permit;
-                serve_connection(tcp, peer, acceptor, state, &limits, stop_rx).await;
+                let _slot = slot;
+                serve_connection(tcp, conn, acceptor, state, &limits, stop_rx).await;
             });
         }
         drop(listener);
@@ -218,27 +243,22 @@ impl Server {
 
 async fn serve_connection(
     tcp: TcpStream,
-    peer: SocketAddr,
+    conn: Arc<ConnInfo>,
     acceptor: Option<TlsAcceptor>,
     state: Arc<State>,
     limits: &Limits,
     stop: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
-    let activity = Arc::new(ConnActivity::default());
-    activity.last_io_ms.store(now_ms(), Ordering::Release);
-    let conn = Arc::new(ConnInfo {
-        peer,
-        activity: activity.clone(),
-        authenticated: Default::default(),
-    });
+    let peer = conn.peer;
+    let activity = conn.activity.clone();
     let svc = service_fn(move |req| {
         let (state, conn) = (state.clone(), conn.clone());
         async move { Ok::<_, Infallible>(handler::handle(state, conn, req).await) }
     });
     match acceptor {
         None => {
-            let io = TokioIo::new(ActivityIo::new(tcp, activity.clone()));
+            let io = TokioIo::new(HeadWatchIo::new(tcp, activity.clone()));
             let c = http1_builder(limits).serve_connection(io, svc);
             drive(c, stop, &activity, limits).await;
         }
@@ -257,18 +277,22 @@ async fn serve_connection(
                 }
             };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let io = TokioIo::new(ActivityIo::new(tls, activity.clone()));
             if h2 {
+                // No byte counts as activity here: only streams do (through InFlight).
+                let io = TokioIo::new(tls);
                 let c = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .max_header_list_size(
                         u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX),
                     )
                     .adaptive_window(true)
+                    // Dead-peer detection during long responses; an idle connection is
+                    // closed by the watchdog whatever PINGs it answers.
                     .keep_alive_interval(Some(Duration::from_secs(30)))
                     .serve_connection(io, svc);
                 drive(c, stop, &activity, limits).await;
             } else {
+                let io = TokioIo::new(HeadWatchIo::new(tls, activity.clone()));
                 let c = http1_builder(limits).serve_connection(io, svc);
                 drive(c, stop, &activity, limits).await;
             }
@@ -279,7 +303,10 @@ async fn serve_connection(
 fn http1_builder(limits: &Limits) -> http1::Builder {
     let mut b = http1::Builder::new();
     b.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // hyper starts its header timer as soon as a kept-alive connection goes idle, so
+        // it would close every idle connection after `header_read_timeout` whatever
+        // `idle_timeout` says. `drive` runs both deadlines instead (via HeadWatchIo).
+        .header_read_timeout(None)
         // The read buffer bounds the request head: a larger head gets 431.
         .max_buf_size(limits.max_header_bytes)
         .keep_alive(true);
@@ -291,10 +318,50 @@ fn http1_builder(limits: &Limits) -> http1::Builder {
 /// preface, so a silent client would otherwise keep its connection slot forever.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(1);
 
+/// Why the watchdog ends a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// No request open for the idle limit: close gracefully (GOAWAY for HTTP/2).
+    Idle,
+    /// A request head begun and not finished in time: drop at once, there is no request
+    /// to answer.
+    Head,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// When the connection expires, on the process clock ([`now_ms`]), and why; None while a
+/// request is open. Before the first request the whole head is due within
+/// `min(idle_timeout, header_read_timeout)` of the accept; after one, the next head's
+/// first byte is due `idle_timeout` after the last request ended, and its end
+/// `header_read_timeout` after that first byte.
+fn expiry(a: &ConnActivity, limits: &Limits) -> Option<(u64, Expiry)> {
+    if a.in_flight.load(Ordering::Acquire) > 0 {
+        return None;
+    }
+    let head = a.head_started_ms.load(Ordering::Acquire);
+    let why = if head == ConnActivity::NO_HEAD {
+        Expiry::Idle
+    } else {
+        Expiry::Head
+    };
+    let idle_since = a.idle_since_ms.load(Ordering::Acquire);
+    let at = if a.requests.load(Ordering::Acquire) == 0 {
+        idle_since.saturating_add(ms(limits.idle_timeout.min(limits.header_read_timeout)))
+    } else if why == Expiry::Head {
+        head.saturating_add(ms(limits.header_read_timeout))
+    } else {
+        idle_since.saturating_add(ms(limits.idle_timeout))
+    };
+    Some((at, why))
+}
+
 /// Runs a connection until it ends, shutting it down gracefully on server shutdown or
-/// when it has been idle (no request in flight, no byte moved) for `idle_timeout` —
-/// or for `header_read_timeout` before its first request. An idle connection that does
-/// not close within [`CLOSE_DEADLINE`] is dropped.
+/// when it has had no request open for its idle limit (see [`expiry`]), and dropping it
+/// when a request head is not complete in time. An idle connection that does not close
+/// within [`CLOSE_DEADLINE`] is dropped.
 async fn drive<C>(
     conn: C,
     mut stop: watch::Receiver<bool>,
@@ -305,11 +372,19 @@ async fn drive<C>(
     C::Error: std::fmt::Display,
 {
     let mut conn = pin!(conn);
-    let first = limits.idle_timeout.min(limits.header_read_timeout);
-    let tick = (first / 4).max(Duration::from_millis(100));
+    // How soon a change of state (a request ending, a head starting) is looked at; the
+    // deadlines themselves are slept to exactly.
+    let tick =
+        (limits.idle_timeout.min(limits.header_read_timeout) / 4).max(Duration::from_millis(100));
     let mut shutting_down = false;
     let mut drop_at: Option<tokio::time::Instant> = None;
     loop {
+        let now = tokio::time::Instant::now();
+        let mut wake = now + tick;
+        if let Some((at, _)) = expiry(activity, limits) {
+            let left = Duration::from_millis(at.saturating_sub(now_ms()));
+            wake = wake.min(now + left);
+        }
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -325,13 +400,18 @@ async fn drive<C>(
                     drop_at = Some(tokio::time::Instant::now() + CLOSE_DEADLINE);
                 }
             }
-            _ = tokio::time::sleep(tick), if !shutting_down => {
-                let limit = if activity.requests.load(Ordering::Relaxed) == 0 { first } else { limits.idle_timeout };
-                let quiet_ms = now_ms().saturating_sub(activity.last_io_ms.load(Ordering::Acquire));
-                if activity.in_flight.load(Ordering::Acquire) == 0 && quiet_ms >= limit.as_millis() as u64 {
-                    shutting_down = true;
-                    conn.as_mut().graceful_shutdown();
-                    drop_at = Some(tokio::time::Instant::now() + CLOSE_DEADLINE);
+            _ = tokio::time::sleep_until(wake), if !shutting_down => {
+                match expiry(activity, limits) {
+                    Some((at, Expiry::Head)) if now_ms() >= at => {
+                        tracing::debug!("request head not complete within limits.header_read_timeout: connection closed");
+                        return;
+                    }
+                    Some((at, Expiry::Idle)) if now_ms() >= at => {
+                        shutting_down = true;
+                        conn.as_mut().graceful_shutdown();
+                        drop_at = Some(tokio::time::Instant::now() + CLOSE_DEADLINE);
+                    }
+                    _ => {}
                 }
             }
             _ = async { match drop_at { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
@@ -342,22 +422,20 @@ async fn drive<C>(
     }
 }
 
-/// Records the time of the last byte read or written, for the idle watchdog.
-struct ActivityIo<T> {
+/// HTTP/1.1 IO that tells the watchdog when bytes arrive with no request open: the first
+/// byte of the next request head starts its `header_read_timeout`.
+struct HeadWatchIo<T> {
     inner: T,
     activity: Arc<ConnActivity>,
 }
 
-impl<T> ActivityIo<T> {
+impl<T> HeadWatchIo<T> {
     fn new(inner: T, activity: Arc<ConnActivity>) -> Self {
-        ActivityIo { inner, activity }
-    }
-    fn touch(&self) {
-        self.activity.last_io_ms.store(now_ms(), Ordering::Relaxed);
+        HeadWatchIo { inner, activity }
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for HeadWatchIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -366,34 +444,26 @@ impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.touch();
+            self.activity.bytes_read();
         }
         r
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for HeadWatchIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        r
+        Pin::new(&mut self.inner).poll_write(cx, data)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        r
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -403,6 +473,83 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The open connections per client address that may count against
+/// `limits.max_connections_per_address`: those that have not carried an authenticated
+/// request. Addresses are keyed like the login throttle's (IPv6 by its /64: one host
+/// usually holds a whole /64). Peers in `server.trusted_proxies` are exempt.
+struct AddressCap {
+    max: usize,
+    exempt: Vec<ipnet::IpNet>,
+    open: Mutex<HashMap<IpAddr, Vec<Arc<ConnInfo>>>>,
+}
+
+/// A new connection's address has `limits.max_connections_per_address` unauthenticated
+/// connections open already.
+struct AtCap;
+
+/// A connection's place in [`AddressCap`], given back when dropped.
+struct AddressSlot {
+    cap: Arc<AddressCap>,
+    key: IpAddr,
+    conn: Arc<ConnInfo>,
+}
+
+impl AddressCap {
+    fn new(max: usize, exempt: Vec<ipnet::IpNet>) -> Self {
+        AddressCap {
+            max,
+            exempt,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a place for a new connection (none for an exempt peer), or refuses it when
+    /// its address already has `max` unauthenticated connections open. Connections that
+    /// have authenticated meanwhile leave the count here, so it is exact at every decision.
+    fn admit(self: &Arc<Self>, conn: &Arc<ConnInfo>) -> Result<Option<AddressSlot>, AtCap> {
+        let ip = conn.peer.ip().to_canonical();
+        if self.exempt.iter().any(|n| n.contains(&ip)) {
+            return Ok(None);
+        }
+        let key = address_key(ip);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let list = open.entry(key).or_default();
+        list.retain(|c| !c.authenticated.load(Ordering::Relaxed));
+        if list.len() >= self.max {
+            return Err(AtCap);
+        }
+        list.push(conn.clone());
+        Ok(Some(AddressSlot {
+            cap: self.clone(),
+            key,
+            conn: conn.clone(),
+        }))
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.cap.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = open.get_mut(&self.key) {
+            list.retain(|c| !Arc::ptr_eq(c, &self.conn));
+            if list.is_empty() {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// IPv4 as is, IPv6 by its /64 (the login throttle's key).
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
     }
 }
 
@@ -488,5 +635,119 @@ async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::InFlight;
+
+    fn limits(idle: u64, head: u64) -> Limits {
+        let mut l = crate::config::Config::from_yaml(
+            "server:\n  listen: 127.0.0.1:0\n  plaintext: true\nupstream:\n  url: http://127.0.0.1:5000\nauth:\n  disabled: true\n",
+        )
+        .unwrap()
+        .limits;
+        l.idle_timeout = Duration::from_secs(idle);
+        l.header_read_timeout = Duration::from_secs(head);
+        l
+    }
+
+    fn at(a: &ConnActivity, since: u64, head: u64) {
+        a.idle_since_ms.store(since, Ordering::Relaxed);
+        a.head_started_ms.store(head, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn idleness_is_counted_in_requests_and_heads_get_header_read_timeout() {
+        let l = limits(20, 10);
+        let a = Arc::new(ConnActivity::new());
+        // Before the first request: the whole head within min(idle, header) of the accept.
+        at(&a, 1_000, ConnActivity::NO_HEAD);
+        assert_eq!(expiry(&a, &l), Some((11_000, Expiry::Idle)));
+        at(&a, 1_000, 5_000);
+        assert_eq!(expiry(&a, &l), Some((11_000, Expiry::Head)));
+        // A request open: no deadline, and its head is no longer pending.
+        let req = InFlight::new(a.clone());
+        assert_eq!(expiry(&a, &l), None);
+        assert_eq!(
+            a.head_started_ms.load(Ordering::Relaxed),
+            ConnActivity::NO_HEAD
+        );
+        a.bytes_read(); // body bytes
+        assert_eq!(expiry(&a, &l), None);
+        drop(req);
+        // After it: idle_timeout for the next head's first byte...
+        at(&a, 2_000, ConnActivity::NO_HEAD);
+        assert_eq!(expiry(&a, &l), Some((22_000, Expiry::Idle)));
+        // ...then header_read_timeout from that byte, even late in the idle period.
+        at(&a, 2_000, 21_000);
+        assert_eq!(expiry(&a, &l), Some((31_000, Expiry::Head)));
+        // Bytes with no request open start a head once.
+        at(&a, 2_000, ConnActivity::NO_HEAD);
+        a.bytes_read();
+        assert_ne!(
+            a.head_started_ms.load(Ordering::Relaxed),
+            ConnActivity::NO_HEAD
+        );
+        a.head_started_ms.store(7, Ordering::Relaxed);
+        a.bytes_read();
+        assert_eq!(a.head_started_ms.load(Ordering::Relaxed), 7);
+    }
+
+    fn conn(ip: &str) -> Arc<ConnInfo> {
+        Arc::new(ConnInfo {
+            peer: SocketAddr::new(ip.parse().unwrap(), 40_000),
+            activity: Arc::new(ConnActivity::new()),
+            authenticated: Default::default(),
+        })
+    }
+
+    #[test]
+    fn the_address_cap_counts_unauthenticated_connections_per_address() {
+        let cap = Arc::new(AddressCap::new(2, vec!["10.9.0.0/16".parse().unwrap()]));
+        let a1 = conn("192.0.2.1");
+        let s1 = cap.admit(&a1).ok().flatten().expect("first");
+        let _s2 = cap
+            .admit(&conn("192.0.2.1"))
+            .ok()
+            .flatten()
+            .expect("second");
+        assert!(cap.admit(&conn("192.0.2.1")).is_err(), "third");
+        // Another address has its own count; IPv4-mapped IPv6 is the same address.
+        assert!(cap.admit(&conn("192.0.2.2")).is_ok());
+        assert!(cap.admit(&conn("::ffff:192.0.2.1")).is_err());
+        // A connection that authenticated stops counting.
+        a1.authenticated.store(true, Ordering::Relaxed);
+        let s3 = cap
+            .admit(&conn("192.0.2.1"))
+            .ok()
+            .flatten()
+            .expect("after auth");
+        assert!(cap.admit(&conn("192.0.2.1")).is_err());
+        // A closed connection gives its place back (dropping an already uncounted one
+        // changes nothing).
+        drop(s1);
+        assert!(cap.admit(&conn("192.0.2.1")).is_err());
+        drop(s3);
+        let _s4 = cap
+            .admit(&conn("192.0.2.1"))
+            .ok()
+            .flatten()
+            .expect("after close");
+        // IPv6 by /64.
+        let _v1 = cap.admit(&conn("2001:db8:1:2::1")).ok().flatten().unwrap();
+        let _v2 = cap
+            .admit(&conn("2001:db8:1:2:ffff::9"))
+            .ok()
+            .flatten()
+            .unwrap();
+        assert!(cap.admit(&conn("2001:db8:1:2::77")).is_err());
+        assert!(cap.admit(&conn("2001:db8:1:3::1")).is_ok());
+        // Trusted proxies are not capped.
+        for _ in 0..5 {
+            assert!(matches!(cap.admit(&conn("10.9.3.4")), Ok(None)));
+        }
     }
 }
