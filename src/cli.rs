@@ -450,8 +450,9 @@ fn explain(
     method: &str,
     target: &str,
 ) -> Result<String, String> {
+    use crate::acl::{Check, Verdict};
     use crate::auth::Identity;
-    use crate::registry::{Actions, Reference, Target};
+    use crate::registry::{Actions, Target};
     use std::fmt::Write;
     let cfg = Config::load(config).map_err(|e| e.to_string())?;
     let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
@@ -545,89 +546,64 @@ fn explain(
         );
         return Ok(out);
     }
+    // The decision serving makes (`acl::decide`), with the rules' own explanation.
     let policy = &access.policy;
-    let Some(repo) = route.repo() else {
-        let ok = matches!(id, Identity::User { .. });
+    let verdict = crate::acl::decide(Some(policy), Some(&id), &route, query);
+    let detail = |fallback: &str| match route.repo() {
+        Some(repo) => policy.decide(&id, repo, route.actions()).reason(),
+        None => fallback.to_owned(),
+    };
+    let allowance = match &verdict {
+        Verdict::Allow(a) => {
+            let _ = writeln!(out, "decision: ALLOWED: {}", detail(&a.reason));
+            a
+        }
+        Verdict::Challenge { reason } => {
+            let _ = writeln!(out, "decision: 401 challenge: {}", detail(reason));
+            return Ok(out);
+        }
+        Verdict::Deny { reason } => {
+            let why = if reason.starts_with("requested access") {
+                detail(reason)
+            } else {
+                reason.clone()
+            };
+            let _ = writeln!(out, "decision: 403 DENIED: {why}");
+            return Ok(out);
+        }
+    };
+    if matches!(route.target, Target::Catalog { .. }) {
         let _ = writeln!(
             out,
-            "decision: {}",
-            if ok {
-                "ALLOWED (any authenticated user)"
+            "note:     the catalog lists only repositories this identity may pull"
+        );
+    }
+    for check in &allowance.checks {
+        let _ = match check {
+            Check::TagAbsent { tag, protection } => writeln!(
+                out,
+                "note:     tag {tag:?} is protected by {protection}: refused (403) if it already exists"
+            ),
+            Check::NotProtected { .. } => writeln!(
+                out,
+                "note:     refused (403) if a protected tag points at this digest or its manifest references it"
+            ),
+        };
+    }
+    if let Target::UploadStart { mount: Some(m), .. } = &route.target {
+        let _ = writeln!(
+            out,
+            "mount:    from {}: {}",
+            m.from,
+            if allowance.strip_mount {
+                "no pull there: forwarded as a plain upload start (202)".to_owned()
             } else {
-                "401 challenge (needs a user)"
+                format!(
+                    "mounted ({})",
+                    policy.decide(&id, &m.from, Actions::PULL).reason()
+                )
             }
         );
-        if ok && matches!(route.target, Target::Catalog { .. }) {
-            let _ = writeln!(
-                out,
-                "note:     the catalog lists only repositories this identity may pull"
-            );
-        }
-        return Ok(out);
-    };
-    let d = policy.decide(&id, repo, route.actions());
-    let verdict = match (&id, d.allowed) {
-        (_, true) => "ALLOWED".to_owned(),
-        (Identity::Anonymous, false) => "401 challenge".to_owned(),
-        (Identity::User { .. }, false) => "403 DENIED".to_owned(),
-    };
-    let _ = writeln!(out, "decision: {verdict}: {}", d.reason());
-    if d.allowed {
-        match (&route.method, &route.target) {
-            (
-                &http::Method::PUT,
-                Target::Manifest {
-                    reference: Reference::Tag(t),
-                    ..
-                },
-            ) => {
-                if let Some(p) = policy.tag_protection(&id, repo, t) {
-                    let _ = writeln!(out, "note:     tag {t:?} is protected by {}: refused (403) if it already exists", p.label);
-                }
-            }
-            (
-                &http::Method::DELETE,
-                Target::Manifest {
-                    reference: Reference::Tag(t),
-                    ..
-                },
-            ) => {
-                if let Some(p) = policy.tag_protection(&id, repo, t) {
-                    let _ = writeln!(
-                        out,
-                        "note:     tag {t:?} is protected by {}: the delete is refused (403)",
-                        p.label
-                    );
-                }
-            }
-            (
-                &http::Method::DELETE,
-                Target::Manifest {
-                    reference: Reference::Digest(_),
-                    ..
-                }
-                | Target::Blob { .. },
-            ) if policy.has_protections(&id, repo) => {
-                let _ = writeln!(
-                    out,
-                    "note:     refused (403) if a protected tag points at this digest or its manifest references it"
-                );
-            }
-            (_, Target::UploadStart { mount: Some(m), .. }) => {
-                let from = policy.decide(&id, &m.from, Actions::PULL);
-                let _ = writeln!(
-                    out,
-                    "mount:    from {}: {}",
-                    m.from,
-                    if from.allowed {
-                        format!("mounted ({})", from.reason())
-                    } else {
-                        "no pull there: forwarded as a plain upload start (202)".to_owned()
-                    }
-                );
-            }
-            _ => {}
-        }
     }
     Ok(out)
 }

@@ -12,7 +12,7 @@
 //! refusal, and attaches the access record. [`serve`] is the inner one and returns
 //! `Result<Response, ProxyError>`.
 
-use crate::acl::Policy;
+use crate::acl::{self, Check, Policy, Verdict};
 use crate::audit::{self, AuditLog, Outcome, Phase};
 use crate::auth::{AuthError, Authenticator, Identity};
 use crate::error::ProxyError;
@@ -448,120 +448,71 @@ async fn audited_forward(
     result
 }
 
-/// Decides whether the identity may make the request. Also returns the query to forward
-/// when it must differ from the client's (a refused cross-repository mount is stripped
-/// to a plain upload start).
+/// Decides whether the identity may make the request: the pure decision of
+/// `acl::decide` (the same one `explain` prints), then the upstream lookups it asks for.
+/// Also returns the query to forward when it must differ from the client's (a refused
+/// cross-repository mount is stripped to a plain upload start) and the reason to record.
 async fn permit(
     state: &State,
     identity: Option<&Identity>,
     route: &Route,
     parts: &http::request::Parts,
 ) -> Result<(Permit, Option<String>, String), ProxyError> {
-    let granted = Permit { _private: () };
-    // auth.disabled: the operator chose to forward everything well-formed.
-    let (Some(id), Some(policy)) = (identity, &state.policy) else {
-        return Ok((granted, None, "auth disabled".into()));
-    };
-    // Anonymous requests that are not allowed get the challenge, so clients log in.
-    let refuse = |reason: String| -> ProxyError {
-        match id {
-            Identity::Anonymous => AuthError::Missing.into(),
-            Identity::User { .. } => ProxyError::Denied(reason),
+    let refusal = |verdict: Verdict| -> ProxyError {
+        match verdict {
+            Verdict::Challenge { .. } => AuthError::Missing.into(),
+            Verdict::Deny { reason } => ProxyError::Denied(reason),
+            Verdict::Allow(_) => ProxyError::Denied(String::new()),
         }
     };
-    let Some(repo) = route.repo() else {
-        // `/v2/` and the catalog: any authenticated user, as `docker login` needs.
-        return match id {
-            Identity::Anonymous => Err(AuthError::Missing.into()),
-            Identity::User { .. } => Ok((granted, None, "any authenticated user".into())),
-        };
-    };
-    // The fast check on every request; the explained decision only where it is kept
-    // (an audit record) or where a refusal is logged.
-    let allowed = policy.allows(id, repo, route.actions());
-    let reason = if allowed && audit_target(state, route).is_none() {
-        String::new()
-    } else {
-        let decision = policy.decide(id, repo, route.actions());
-        tracing::debug!(user = id.name(), repo, allowed, reason = %decision.reason(), "decision");
-        decision.reason()
-    };
-    if !allowed {
-        // The same answer whether the repository exists or not: nothing was looked up.
-        return Err(refuse(format!(
-            "requested access to the resource is denied (needs {})",
-            route.actions()
-        )));
-    }
-    let mut query = None;
-    match (&route.method, &route.target) {
-        (_, Target::UploadStart { mount: Some(m), .. })
-            if !policy.allows(id, &m.from, Actions::PULL) =>
-        {
-            // Without pull on `from`, a plain upload start: every client falls back to
-            // uploading the blob, and nothing of `from` is read.
-            query = Some(registry::route::strip_query_params(
-                parts.uri.query().unwrap_or(""),
-                &["mount", "from"],
-            ));
-        }
-        (&Method::PUT, Target::Manifest { reference, .. }) => {
-            // The tag in the path, and any `?tag=` (OCI 1.1 lets a push by digest tag it).
-            let mut tags: Vec<String> =
-                form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
-                    .filter(|(k, _)| k == "tag")
-                    .map(|(_, v)| v.into_owned())
-                    .collect();
-            if let Reference::Tag(t) = reference {
-                tags.push(t.clone());
+    let allowance = match acl::decide(state.policy.as_ref(), identity, route, parts.uri.query()) {
+        Verdict::Allow(a) => a,
+        refused => {
+            if let (Some(id), Some(policy), Some(repo)) = (identity, &state.policy, route.repo()) {
+                let why = policy.decide(id, repo, route.actions()).reason();
+                tracing::debug!(user = id.name(), repo, reason = %why, "refused");
             }
-            for tag in &tags {
-                if let Some(p) = policy.tag_protection(id, repo, tag) {
-                    if !crate::registry::grammar::is_tag(tag)
-                        || lookup::manifest_digest(&state.upstream, repo, tag)
-                            .await?
-                            .is_some()
-                    {
-                        return Err(refuse(format!(
-                            "tag {tag:?} is protected ({}): it cannot be overwritten",
-                            p.label
-                        )));
+            return Err(refusal(refused));
+        }
+    };
+    // The explained reason only where it is kept (an audit record).
+    let reason = match (identity, &state.policy) {
+        (Some(id), Some(policy)) if audit_target(state, route).is_some() => {
+            acl::verdict::explained_reason(policy, id, route)
+        }
+        _ => allowance.reason,
+    };
+    if let (Some(id), Some(policy), Some(repo)) = (identity, &state.policy, route.repo()) {
+        for check in &allowance.checks {
+            let failed = match check {
+                Check::TagAbsent { tag, protection } => {
+                    lookup::manifest_digest(&state.upstream, repo, tag)
+                        .await?
+                        .map(|_| {
+                            format!(
+                                "tag {tag:?} is protected ({protection}): it cannot be overwritten"
+                            )
+                        })
+                }
+                Check::NotProtected { digest } => {
+                    match protected_references(state, policy, id, repo, digest).await {
+                        Ok(()) => None,
+                        Err(ProxyError::Denied(r)) => Some(r),
+                        Err(other) => return Err(other),
                     }
                 }
+            };
+            if let Some(reason) = failed {
+                return Err(refusal(Verdict::refusal(id, reason)));
             }
         }
-        (
-            &Method::DELETE,
-            Target::Manifest {
-                reference: Reference::Tag(tag),
-                ..
-            },
-        ) => {
-            if let Some(p) = policy.tag_protection(id, repo, tag) {
-                return Err(refuse(format!(
-                    "tag {tag:?} is protected ({}): it cannot be deleted",
-                    p.label
-                )));
-            }
-        }
-        (
-            &Method::DELETE,
-            Target::Manifest {
-                reference: Reference::Digest(digest),
-                ..
-            }
-            | Target::Blob { digest, .. },
-        ) if policy.has_protections(id, repo) => {
-            protected_references(state, policy, id, repo, digest)
-                .await
-                .map_err(|e| match e {
-                    ProxyError::Denied(r) => refuse(r),
-                    other => other,
-                })?;
-        }
-        _ => {}
     }
-    Ok((granted, query, reason))
+    let query = allowance.strip_mount.then(|| {
+        // Without pull on `from`, a plain upload start: every client falls back to
+        // uploading the blob, and nothing of `from` is read.
+        registry::route::strip_query_params(parts.uri.query().unwrap_or(""), &["mount", "from"])
+    });
+    Ok((Permit { _private: () }, query, reason))
 }
 
 /// Most tags examined to protect a delete by digest; beyond it the delete is refused

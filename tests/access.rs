@@ -1535,6 +1535,155 @@ fn explain_agrees_with_serve_for_identities_serve_refuses() {
     );
 }
 
+/// `explain` and serving run the same decision (`acl::decide`): a table of requests, each
+/// explained and then served (in front of an upstream where no tag exists and every
+/// request succeeds), must agree on allowed / 401 / 403.
+#[test]
+fn explain_and_serving_agree_on_a_table_of_requests() {
+    let fake = Fake::start(|s| match s.method.as_str() {
+        "HEAD" => Reply::new(404),
+        "GET" if s.path().ends_with("/tags/list") => {
+            Reply::new(200).json(serde_json::json!({"tags": []}))
+        }
+        "GET" if s.path() == "/v2/_catalog" => {
+            Reply::new(200).json(serde_json::json!({"repositories": []}))
+        }
+        _ => Reply::new(202),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let access = ACCESS.replace("  rules:\n", "  rules:\n    - repos: ['team/**']\n      groups: [release]\n      actions: [pull, push]\n");
+    let cfg = write_config(dir.path(), "  anonymous: true\n", &access);
+    let proxy = Proxy::builder(&fake.url)
+        .users(vec![
+            user("alice", "pw", &[]),
+            user("bob", "pw", &[]),
+            user("rel", "pw", &["release"]),
+            user("root", "pw", &["registry-admins"]),
+        ])
+        .auth_yaml("  anonymous: true\n")
+        .access_yaml(&access.replace("access:\n", ""))
+        .start();
+    let mount = format!("/v2/alice/app/blobs/uploads/?mount={DIGEST}&from=bob/app");
+    let rows: Vec<(Option<&str>, &str, String)> = vec![
+        (Some("alice"), "GET", "/v2/".into()),
+        (None, "GET", "/v2/".into()),
+        (Some("alice"), "GET", "/v2/_catalog".into()),
+        (Some("alice"), "GET", "/v2/alice/app/tags/list".into()),
+        (Some("bob"), "GET", "/v2/alice/app/tags/list".into()),
+        (None, "GET", "/v2/alice/app/tags/list".into()),
+        (None, "GET", "/v2/public/base/tags/list".into()),
+        (None, "PUT", "/v2/public/base/manifests/v1".into()),
+        (Some("bob"), "PUT", "/v2/public/base/manifests/v1".into()),
+        (
+            Some("alice"),
+            "PUT",
+            "/v2/alice/app/manifests/latest".into(),
+        ),
+        (
+            Some("alice"),
+            "PUT",
+            format!("/v2/alice/app/manifests/{DIGEST}?tag=v2"),
+        ),
+        (
+            Some("alice"),
+            "DELETE",
+            "/v2/alice/app/manifests/latest".into(),
+        ),
+        (
+            Some("alice"),
+            "DELETE",
+            "/v2/alice/app/manifests/dev".into(),
+        ),
+        (
+            Some("rel"),
+            "DELETE",
+            "/v2/alice/app/manifests/latest".into(),
+        ),
+        (
+            Some("alice"),
+            "DELETE",
+            format!("/v2/alice/app/manifests/{DIGEST}"),
+        ),
+        (
+            Some("alice"),
+            "DELETE",
+            format!("/v2/alice/app/blobs/{DIGEST}"),
+        ),
+        (
+            Some("bob"),
+            "DELETE",
+            format!("/v2/alice/app/blobs/{DIGEST}"),
+        ),
+        (Some("rel"), "PUT", "/v2/team/x/manifests/v3".into()),
+        (
+            Some("rel"),
+            "DELETE",
+            format!("/v2/team/x/manifests/{DIGEST}"),
+        ),
+        (
+            Some("root"),
+            "DELETE",
+            format!("/v2/anything/x/manifests/{DIGEST}"),
+        ),
+        (Some("alice"), "POST", mount.clone()),
+        (Some("bob"), "POST", mount),
+        (
+            Some("alice"),
+            "GET",
+            format!("/v2/alice/app/referrers/{DIGEST}"),
+        ),
+    ];
+    let mut disagree = Vec::new();
+    for (who, method, path) in &rows {
+        let who_args: Vec<&str> = match who {
+            Some(u) => vec!["--user", u],
+            None => vec!["--anonymous"],
+        };
+        let mut args = vec!["explain", "--config", cfg.to_str().unwrap()];
+        args.extend(who_args);
+        args.extend([*method, path.as_str()]);
+        let (code, out, err) = cli(&args, dir.path());
+        assert_eq!(code, Some(0), "{out}{err}");
+        let decision = out
+            .lines()
+            .find(|l| l.starts_with("decision:"))
+            .unwrap_or_else(|| panic!("no decision in {out}"));
+        let explained = if decision.contains("ALLOWED") {
+            "allowed"
+        } else if decision.contains("401") {
+            "401"
+        } else if decision.contains("403") {
+            "403"
+        } else {
+            panic!("{decision}")
+        };
+        let mut call = proxy_call(&proxy, method, path).header("Content-Length: 0");
+        if let Some(u) = who {
+            call = call.user(u, "pw");
+        }
+        let r = call.send();
+        let served = match r.status {
+            401 => "401",
+            403 => "403",
+            s if s < 400 => "allowed",
+            _ => "other",
+        };
+        if explained != served {
+            disagree.push(format!(
+                "{who:?} {method} {path}: explain {decision:?}, served {}",
+                r.describe()
+            ));
+        }
+    }
+    assert!(
+        disagree.is_empty(),
+        "explain and serving disagree:\n{}",
+        disagree.join("\n")
+    );
+    // The table covers every kind of verdict.
+    assert!(rows.len() >= 20);
+}
+
 #[test]
 fn check_names_unknown_groups_and_actions_and_warns_on_push_without_pull() {
     let dir = tempfile::tempdir().unwrap();

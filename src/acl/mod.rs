@@ -10,6 +10,9 @@
 //! rules.
 
 pub mod glob;
+pub mod verdict;
+
+pub use verdict::{decide, Allowance, Check, Verdict};
 
 use crate::auth::Identity;
 use crate::registry::Actions;
