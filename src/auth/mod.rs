@@ -414,3 +414,85 @@ fn identity_of(user: Option<&users::User>) -> Identity {
         None => Identity::Anonymous,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn authenticator(max_failures: u32) -> Arc<Authenticator> {
+        // Default-cost hash: slow enough that requests are cancelled while it runs.
+        let hash = users::hash_password("alice-pw", 19456, 2, 1).unwrap();
+        let users =
+            Users::from_yaml(&format!("users:\n  - name: alice\n    hash: '{hash}'\n")).unwrap();
+        let settings = AuthSettings {
+            anonymous: false,
+            cache_ttl: Duration::from_secs(60),
+            cache_max_entries: 100,
+            verify_concurrency: 1,
+            throttle: throttle::Limits {
+                max_failures,
+                max_failures_per_address: 100,
+                window: Duration::from_secs(60),
+                max_tracked: 100,
+                max_in_flight_per_address: 100,
+                max_in_flight_per_user: 100,
+            },
+        };
+        Arc::new(Authenticator::new(users, &settings, Arc::default()))
+    }
+
+    fn headers(user: &str, password: &str) -> HeaderMap {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, format!("Basic {token}").parse().unwrap());
+        h
+    }
+
+    /// Starts `n` identifications with these credentials and cancels them all after
+    /// `after`.
+    async fn cancelled(auth: &Arc<Authenticator>, n: usize, password: &str, after: Duration) {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let auth = auth.clone();
+            let h = headers("alice", password);
+            set.spawn(async move { auth.identify(&h, [192, 0, 2, 1].into()).await });
+        }
+        tokio::time::sleep(after).await;
+        set.abort_all();
+        while set.join_next().await.is_some() {}
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_cancelled_while_waiting_leave_no_flight_and_no_slot_behind() {
+        // The same credentials 20 times at once: one verifies, 19 wait for its turn, all
+        // are dropped. The map of verifications under way used to keep an entry for each
+        // request cancelled while it waited.
+        let auth = authenticator(100);
+        for password in ["alice-pw", "wrong"] {
+            cancelled(&auth, 20, password, Duration::from_millis(30)).await;
+            assert_eq!(auth.flights(), 0, "{password}: a flight entry leaked");
+            assert_eq!(auth.throttle().in_flight(), (0, 0), "{password}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelled_wrong_passwords_are_counted_and_run_argon2_at_most_max_failures_times() {
+        let auth = authenticator(3);
+        for i in 0..10 {
+            cancelled(&auth, 1, &format!("guess-{i}"), Duration::from_millis(20)).await;
+        }
+        // Let the verification under way end.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(auth.metrics.auth_argon2_runs.get() <= 3);
+        let answer = auth
+            .identify(&headers("alice", "alice-pw"), [192, 0, 2, 1].into())
+            .await;
+        assert!(matches!(answer, Err(AuthError::Throttled(_))), "{answer:?}");
+        let answer = auth
+            .identify(&headers("alice", "alice-pw"), [192, 0, 2, 2].into())
+            .await;
+        assert!(matches!(answer, Ok(Identity::User { .. })), "{answer:?}");
+    }
+}
