@@ -11,6 +11,8 @@ const TARGETS: &[(&str, Entry)] = &[
     ("route", registry_guard::fuzzing::route),
     ("location", registry_guard::fuzzing::location),
     ("config", registry_guard::fuzzing::config),
+    ("basic", registry_guard::fuzzing::basic),
+    ("users", registry_guard::fuzzing::users),
 ];
 
 fn fuzz_dir() -> &'static Path {

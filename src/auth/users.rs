@@ -25,6 +25,10 @@ use std::sync::Arc;
 pub const DEFAULT_M_COST: u32 = 19456;
 pub const DEFAULT_T_COST: u32 = 2;
 pub const DEFAULT_P_COST: u32 = 1;
+/// The largest argon2 parameters a user file may hold: m in KiB (1 GiB), passes, lanes.
+pub const MAX_M_COST: u32 = 1 << 20;
+pub const MAX_T_COST: u32 = 64;
+pub const MAX_P_COST: u32 = 64;
 /// Longest user name: names are logged and may become namespaces.
 pub const MAX_NAME: usize = 128;
 
@@ -95,58 +99,25 @@ pub struct Users {
     pub dummy_hash: String,
 }
 
-/// User names: letters, digits and `._@-`; no `:` (Basic splits there), no glob
-/// characters (rules substitute `${user}`), nothing a log could misread.
-pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'@' | b'-'))
+/// A user file parsed and checked, before the dummy hash (the only costly part) is made.
+#[derive(Debug)]
+pub struct Checked {
+    by_name: HashMap<String, Arc<User>>,
+    /// (m, t, p) most users have (the defaults for an empty file).
+    pub common_params: (u32, u32, u32),
 }
 
-/// Checks a PHC string is argon2 (id, i or d) with usable parameters.
-pub fn check_hash(phc: &str) -> Result<Params, String> {
-    if !phc.starts_with('$') {
-        return Err("hash is not an argon2 PHC string ($argon2id$...): plaintext passwords are refused, make one with `registry-guard hash-password`".into());
-    }
-    let parsed =
-        PasswordHash::new(phc).map_err(|e| format!("hash is not a valid PHC string: {e}"))?;
-    if Algorithm::try_from(parsed.algorithm).is_err() {
-        return Err(format!(
-            "hash algorithm {} is not argon2id, argon2i or argon2d",
-            parsed.algorithm
-        ));
-    }
-    if parsed.salt.is_none() || parsed.hash.is_none() {
-        return Err("hash has no salt or no output".into());
-    }
-    Params::try_from(&parsed).map_err(|e| format!("hash parameters are not usable: {e}"))
-}
-
-impl Users {
-    pub fn load(path: &Path) -> Result<Users, UsersError> {
-        let text = std::fs::read_to_string(path).map_err(|e| UsersError {
-            file: Some(path.to_owned()),
-            user: None,
-            message: format!("cannot read the user file: {e}"),
-        })?;
-        Users::from_yaml(&text).map_err(|mut e| {
-            e.file = Some(path.to_owned());
-            e
-        })
-    }
-
-    pub fn from_yaml(text: &str) -> Result<Users, UsersError> {
+impl Checked {
+    pub fn from_yaml(text: &str) -> Result<Checked, UsersError> {
         let file: UserFile = if text.trim().is_empty() {
             UserFile::default()
         } else {
             serde_yaml::from_str(text).map_err(|e| UsersError::new(None, e.to_string()))?
         };
-        Users::from_file(file)
+        Checked::from_file(file)
     }
 
-    pub fn from_file(file: UserFile) -> Result<Users, UsersError> {
+    pub fn from_file(file: UserFile) -> Result<Checked, UsersError> {
         let mut by_name = HashMap::with_capacity(file.users.len());
         let mut param_counts: HashMap<(u32, u32, u32), usize> = HashMap::new();
         for e in file.users {
@@ -182,15 +153,93 @@ impl Users {
                 }),
             );
         }
-        let (m, t, p) = param_counts
+        let common_params = param_counts
             .into_iter()
             .max_by_key(|(params, n)| (*n, *params))
             .map(|(params, _)| params)
             .unwrap_or((DEFAULT_M_COST, DEFAULT_T_COST, DEFAULT_P_COST));
+        Ok(Checked {
+            by_name,
+            common_params,
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<User>> {
+        self.by_name.get(name)
+    }
+}
+
+/// User names: letters, digits and `._@-`; no `:` (Basic splits there), no glob
+/// characters (rules substitute `${user}`), nothing a log could misread.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'@' | b'-'))
+}
+
+/// Checks a PHC string is argon2 (id, i or d) with usable parameters.
+pub fn check_hash(phc: &str) -> Result<Params, String> {
+    if !phc.starts_with('$') {
+        return Err("hash is not an argon2 PHC string ($argon2id$...): plaintext passwords are refused, make one with `registry-guard hash-password`".into());
+    }
+    let parsed =
+        PasswordHash::new(phc).map_err(|e| format!("hash is not a valid PHC string: {e}"))?;
+    if Algorithm::try_from(parsed.algorithm).is_err() {
+        return Err(format!(
+            "hash algorithm {} is not argon2id, argon2i or argon2d",
+            parsed.algorithm
+        ));
+    }
+    if parsed.salt.is_none() || parsed.hash.is_none() {
+        return Err("hash has no salt or no output".into());
+    }
+    let params =
+        Params::try_from(&parsed).map_err(|e| format!("hash parameters are not usable: {e}"))?;
+    // Every verification of this user, and of unknown names if most users share these
+    // parameters, costs this much: a typo must not make each login take minutes or
+    // each argon2 thread ask for terabytes.
+    if params.m_cost() > MAX_M_COST || params.t_cost() > MAX_T_COST || params.p_cost() > MAX_P_COST
+    {
+        return Err(format!(
+            "hash parameters m={},t={},p={} are over the limits m={MAX_M_COST} (1 GiB), t={MAX_T_COST}, p={MAX_P_COST}",
+            params.m_cost(),
+            params.t_cost(),
+            params.p_cost()
+        ));
+    }
+    Ok(params)
+}
+
+impl Users {
+    pub fn load(path: &Path) -> Result<Users, UsersError> {
+        let text = std::fs::read_to_string(path).map_err(|e| UsersError {
+            file: Some(path.to_owned()),
+            user: None,
+            message: format!("cannot read the user file: {e}"),
+        })?;
+        Users::from_yaml(&text).map_err(|mut e| {
+            e.file = Some(path.to_owned());
+            e
+        })
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Users, UsersError> {
+        Users::from_checked(Checked::from_yaml(text)?)
+    }
+
+    pub fn from_file(file: UserFile) -> Result<Users, UsersError> {
+        Users::from_checked(Checked::from_file(file)?)
+    }
+
+    /// The checked entries plus a dummy hash with their most common parameters.
+    fn from_checked(checked: Checked) -> Result<Users, UsersError> {
+        let (m, t, p) = checked.common_params;
         let dummy_hash = hash_password(&random_token(), m, t, p)
             .map_err(|e| UsersError::new(None, format!("cannot make the dummy hash: {e}")))?;
         Ok(Users {
-            by_name,
+            by_name: checked.by_name,
             dummy_hash,
         })
     }
@@ -484,6 +533,30 @@ mod tests {
         ] {
             assert!(!verify_password_in(bad, "pw", &mut mem), "{bad}");
         }
+    }
+
+    #[test]
+    fn hash_parameters_over_the_limits_are_refused_naming_the_user() {
+        let salt = "c2FsdHNhbHRzYWx0c2FsdA";
+        let out = "aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
+        for params in [
+            "m=4294967295,t=1,p=1",
+            "m=1024,t=4294967295,p=1",
+            "m=1024,t=1,p=65",
+        ] {
+            let yaml = format!(
+                "users:\n  - name: zed\n    hash: '$argon2id$v=19${params}${salt}${out}'\n"
+            );
+            let e = Checked::from_yaml(&yaml).unwrap_err().to_string();
+            assert!(e.contains("user \"zed\"") && e.contains("limits"), "{e}");
+        }
+        let ok = format!(
+            "users:\n  - name: zed\n    hash: '$argon2id$v=19$m=1048576,t=64,p=64${salt}${out}'\n"
+        );
+        assert_eq!(
+            Checked::from_yaml(&ok).unwrap().common_params,
+            (1 << 20, 64, 64)
+        );
     }
 
     #[test]
