@@ -146,6 +146,9 @@ struct RawAuth {
 #[serde(deny_unknown_fields)]
 struct RawThrottle {
     max_failures: Option<u32>,
+    max_failures_per_address: Option<u32>,
+    max_in_flight_per_address: Option<u32>,
+    max_in_flight_per_user: Option<u32>,
     window: Option<String>,
     max_tracked: Option<usize>,
 }
@@ -803,22 +806,7 @@ fn validate_auth(raw: Option<RawAuth>) -> Result<Option<Auth>, ConfigError> {
         )?,
         cache_max_entries: positive("auth.cache_max_entries", a.cache_max_entries, 10_000)?,
         verify_concurrency: positive("auth.verify_concurrency", a.verify_concurrency, cores)?,
-        max_failures: match a.throttle.max_failures {
-            Some(0) => {
-                return Err(ConfigError::new(
-                    "auth.throttle.max_failures",
-                    "must be at least 1",
-                ))
-            }
-            Some(n) => n,
-            None => 10,
-        },
-        failure_window: duration(
-            "auth.throttle.window",
-            a.throttle.window.as_deref(),
-            Duration::from_secs(60),
-        )?,
-        max_tracked: positive("auth.throttle.max_tracked", a.throttle.max_tracked, 100_000)?,
+        throttle: validate_throttle(&a.throttle)?,
     };
     Ok(Some(Auth {
         users_file,
@@ -826,6 +814,55 @@ fn validate_auth(raw: Option<RawAuth>) -> Result<Option<Auth>, ConfigError> {
         settings,
         max_unauthenticated_body: a.max_unauthenticated_body.unwrap_or(1024 * 1024),
     }))
+}
+
+fn validate_throttle(t: &RawThrottle) -> Result<crate::auth::throttle::Limits, ConfigError> {
+    let count = |key: &str, v: Option<u32>, default: u32| match v {
+        Some(0) => Err(ConfigError::new(key, "must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    let max_failures = count("auth.throttle.max_failures", t.max_failures, 10)?;
+    let max_failures_per_address = count(
+        "auth.throttle.max_failures_per_address",
+        t.max_failures_per_address,
+        max_failures.saturating_mul(10).max(100),
+    )?;
+    if max_failures_per_address < max_failures {
+        return Err(ConfigError::new(
+            "auth.throttle.max_failures_per_address",
+            format!("must be at least auth.throttle.max_failures ({max_failures}): it counts the failures of every name from one address"),
+        ));
+    }
+    Ok(crate::auth::throttle::Limits {
+        max_failures,
+        max_failures_per_address,
+        window: duration(
+            "auth.throttle.window",
+            t.window.as_deref(),
+            Duration::from_secs(60),
+        )?,
+        max_tracked: match t.max_tracked {
+            Some(0) => {
+                return Err(ConfigError::new(
+                    "auth.throttle.max_tracked",
+                    "must be at least 1",
+                ))
+            }
+            Some(n) => n,
+            None => 100_000,
+        },
+        max_in_flight_per_address: count(
+            "auth.throttle.max_in_flight_per_address",
+            t.max_in_flight_per_address,
+            16,
+        )?,
+        max_in_flight_per_user: count(
+            "auth.throttle.max_in_flight_per_user",
+            t.max_in_flight_per_user,
+            4,
+        )?,
+    })
 }
 
 fn validate_server(s: RawServer) -> Result<Server, ConfigError> {
@@ -1126,6 +1163,27 @@ mod tests {
                 "auth.throttle.max_failures",
             ),
             (
+                WITH_USERS.replace(
+                    "users.yaml\n",
+                    "users.yaml\n  throttle:\n    max_failures: 20\n    max_failures_per_address: 5\n",
+                ),
+                "auth.throttle.max_failures_per_address",
+            ),
+            (
+                WITH_USERS.replace(
+                    "users.yaml\n",
+                    "users.yaml\n  throttle:\n    max_in_flight_per_address: 0\n",
+                ),
+                "auth.throttle.max_in_flight_per_address",
+            ),
+            (
+                WITH_USERS.replace(
+                    "users.yaml\n",
+                    "users.yaml\n  throttle:\n    max_in_flight_per_user: 0\n",
+                ),
+                "auth.throttle.max_in_flight_per_user",
+            ),
+            (
                 format!("{MIN}metrics:\n  listen: nowhere\n"),
                 "metrics.listen",
             ),
@@ -1222,7 +1280,10 @@ mod tests {
         let a = c.auth.unwrap();
         assert_eq!(a.realm, "registry-guard");
         assert_eq!(a.settings.cache_ttl, Duration::from_secs(300));
-        assert_eq!(a.settings.max_failures, 10);
+        assert_eq!(a.settings.throttle.max_failures, 10);
+        assert_eq!(a.settings.throttle.max_failures_per_address, 100);
+        assert_eq!(a.settings.throttle.max_in_flight_per_address, 16);
+        assert_eq!(a.settings.throttle.max_in_flight_per_user, 4);
         assert!(!a.settings.anonymous);
         assert!(Config::from_yaml(MIN).unwrap().auth.is_none());
     }

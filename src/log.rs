@@ -2,6 +2,10 @@
 //! access log line, one per request, emitted when its response body is done.
 //!
 //! Nothing here ever sees a header value: credentials cannot reach the log through it.
+//!
+//! Every field that carries text a client chose (user name, path, error strings) is
+//! written through [`Escaped`]: one log event stays one line, whatever the client sent,
+//! so no one can forge a log line or a terminal escape sequence.
 
 use crate::config::LogFormat;
 use std::net::IpAddr;
@@ -30,6 +34,41 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// A field written to the log with its control characters escaped: C0, DEL and C1 as
+/// `\u{..}`, the Unicode line and paragraph separators too, and the backslash doubled
+/// so that an escape in the log always means an escape. Everything else is as given.
+#[derive(Debug, Clone, Copy)]
+pub struct Escaped<'a>(pub &'a str);
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\\' | '\u{2028}' | '\u{2029}')
+}
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut rest = self.0;
+        while let Some(i) = rest.find(needs_escape) {
+            f.write_str(&rest[..i])?;
+            let c = rest[i..].chars().next().unwrap_or_default();
+            match c {
+                '\\' => f.write_str("\\\\")?,
+                c => write!(f, "\\u{{{:x}}}", c as u32)?,
+            }
+            rest = &rest[i + c.len_utf8()..];
+        }
+        f.write_str(rest)
+    }
+}
+
+/// [`Escaped`] into a `String` (for fields that are stored before they are logged).
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains(needs_escape) {
+        std::borrow::Cow::Owned(Escaped(s).to_string())
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
 }
 
 /// Per-connection activity, read by the idle watchdog in `server.rs`.
@@ -162,17 +201,17 @@ impl AccessRecord {
             target: "registry_guard::access",
             request_id = %self.request_id,
             client = %self.client,
-            method = %self.method,
-            path = %self.path,
+            method = %Escaped(self.method.as_str()),
+            path = %Escaped(&self.path),
             route = self.route,
-            repo = self.repo.as_deref().unwrap_or("-"),
-            user = self.user.as_deref().unwrap_or("-"),
+            repo = %Escaped(self.repo.as_deref().unwrap_or("-")),
+            user = %Escaped(self.user.as_deref().unwrap_or("-")),
             status = self.status,
             upstream_status = self.upstream_status,
             bytes,
             complete,
             duration_ms = format_args!("{duration_ms:.2}"),
-            error = self.error.as_deref(),
+            error = self.error.as_deref().map(Escaped).map(tracing::field::display),
         );
     }
 }
@@ -197,4 +236,30 @@ pub fn next_request_id() -> String {
         "{prefix:08x}-{:012x}",
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaped_fields_stay_on_one_line_and_say_what_was_there() {
+        for (raw, shown) in [
+            ("alice", "alice"),
+            ("jos\u{e9}", "jos\u{e9}"),
+            ("a\nb", "a\\u{a}b"),
+            ("a\r\nINFO forged", "a\\u{d}\\u{a}INFO forged"),
+            ("\u{1b}[2J", "\\u{1b}[2J"),
+            ("x\u{7f}\u{85}\u{0}", "x\\u{7f}\\u{85}\\u{0}"),
+            ("line\u{2028}sep\u{2029}", "line\\u{2028}sep\\u{2029}"),
+            ("back\\slash", "back\\\\slash"),
+            ("already \\u{a}", "already \\\\u{a}"),
+            ("", ""),
+        ] {
+            assert_eq!(Escaped(raw).to_string(), shown, "{raw:?}");
+            assert_eq!(escape(raw), shown, "{raw:?}");
+            assert!(!shown.contains(|c: char| c.is_control()), "{shown:?}");
+        }
+        assert!(matches!(escape("plain"), std::borrow::Cow::Borrowed(_)));
+    }
 }

@@ -287,3 +287,109 @@ fn curl_and_the_seed_flows_with_preemptive_basic_credentials() {
     assert!(registry_tags(&registry, "alice/seed").is_empty());
     assert!(!proxy.logs().contains(PASSWORD));
 }
+
+/// `registry_guard_auth_argon2_runs_total` from the metrics listener at `metrics`.
+fn argon2_runs(metrics: std::net::SocketAddr) -> u64 {
+    let out = run(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .arg(format!("http://{metrics}/metrics")),
+        Duration::from_secs(20),
+    );
+    let body = text(&out.stdout);
+    body.lines()
+        .find_map(|l| l.strip_prefix("registry_guard_auth_argon2_runs_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no argon2 counter in: {body}"))
+}
+
+/// curl `GET /v2/` as `user:password`; `max_time` cuts the request short (curl then
+/// closes the connection: the request is cancelled). Returns the HTTP status, 0 if none.
+fn curl_login(proxy: &Proxy, user: &str, password: &str, extra: &[&str]) -> u16 {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(&proxy.ca)
+        .args(["-u", &format!("{user}:{password}")])
+        .args(extra)
+        .arg(format!("{}/v2/", proxy.base));
+    let out = run(&mut cmd, Duration::from_secs(60));
+    text(&out.stdout).trim().parse().unwrap_or(0)
+}
+
+#[test]
+fn parallel_and_cancelled_guesses_run_argon2_at_most_max_failures_times() {
+    // Issue 8 item 3 against the real registry: 40 parallel guesses all got 401 (none
+    // 429), and requests cancelled while argon2 ran were never counted.
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    if !have("curl") {
+        return;
+    }
+    // The default argon2 cost, so a verification lasts long enough to be cancelled.
+    let hash = registry_guard::auth::users::hash_password(PASSWORD, 19456, 2, 1).unwrap();
+    // A fresh proxy (a clean throttle) and its metrics address.
+    let start = || {
+        let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let proxy = Proxy::builder(&registry.url)
+            .users_file_yaml(&format!("users:\n  - name: {USER}\n    hash: '{hash}'\n"))
+            .auth_yaml("  throttle:\n    max_failures: 3\n")
+            .extra_yaml(&format!("metrics:\n  listen: {metrics}\n"))
+            .start();
+        (proxy, metrics)
+    };
+    let (proxy, metrics) = start();
+
+    // 40 at once, each with its own wrong password.
+    let before = argon2_runs(metrics);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..40)
+            .map(|i| {
+                let proxy = &proxy;
+                s.spawn(move || curl_login(proxy, USER, &format!("guess-{i}"), &[]))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let runs = argon2_runs(metrics) - before;
+    let refused = statuses.iter().filter(|&&s| s == 401).count();
+    assert!(runs <= 3, "{runs} argon2 runs: {statuses:?}");
+    assert!((1..=3).contains(&refused), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|&s| s == 401 || s == 429),
+        "{statuses:?}"
+    );
+    eprintln!("40 parallel guesses: {refused} × 401, {runs} argon2 runs");
+
+    // The pair is spent now: a new proxy for the next part.
+    drop(proxy);
+    let (proxy, metrics) = start();
+    // 12 guesses cut short while argon2 runs, over HTTP/1.1 and HTTP/2.
+    let before = argon2_runs(metrics);
+    for i in 0..12 {
+        let version = if i % 2 == 0 { "--http1.1" } else { "--http2" };
+        let got = curl_login(
+            &proxy,
+            USER,
+            &format!("cut-{i}"),
+            &[version, "--max-time", "0.05"],
+        );
+        assert!(got == 0 || got == 429, "guess {i}: {got}");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let runs = argon2_runs(metrics) - before;
+    assert!(runs <= 3, "{runs} argon2 runs for 12 cancelled guesses");
+    // They counted: even the right password is now refused from this address.
+    assert_eq!(curl_login(&proxy, USER, PASSWORD, &[]), 429);
+    eprintln!("12 cancelled guesses: {runs} argon2 runs, then 429");
+
+    // Control: with a clean throttle the right password reaches the registry.
+    drop(proxy);
+    let (proxy, _) = start();
+    let (code, body) = curl(
+        &proxy,
+        &["-u", &format!("{USER}:{PASSWORD}")],
+        "/v2/_catalog",
+    );
+    assert_eq!(code, 200, "{body}");
+}

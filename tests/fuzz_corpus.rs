@@ -12,6 +12,8 @@ const TARGETS: &[(&str, Entry)] = &[
     ("location", registry_guard::fuzzing::location),
     ("config", registry_guard::fuzzing::config),
     ("upload_start", registry_guard::fuzzing::upload_start),
+    ("basic", registry_guard::fuzzing::basic),
+    ("users", registry_guard::fuzzing::users),
 ];
 
 fn fuzz_dir() -> &'static Path {

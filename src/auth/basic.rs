@@ -5,6 +5,9 @@
 //! - Everything malformed — another scheme, bad base64, no colon, non-UTF-8, an empty
 //!   user name (skopeo sends `Basic Og==` when it has no credentials), anything oversized
 //!   — is an error the caller answers with the 401 challenge. Nothing panics.
+//! - A user name holding a control character (C0, DEL, C1: a newline could forge a log
+//!   line, an escape sequence could rewrite a terminal) is refused here, before the name
+//!   reaches a log, a table or a rule. No real user name holds one.
 //! - The password is held in [`Password`], whose `Debug` never shows it.
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
@@ -65,6 +68,8 @@ pub enum BasicError {
     EmptyUser,
     #[error("user name too long")]
     UserTooLong,
+    #[error("user name holds a control character")]
+    ControlInUser,
 }
 
 /// Parses one `Authorization` header value.
@@ -89,6 +94,9 @@ pub fn parse(value: &[u8]) -> Result<BasicCredentials, BasicError> {
     }
     if user.len() > MAX_USER {
         return Err(BasicError::UserTooLong);
+    }
+    if user.chars().any(char::is_control) {
+        return Err(BasicError::ControlInUser);
     }
     Ok(BasicCredentials {
         user: user.to_owned(),
@@ -161,6 +169,38 @@ mod tests {
             (
                 format!("Basic {}", "A".repeat(5000)),
                 Err(BasicError::TooLong),
+            ),
+            (
+                format!(
+                    "Basic {}",
+                    b64(b"alice\n2024-01-01T00:00:00Z INFO forged:pw")
+                ),
+                Err(BasicError::ControlInUser),
+            ),
+            (
+                format!("Basic {}", b64(b"al\rice:pw")),
+                Err(BasicError::ControlInUser),
+            ),
+            (
+                format!("Basic {}", b64(b"\x1b[2Jalice:pw")),
+                Err(BasicError::ControlInUser),
+            ),
+            (
+                format!("Basic {}", b64(b"alice\x7f:pw")),
+                Err(BasicError::ControlInUser),
+            ),
+            (
+                format!("Basic {}", b64("alice\u{85}:pw".as_bytes())),
+                Err(BasicError::ControlInUser),
+            ),
+            (
+                format!("Basic {}", b64(b"alice\x00:pw")),
+                Err(BasicError::ControlInUser),
+            ),
+            // Control characters in the password are the password's business.
+            (
+                format!("Basic {}", b64(b"alice:p\nw\x1b")),
+                ok("alice", "p\nw\x1b"),
             ),
         ];
         for (header, want) in cases {

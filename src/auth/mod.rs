@@ -7,13 +7,19 @@
 //!   argon2 work (unknown names are checked against a dummy hash of the same parameters).
 //! - A password or an Authorization header value is never logged or stored; the cache
 //!   holds keyed hashes only.
-//! - A throttled client or name costs no argon2 run.
+//! - A throttled (address, name) costs no argon2 run, and every attempt that may run
+//!   argon2 is counted before it starts (see `throttle`): parallel or cancelled attempts
+//!   cannot run it more than `max_failures` times per window for one (address, name).
+//! - The argon2 working memory is bounded by `verify_concurrency` × `m_cost` and given
+//!   back when the verification threads are idle (see [`Argon2Pool`]).
+//! - User names are logged through `log::Escaped` only.
 
 pub mod basic;
 pub mod cache;
 pub mod throttle;
 pub mod users;
 
+use crate::log::Escaped;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use cache::VerifyCache;
@@ -64,7 +70,8 @@ pub enum AuthError {
     /// More than one Authorization header: 400.
     #[error("more than one Authorization header")]
     Ambiguous,
-    /// Too many failures from this address or for this name: 429.
+    /// Too many failures for this (address, name) or from this address, or too many
+    /// attempts in flight: 429.
     #[error("too many failed logins; retry in {}s", .0.as_secs().max(1))]
     Throttled(Duration),
 }
@@ -76,9 +83,7 @@ pub struct AuthSettings {
     pub cache_ttl: Duration,
     pub cache_max_entries: usize,
     pub verify_concurrency: usize,
-    pub max_failures: u32,
-    pub failure_window: Duration,
-    pub max_tracked: usize,
+    pub throttle: throttle::Limits,
 }
 
 #[derive(Debug)]
@@ -89,8 +94,9 @@ pub struct Authenticator {
     argon2: Argon2Pool,
     /// One lock per credential being verified: concurrent requests with the same
     /// credentials (64 connections of one client at start) wait for one argon2 run and
-    /// then hit the cache, instead of running argon2 64 times.
-    in_flight: std::sync::Mutex<HashMap<cache::Fingerprint, Arc<tokio::sync::Mutex<()>>>>,
+    /// then hit the cache, instead of running argon2 64 times. Entries leave with the
+    /// last [`Ticket`].
+    in_flight: FlightMap,
     anonymous: bool,
     metrics: Arc<Metrics>,
 }
@@ -100,12 +106,8 @@ impl Authenticator {
         Authenticator {
             users: ArcSwap::from_pointee(users),
             cache: VerifyCache::new(settings.cache_ttl, settings.cache_max_entries),
-            throttle: Throttle::new(
-                settings.max_failures,
-                settings.failure_window,
-                settings.max_tracked,
-            ),
-            argon2: Argon2Pool::new(settings.verify_concurrency.max(1)),
+            throttle: Throttle::new(settings.throttle.clone()),
+            argon2: Argon2Pool::new(settings.verify_concurrency.max(1), metrics.clone()),
             in_flight: std::sync::Mutex::new(HashMap::new()),
             anonymous: settings.anonymous,
             metrics,
@@ -122,7 +124,21 @@ impl Authenticator {
         self.users.load_full()
     }
 
-    /// Establishes the identity of a request from its headers.
+    /// Establishes the identity of a request from its headers. `client` is the one
+    /// client address of the request (`handler::client_of`).
+    ///
+    /// ```text
+    /// parse ─ control char in the name ─▶ failure counted for (client, "") ─▶ 401
+    ///   │
+    /// cache hit (right password, verified lately) ─▶ identity, no argon2, no throttle
+    ///   │
+    /// wait for the verification of the same credentials under way, if any ─▶ cache hit?
+    ///   │
+    /// throttle.reserve(client, name): failure counted now ─ refused ─▶ 429
+    ///   │
+    /// argon2 ─ right ─▶ attempt.succeeded() ─▶ identity
+    ///   └──── wrong, unknown, disabled, or this request dropped ─▶ failure stays ─▶ 401
+    /// ```
     pub async fn identify(
         &self,
         headers: &HeaderMap,
@@ -135,57 +151,78 @@ impl Authenticator {
             (Some(_), Some(_)) => return Err(AuthError::Ambiguous),
             (Some(v), None) => v,
         };
-        let creds = basic::parse(value.as_bytes()).map_err(|e| {
-            tracing::debug!(reason = %e, %client, "unusable Authorization header");
-            AuthError::Invalid("malformed Basic credentials")
-        })?;
+        let creds = match basic::parse(value.as_bytes()) {
+            Ok(c) => c,
+            Err(basic::BasicError::ControlInUser) => {
+                // Someone probing the log: a failed login like any other, counted for
+                // the pair (client, ""), which stands for every refused name (no accepted
+                // name is empty), and for the address.
+                self.metrics.auth_failures.inc();
+                tracing::info!(%client, "login failed: control character in the user name");
+                self.throttle
+                    .fail_now(client, "", Instant::now())
+                    .map_err(|r| self.refused(r, "", client))?;
+                return Err(AuthError::Invalid("malformed Basic credentials"));
+            }
+            Err(e) => {
+                tracing::debug!(reason = %e, %client, "unusable Authorization header");
+                return Err(AuthError::Invalid("malformed Basic credentials"));
+            }
+        };
+        let name = Escaped(&creds.user);
         let snapshot = self.users.load_full();
         let user = snapshot.get(&creds.user).cloned();
-        let now = Instant::now();
         let fingerprint = user.as_ref().filter(|u| !u.disabled).map(|u| {
             self.cache
                 .fingerprint(&u.name, creds.password.expose(), &u.hash)
         });
+        // A hit needs the right password: no guess can take this path.
         if let Some(fp) = &fingerprint {
-            if self.cache.hit(fp, now) {
+            if self.cache.hit(fp, Instant::now()) {
                 self.metrics.auth_cache_hits.inc();
                 return Ok(identity_of(user.as_deref()));
             }
         }
-        if let Some(retry) = self.throttle.check(client, &creds.user, now) {
-            self.metrics.auth_throttled.inc();
-            tracing::warn!(user = %creds.user, %client, "login throttled");
-            return Err(AuthError::Throttled(retry));
-        }
-        let flight = fingerprint.map(|fp| self.flight(fp));
-        let _turn = match &flight {
-            Some(f) => Some(f.lock().await),
+        // Declared before the turn, so dropped after it: the ticket leaves the map when
+        // the last request holding it ends, cancelled or not.
+        let ticket = fingerprint.map(|fp| self.flight(fp));
+        let _turn = match &ticket {
+            Some(t) => Some(t.lock.lock().await),
             None => None,
         };
         if let Some(fp) = &fingerprint {
             // Verified by the request this one waited for.
             if self.cache.hit(fp, Instant::now()) {
                 self.metrics.auth_cache_hits.inc();
-                drop(_turn);
-                self.land(fingerprint.as_ref(), flight);
                 return Ok(identity_of(user.as_deref()));
             }
         }
+        let attempt = self
+            .throttle
+            .reserve(client, &creds.user, Instant::now())
+            .map_err(|r| self.refused(r, &creds.user, client))?;
         let hash = user
             .as_ref()
             .map_or_else(|| snapshot.dummy_hash.clone(), |u| u.hash.clone());
-        let verified = self.verify(hash, creds.password.expose().to_owned()).await;
-        drop(_turn);
-        self.land(fingerprint.as_ref(), flight);
+        let Some(verified) = self
+            .argon2
+            .verify(hash, creds.password.expose().to_owned())
+            .await
+        else {
+            attempt.withdrawn();
+            self.metrics.auth_throttled.inc();
+            tracing::warn!(user = %name, %client, "login refused: the argon2 queue is full");
+            return Err(AuthError::Throttled(Duration::from_secs(1)));
+        };
         match (verified, fingerprint) {
             (true, Some(fp)) => {
                 self.cache.insert(fp, Instant::now());
-                self.throttle.succeed(&creds.user);
+                attempt.succeeded();
                 Ok(identity_of(user.as_deref()))
             }
             _ => {
+                drop(attempt);
                 self.metrics.auth_failures.inc();
-                self.throttle.fail(client, &creds.user, Instant::now());
                 let why = match &user {
                     None => "unknown user",
                     Some(u) if u.disabled => "disabled user",
@@ -193,79 +230,178 @@ impl Authenticator {
                 };
                 // The name is logged, the reason only at debug: the log of a shared
                 // system should not confirm which names exist.
-                tracing::info!(user = %creds.user, %client, "login failed");
-                tracing::debug!(user = %creds.user, reason = why, "login failure reason");
+                tracing::info!(user = %name, %client, "login failed");
+                tracing::debug!(user = %name, reason = why, "login failure reason");
                 Err(AuthError::Invalid("invalid username or password"))
             }
         }
     }
 
-    /// The lock of the verification of `fp`, created if none is under way.
-    fn flight(&self, fp: cache::Fingerprint) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(fp).or_default().clone()
+    /// A refusal of the throttle, counted and logged.
+    fn refused(&self, r: throttle::Refusal, user: &str, client: IpAddr) -> AuthError {
+        self.metrics.auth_throttled.inc();
+        let why = match r {
+            throttle::Refusal::Throttled(_) => "too many failures",
+            throttle::Refusal::Busy => "too many attempts in flight",
+        };
+        tracing::warn!(user = %Escaped(user), %client, reason = why, "login throttled");
+        AuthError::Throttled(r.retry_after())
     }
 
-    /// Forgets the lock of `fp` once no request holds or waits for it.
-    fn land(&self, fp: Option<&cache::Fingerprint>, flight: Option<Arc<tokio::sync::Mutex<()>>>) {
-        let (Some(fp), Some(flight)) = (fp, flight) else {
-            return;
-        };
-        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        // Ours and the map's: nobody else is waiting.
-        if Arc::strong_count(&flight) <= 2 {
-            map.remove(fp);
+    /// A ticket for the verification of `fp`: the lock of the one under way, or a new one.
+    fn flight(&self, fp: cache::Fingerprint) -> Ticket<'_> {
+        let mut map = lock(&self.in_flight);
+        let lock = map.entry(fp).or_default().clone();
+        Ticket {
+            map: &self.in_flight,
+            fp,
+            lock,
         }
     }
 
-    /// One argon2 verification on the argon2 threads.
-    async fn verify(&self, hash: String, password: String) -> bool {
-        self.metrics.auth_argon2_runs.inc();
-        self.argon2.verify(hash, password).await
+    /// Verifications under way or waited for (their map entries).
+    pub fn flights(&self) -> usize {
+        lock(&self.in_flight).len()
+    }
+
+    /// Failed-login state of the throttle: (pairs, addresses) remembered.
+    pub fn throttle(&self) -> &Throttle {
+        &self.throttle
     }
 }
 
-/// A fixed set of threads for argon2. A fixed set, not the blocking pool: each thread
-/// that ever runs argon2 keeps its allocator arena, and argon2 allocates `m_cost` KiB
-/// per run (19 MiB by default), so the memory it holds is bounded by the thread count.
-/// The queue in front of them is bounded: a flood of guesses waits there, it does not
-/// take the threads that serve requests.
+type FlightMap = std::sync::Mutex<HashMap<cache::Fingerprint, Arc<tokio::sync::Mutex<()>>>>;
+
+/// A request's share of one verification. Its `Drop` removes the map entry once no
+/// other request holds it, also when the request is cancelled while waiting its turn.
+struct Ticket<'a> {
+    map: &'a FlightMap,
+    fp: cache::Fingerprint,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let mut map = lock(self.map);
+        // Ours and the map's: nobody else holds or waits for it. Clones are only made
+        // under this same lock, so the count cannot rise meanwhile.
+        if Arc::strong_count(&self.lock) <= 2 {
+            map.remove(&self.fp);
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How long a verification thread keeps its working memory without work.
+const IDLE_RELEASE: Duration = Duration::from_secs(5);
+/// Verifications waiting for a thread, at most; more are refused (429, retry in 1 s).
+const QUEUE_MAX: usize = 1024;
+
+type Job = (String, String, tokio::sync::oneshot::Sender<bool>);
+
+#[derive(Debug, Default)]
+struct Queue {
+    jobs: std::collections::VecDeque<Job>,
+    closed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    queue: std::sync::Mutex<Queue>,
+    ready: std::sync::Condvar,
+}
+
+/// A fixed set of `verify_concurrency` threads for argon2, off the async workers.
+///
+/// Memory: each thread owns one [`users::WorkMemory`], as large as the biggest `m_cost`
+/// it verified, reused from run to run and given back after [`IDLE_RELEASE`] without
+/// work. So argon2 holds at most `verify_concurrency` × `m_cost` KiB at any moment (the
+/// dummy hash made at start and at each reload adds one more set, briefly), and nothing
+/// once idle. A job whose request was cancelled before its turn is skipped.
 #[derive(Debug)]
 struct Argon2Pool {
-    jobs: tokio::sync::mpsc::Sender<(String, String, tokio::sync::oneshot::Sender<bool>)>,
+    shared: Arc<Shared>,
 }
 
 impl Argon2Pool {
-    fn new(threads: usize) -> Self {
-        let (jobs, rx) =
-            tokio::sync::mpsc::channel::<(String, String, tokio::sync::oneshot::Sender<bool>)>(
-                1024,
-            );
-        let rx = Arc::new(std::sync::Mutex::new(rx));
+    fn new(threads: usize, metrics: Arc<Metrics>) -> Self {
+        let shared = Arc::new(Shared::default());
         for i in 0..threads {
-            let rx = rx.clone();
+            let shared = shared.clone();
+            let metrics = metrics.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
-                .spawn(move || loop {
-                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).blocking_recv();
-                    let Some((hash, password, done)) = job else {
-                        return;
-                    };
-                    let _ = done.send(users::verify_password(&hash, &password));
-                });
+                .spawn(move || work(&shared, &metrics));
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "cannot start an argon2 thread");
             }
         }
-        Argon2Pool { jobs }
+        Argon2Pool { shared }
     }
 
-    async fn verify(&self, hash: String, password: String) -> bool {
+    /// The verdict, or None when the queue is full (nothing was verified).
+    async fn verify(&self, hash: String, password: String) -> Option<bool> {
         let (done, answer) = tokio::sync::oneshot::channel();
-        if self.jobs.send((hash, password, done)).await.is_err() {
-            return false;
+        {
+            let mut q = lock(&self.shared.queue);
+            if q.jobs.len() >= QUEUE_MAX {
+                return None;
+            }
+            q.jobs.push_back((hash, password, done));
         }
-        answer.await.unwrap_or(false)
+        self.shared.ready.notify_one();
+        Some(answer.await.unwrap_or(false))
+    }
+}
+
+impl Drop for Argon2Pool {
+    fn drop(&mut self) {
+        lock(&self.shared.queue).closed = true;
+        self.shared.ready.notify_all();
+    }
+}
+
+/// One verification thread: takes jobs until the pool is dropped.
+fn work(shared: &Shared, metrics: &Metrics) {
+    let mut memory = users::WorkMemory::default();
+    loop {
+        let job = {
+            let mut q = lock(&shared.queue);
+            loop {
+                if q.closed {
+                    return;
+                }
+                if let Some(job) = q.jobs.pop_front() {
+                    break Some(job);
+                }
+                if memory.resident_kib() == 0 {
+                    q = shared.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+                    continue;
+                }
+                let (guard, waited) = shared
+                    .ready
+                    .wait_timeout(q, IDLE_RELEASE)
+                    .unwrap_or_else(|p| p.into_inner());
+                q = guard;
+                if waited.timed_out() && q.jobs.is_empty() {
+                    break None;
+                }
+            }
+        };
+        let Some((hash, password, done)) = job else {
+            // Idle: give the working memory back (outside the queue's lock).
+            memory.release();
+            continue;
+        };
+        if done.is_closed() {
+            // The request went away before its turn: no one waits for this answer.
+            continue;
+        }
+        metrics.auth_argon2_runs.inc();
+        let _ = done.send(users::verify_password_in(&hash, &password, &mut memory));
     }
 }
 
@@ -276,5 +412,87 @@ fn identity_of(user: Option<&users::User>) -> Identity {
             groups: u.groups.clone(),
         },
         None => Identity::Anonymous,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn authenticator(max_failures: u32) -> Arc<Authenticator> {
+        // Default-cost hash: slow enough that requests are cancelled while it runs.
+        let hash = users::hash_password("alice-pw", 19456, 2, 1).unwrap();
+        let users =
+            Users::from_yaml(&format!("users:\n  - name: alice\n    hash: '{hash}'\n")).unwrap();
+        let settings = AuthSettings {
+            anonymous: false,
+            cache_ttl: Duration::from_secs(60),
+            cache_max_entries: 100,
+            verify_concurrency: 1,
+            throttle: throttle::Limits {
+                max_failures,
+                max_failures_per_address: 100,
+                window: Duration::from_secs(60),
+                max_tracked: 100,
+                max_in_flight_per_address: 100,
+                max_in_flight_per_user: 100,
+            },
+        };
+        Arc::new(Authenticator::new(users, &settings, Arc::default()))
+    }
+
+    fn headers(user: &str, password: &str) -> HeaderMap {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, format!("Basic {token}").parse().unwrap());
+        h
+    }
+
+    /// Starts `n` identifications with these credentials and cancels them all after
+    /// `after`.
+    async fn cancelled(auth: &Arc<Authenticator>, n: usize, password: &str, after: Duration) {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let auth = auth.clone();
+            let h = headers("alice", password);
+            set.spawn(async move { auth.identify(&h, [192, 0, 2, 1].into()).await });
+        }
+        tokio::time::sleep(after).await;
+        set.abort_all();
+        while set.join_next().await.is_some() {}
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_cancelled_while_waiting_leave_no_flight_and_no_slot_behind() {
+        // The same credentials 20 times at once: one verifies, 19 wait for its turn, all
+        // are dropped. The map of verifications under way used to keep an entry for each
+        // request cancelled while it waited.
+        let auth = authenticator(100);
+        for password in ["alice-pw", "wrong"] {
+            cancelled(&auth, 20, password, Duration::from_millis(30)).await;
+            assert_eq!(auth.flights(), 0, "{password}: a flight entry leaked");
+            assert_eq!(auth.throttle().in_flight(), (0, 0), "{password}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelled_wrong_passwords_are_counted_and_run_argon2_at_most_max_failures_times() {
+        let auth = authenticator(3);
+        for i in 0..10 {
+            cancelled(&auth, 1, &format!("guess-{i}"), Duration::from_millis(20)).await;
+        }
+        // Let the verification under way end.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(auth.metrics.auth_argon2_runs.get() <= 3);
+        let answer = auth
+            .identify(&headers("alice", "alice-pw"), [192, 0, 2, 1].into())
+            .await;
+        assert!(matches!(answer, Err(AuthError::Throttled(_))), "{answer:?}");
+        let answer = auth
+            .identify(&headers("alice", "alice-pw"), [192, 0, 2, 2].into())
+            .await;
+        assert!(matches!(answer, Ok(Identity::User { .. })), "{answer:?}");
     }
 }

@@ -13,7 +13,7 @@
 //! Editing (`registry-guard user ...`) rewrites the whole file atomically (temporary
 //! file + rename, mode 0600), other users untouched.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -25,6 +25,10 @@ use std::sync::Arc;
 pub const DEFAULT_M_COST: u32 = 19456;
 pub const DEFAULT_T_COST: u32 = 2;
 pub const DEFAULT_P_COST: u32 = 1;
+/// The largest argon2 parameters a user file may hold: m in KiB (1 GiB), passes, lanes.
+pub const MAX_M_COST: u32 = 1 << 20;
+pub const MAX_T_COST: u32 = 64;
+pub const MAX_P_COST: u32 = 64;
 /// Longest user name: names are logged and may become namespaces.
 pub const MAX_NAME: usize = 128;
 
@@ -95,58 +99,25 @@ pub struct Users {
     pub dummy_hash: String,
 }
 
-/// User names: letters, digits and `._@-`; no `:` (Basic splits there), no glob
-/// characters (rules substitute `${user}`), nothing a log could misread.
-pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'@' | b'-'))
+/// A user file parsed and checked, before the dummy hash (the only costly part) is made.
+#[derive(Debug)]
+pub struct Checked {
+    by_name: HashMap<String, Arc<User>>,
+    /// (m, t, p) most users have (the defaults for an empty file).
+    pub common_params: (u32, u32, u32),
 }
 
-/// Checks a PHC string is argon2 (id, i or d) with usable parameters.
-pub fn check_hash(phc: &str) -> Result<Params, String> {
-    if !phc.starts_with('$') {
-        return Err("hash is not an argon2 PHC string ($argon2id$...): plaintext passwords are refused, make one with `registry-guard hash-password`".into());
-    }
-    let parsed =
-        PasswordHash::new(phc).map_err(|e| format!("hash is not a valid PHC string: {e}"))?;
-    if Algorithm::try_from(parsed.algorithm).is_err() {
-        return Err(format!(
-            "hash algorithm {} is not argon2id, argon2i or argon2d",
-            parsed.algorithm
-        ));
-    }
-    if parsed.salt.is_none() || parsed.hash.is_none() {
-        return Err("hash has no salt or no output".into());
-    }
-    Params::try_from(&parsed).map_err(|e| format!("hash parameters are not usable: {e}"))
-}
-
-impl Users {
-    pub fn load(path: &Path) -> Result<Users, UsersError> {
-        let text = std::fs::read_to_string(path).map_err(|e| UsersError {
-            file: Some(path.to_owned()),
-            user: None,
-            message: format!("cannot read the user file: {e}"),
-        })?;
-        Users::from_yaml(&text).map_err(|mut e| {
-            e.file = Some(path.to_owned());
-            e
-        })
-    }
-
-    pub fn from_yaml(text: &str) -> Result<Users, UsersError> {
+impl Checked {
+    pub fn from_yaml(text: &str) -> Result<Checked, UsersError> {
         let file: UserFile = if text.trim().is_empty() {
             UserFile::default()
         } else {
             serde_yaml::from_str(text).map_err(|e| UsersError::new(None, e.to_string()))?
         };
-        Users::from_file(file)
+        Checked::from_file(file)
     }
 
-    pub fn from_file(file: UserFile) -> Result<Users, UsersError> {
+    pub fn from_file(file: UserFile) -> Result<Checked, UsersError> {
         let mut by_name = HashMap::with_capacity(file.users.len());
         let mut param_counts: HashMap<(u32, u32, u32), usize> = HashMap::new();
         for e in file.users {
@@ -182,15 +153,93 @@ impl Users {
                 }),
             );
         }
-        let (m, t, p) = param_counts
+        let common_params = param_counts
             .into_iter()
             .max_by_key(|(params, n)| (*n, *params))
             .map(|(params, _)| params)
             .unwrap_or((DEFAULT_M_COST, DEFAULT_T_COST, DEFAULT_P_COST));
+        Ok(Checked {
+            by_name,
+            common_params,
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<User>> {
+        self.by_name.get(name)
+    }
+}
+
+/// User names: letters, digits and `._@-`; no `:` (Basic splits there), no glob
+/// characters (rules substitute `${user}`), nothing a log could misread.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'@' | b'-'))
+}
+
+/// Checks a PHC string is argon2 (id, i or d) with usable parameters.
+pub fn check_hash(phc: &str) -> Result<Params, String> {
+    if !phc.starts_with('$') {
+        return Err("hash is not an argon2 PHC string ($argon2id$...): plaintext passwords are refused, make one with `registry-guard hash-password`".into());
+    }
+    let parsed =
+        PasswordHash::new(phc).map_err(|e| format!("hash is not a valid PHC string: {e}"))?;
+    if Algorithm::try_from(parsed.algorithm).is_err() {
+        return Err(format!(
+            "hash algorithm {} is not argon2id, argon2i or argon2d",
+            parsed.algorithm
+        ));
+    }
+    if parsed.salt.is_none() || parsed.hash.is_none() {
+        return Err("hash has no salt or no output".into());
+    }
+    let params =
+        Params::try_from(&parsed).map_err(|e| format!("hash parameters are not usable: {e}"))?;
+    // Every verification of this user, and of unknown names if most users share these
+    // parameters, costs this much: a typo must not make each login take minutes or
+    // each argon2 thread ask for terabytes.
+    if params.m_cost() > MAX_M_COST || params.t_cost() > MAX_T_COST || params.p_cost() > MAX_P_COST
+    {
+        return Err(format!(
+            "hash parameters m={},t={},p={} are over the limits m={MAX_M_COST} (1 GiB), t={MAX_T_COST}, p={MAX_P_COST}",
+            params.m_cost(),
+            params.t_cost(),
+            params.p_cost()
+        ));
+    }
+    Ok(params)
+}
+
+impl Users {
+    pub fn load(path: &Path) -> Result<Users, UsersError> {
+        let text = std::fs::read_to_string(path).map_err(|e| UsersError {
+            file: Some(path.to_owned()),
+            user: None,
+            message: format!("cannot read the user file: {e}"),
+        })?;
+        Users::from_yaml(&text).map_err(|mut e| {
+            e.file = Some(path.to_owned());
+            e
+        })
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Users, UsersError> {
+        Users::from_checked(Checked::from_yaml(text)?)
+    }
+
+    pub fn from_file(file: UserFile) -> Result<Users, UsersError> {
+        Users::from_checked(Checked::from_file(file)?)
+    }
+
+    /// The checked entries plus a dummy hash with their most common parameters.
+    fn from_checked(checked: Checked) -> Result<Users, UsersError> {
+        let (m, t, p) = checked.common_params;
         let dummy_hash = hash_password(&random_token(), m, t, p)
             .map_err(|e| UsersError::new(None, format!("cannot make the dummy hash: {e}")))?;
         Ok(Users {
-            by_name,
+            by_name: checked.by_name,
             dummy_hash,
         })
     }
@@ -239,14 +288,88 @@ pub fn hash_password(
 }
 
 /// Verifies a password against a PHC string (algorithm and parameters from the string).
-/// The output comparison inside is constant-time. CPU-heavy: call off the async workers.
+/// CPU-heavy: call off the async workers. Allocates the argon2 working memory for this
+/// one call; the verification threads use [`verify_password_in`] with their own.
 pub fn verify_password(phc: &str, password: &str) -> bool {
-    match PasswordHash::new(phc) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok(),
-        Err(_) => false,
+    verify_password_in(phc, password, &mut WorkMemory::default())
+}
+
+/// argon2's working memory (`m_cost` KiB of blocks), owned by the caller so that one
+/// verification thread reuses one allocation instead of asking the allocator for 19 MiB
+/// per run (glibc then keeps each freed working set in the thread's arena: RSS grew by
+/// about 19 MiB per thread that ever ran argon2, and was never given back).
+#[derive(Default)]
+pub struct WorkMemory {
+    blocks: Vec<argon2::Block>,
+}
+
+impl fmt::Debug for WorkMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WorkMemory({} KiB)", self.resident_kib())
     }
+}
+
+impl WorkMemory {
+    /// Allocations at least this large are always served by their own `mmap` in glibc
+    /// (its dynamic mmap threshold never rises above 32 MiB on 64-bit) and in musl, so
+    /// [`WorkMemory::release`] returns them to the system at once instead of leaving
+    /// them in an arena. Pages past `m_cost` are reserved address space, never touched,
+    /// so never resident.
+    const RESERVE_BLOCKS: usize = (33 << 20) / argon2::Block::SIZE;
+
+    /// The first `n` blocks, allocating (or growing) once.
+    fn blocks(&mut self, n: usize) -> &mut [argon2::Block] {
+        if self.blocks.len() < n {
+            // Free the old set before taking the bigger one: never both at once.
+            self.blocks = Vec::new();
+            let mut v = Vec::with_capacity(n.max(Self::RESERVE_BLOCKS));
+            v.resize(n, argon2::Block::default());
+            self.blocks = v;
+        }
+        &mut self.blocks[..n]
+    }
+
+    /// Gives the memory back (an idle verification thread calls this).
+    pub fn release(&mut self) {
+        self.blocks = Vec::new();
+    }
+
+    /// KiB of blocks held (touched, so resident).
+    pub fn resident_kib(&self) -> usize {
+        self.blocks.len() * argon2::Block::SIZE / 1024
+    }
+}
+
+/// [`verify_password`] with the caller's working memory. The output comparison is
+/// constant-time (`subtle`); a malformed PHC string is simply not a match.
+pub fn verify_password_in(phc: &str, password: &str, memory: &mut WorkMemory) -> bool {
+    use subtle::ConstantTimeEq;
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) = (
+        Algorithm::try_from(parsed.algorithm),
+        Params::try_from(&parsed),
+    ) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let mut out = vec![0u8; expected.len()];
+    let blocks = memory.blocks(params.block_count());
+    Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password.as_bytes(), salt, &mut out, blocks)
+        .is_ok()
+        && bool::from(out.ct_eq(expected.as_bytes()))
 }
 
 /// Writes a user file atomically: a temporary file in the same folder, mode 0600, then
@@ -358,6 +481,82 @@ mod tests {
             "alice-demo-password"
         ));
         assert!(users.get("former-employee").unwrap().disabled);
+    }
+
+    #[test]
+    fn one_work_memory_verifies_hashes_of_any_parameters_in_any_order() {
+        use argon2::password_hash::PasswordVerifier;
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let mut phcs = Vec::new();
+        for (alg, m, t, p) in [
+            (Algorithm::Argon2id, 2048, 1, 1),
+            (Algorithm::Argon2id, 64, 3, 1),
+            (Algorithm::Argon2i, 1024, 2, 2),
+            (Algorithm::Argon2d, 4096, 1, 4),
+            (Algorithm::Argon2id, 8, 1, 1),
+        ] {
+            let params = Params::new(m, t, p, Some(24)).unwrap();
+            let phc = Argon2::new(alg, Version::V0x13, params)
+                .hash_password(b"pw", &salt)
+                .unwrap()
+                .to_string();
+            phcs.push(phc);
+        }
+        // argon2 0x10 too (the version field decides).
+        let v10 = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x10,
+            Params::new(256, 1, 1, None).unwrap(),
+        )
+        .hash_password(b"pw", &salt)
+        .unwrap()
+        .to_string();
+        phcs.push(v10);
+        let mut mem = WorkMemory::default();
+        // Dirty memory from the previous run, bigger or smaller, never changes the result.
+        for round in 0..2 {
+            for phc in phcs.iter().chain(phcs.iter().rev()) {
+                assert!(verify_password_in(phc, "pw", &mut mem), "{round} {phc}");
+                assert!(!verify_password_in(phc, "pW", &mut mem), "{round} {phc}");
+                let parsed = PasswordHash::new(phc).unwrap();
+                assert!(Argon2::default().verify_password(b"pw", &parsed).is_ok());
+            }
+            assert_eq!(mem.resident_kib(), 4096, "grown to the largest m_cost only");
+            mem.release();
+            assert_eq!(mem.resident_kib(), 0);
+        }
+        for bad in [
+            "",
+            "$argon2id$",
+            "plaintext",
+            "$argon2id$v=99$m=64,t=1,p=1$MDEyMzQ1Njc4OWFiY2RlZg$AAAA",
+        ] {
+            assert!(!verify_password_in(bad, "pw", &mut mem), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hash_parameters_over_the_limits_are_refused_naming_the_user() {
+        let salt = "c2FsdHNhbHRzYWx0c2FsdA";
+        let out = "aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
+        for params in [
+            "m=4294967295,t=1,p=1",
+            "m=1024,t=4294967295,p=1",
+            "m=1024,t=1,p=65",
+        ] {
+            let yaml = format!(
+                "users:\n  - name: zed\n    hash: '$argon2id$v=19${params}${salt}${out}'\n"
+            );
+            let e = Checked::from_yaml(&yaml).unwrap_err().to_string();
+            assert!(e.contains("user \"zed\"") && e.contains("limits"), "{e}");
+        }
+        let ok = format!(
+            "users:\n  - name: zed\n    hash: '$argon2id$v=19$m=1048576,t=64,p=64${salt}${out}'\n"
+        );
+        assert_eq!(
+            Checked::from_yaml(&ok).unwrap().common_params,
+            (1 << 20, 64, 64)
+        );
     }
 
     #[test]

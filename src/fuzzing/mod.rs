@@ -118,3 +118,56 @@ pub fn upload_start(data: &[u8]) {
         }
     }
 }
+
+/// `auth::basic::parse` must never panic on any header value, and what it accepts must
+/// be usable as is: a user name that is non-empty, within `MAX_USER`, without a control
+/// character (it reaches logs) and without `:` (the split is at the first one); and the
+/// password must come back byte for byte when the credentials are encoded again.
+pub fn basic(data: &[u8]) {
+    use crate::auth::basic::{parse, MAX_USER};
+    use base64::Engine;
+    let Ok(creds) = parse(data) else {
+        return;
+    };
+    let user = &creds.user;
+    assert!(!user.is_empty() && user.len() <= MAX_USER, "user {user:?}");
+    assert!(!user.contains(char::is_control), "control char in {user:?}");
+    assert!(!user.contains(':'), "':' in {user:?}");
+    let again = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("{user}:{}", creds.password.expose()))
+    );
+    let back = parse(again.as_bytes());
+    assert_eq!(back.as_ref(), Ok(&creds), "credentials do not round-trip");
+}
+
+/// The user file parser (`users::Checked::from_yaml`: YAML, names, hashes, groups,
+/// duplicates) must never panic on any text: a bad user file is an error naming the user,
+/// never a crash of `check`, `serve` or a reload. What it accepts holds only valid names
+/// whose hashes `check_hash` accepts (so within the parameter limits). The dummy hash that
+/// `Users::from_yaml` adds next is plain argon2, left out: it would cost each input
+/// tens of milliseconds.
+pub fn users(data: &[u8]) {
+    use crate::auth::users::{check_hash, is_valid_name, Checked, UserFile};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(checked) = Checked::from_yaml(text) else {
+        return;
+    };
+    let Ok(file) = serde_yaml::from_str::<UserFile>(text) else {
+        // Only an empty text is accepted without being a user file.
+        assert!(text.trim().is_empty(), "accepted a file serde refuses");
+        return;
+    };
+    for u in &file.users {
+        assert!(is_valid_name(&u.name), "accepted the name {:?}", u.name);
+        assert!(
+            check_hash(&u.hash).is_ok(),
+            "accepted the hash of {:?}",
+            u.name
+        );
+        assert!(checked.get(&u.name).is_some(), "{:?} lost", u.name);
+    }
+}
