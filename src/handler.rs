@@ -102,7 +102,7 @@ pub async fn handle(
                 ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout(_)
             ) {
                 state.metrics.upstream_errors.inc();
-                tracing::warn!(request_id = %request_id, error = %e, "upstream failed");
+                tracing::warn!(request_id = %request_id, error = %crate::log::Escaped(&e.to_string()), "upstream failed");
             }
             state.metrics.refused.inc();
             record.error = Some(e.to_string());
@@ -470,7 +470,7 @@ async fn permit(
         refused => {
             if let (Some(id), Some(policy), Some(repo)) = (identity, &state.policy, route.repo()) {
                 let why = policy.decide(id, repo, route.actions()).reason();
-                tracing::debug!(user = id.name(), repo, reason = %why, "refused");
+                tracing::debug!(user = %crate::log::Escaped(id.name()), repo, reason = %why, "refused");
             }
             return Err(refusal(refused));
         }
