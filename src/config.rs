@@ -204,6 +204,11 @@ struct RawProtection {
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     file: PathBuf,
+    key_file: Option<PathBuf>,
+    checkpoint_every: Option<u64>,
+    checkpoint_interval: Option<String>,
+    max_denials_per_minute: Option<u32>,
+    min_free_bytes: Option<u64>,
     rotate_bytes: Option<u64>,
     #[serde(default)]
     stdout: bool,
@@ -444,6 +449,7 @@ impl Config {
         }
         if let Some(audit) = &mut self.audit {
             fix(&mut audit.settings.file);
+            fix(&mut audit.settings.key_file);
         }
         if let Some(Credentials {
             password: SecretSource::File(f),
@@ -502,11 +508,35 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             if a.file.as_os_str().is_empty() {
                 return Err(ConfigError::new("audit.file", "must name a file"));
             }
+            // Without a key, whoever can write the file can rewrite the chain: required.
+            let key_file = match a.key_file {
+                Some(k) if !k.as_os_str().is_empty() => k,
+                _ => return Err(ConfigError::new(
+                    "audit.key_file",
+                    "missing: the audit chain is keyed (HMAC-SHA-256) so that who can write the audit file cannot rewrite it; make a key with `registry-guard audit keygen FILE` and name it here",
+                )),
+            };
+            let max_denials_per_minute = a.max_denials_per_minute.unwrap_or(60);
+            if max_denials_per_minute == 0 {
+                return Err(ConfigError::new(
+                    "audit.max_denials_per_minute",
+                    "must be at least 1 (denials over it are summarized, never lost)",
+                ));
+            }
             Some(Audit {
                 settings: crate::audit::AuditSettings {
                     file: a.file,
                     rotate_bytes: a.rotate_bytes.unwrap_or(0),
                     stdout: a.stdout,
+                    key_file,
+                    checkpoint_every: a.checkpoint_every.unwrap_or(1000),
+                    checkpoint_interval: duration(
+                        "audit.checkpoint_interval",
+                        a.checkpoint_interval.as_deref(),
+                        Duration::from_secs(60),
+                    )?,
+                    max_denials_per_minute,
+                    min_free_bytes: a.min_free_bytes.unwrap_or(64 << 20),
                 },
                 manifest_pushes: a.manifest_pushes,
                 max_tags: match a.max_tags {
