@@ -790,7 +790,9 @@ fn audit_command(action: AuditAction) -> ExitCode {
                         Ok(crate::audit::Entry::Request(r)) => r,
                         Ok(crate::audit::Entry::Event(e)) => {
                             // The writer's own records: no request, no repository.
-                            if user.as_deref().is_some_and(|u| Some(u) != e.user.as_deref())
+                            if user
+                                .as_deref()
+                                .is_some_and(|u| Some(u) != e.user.as_deref())
                                 || repo.is_some()
                                 || since.as_deref().is_some_and(|s| e.time.as_str() < s)
                             {

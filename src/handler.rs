@@ -388,7 +388,16 @@ async fn audited_forward(
         log.write(rec.clone())
             .await
             .map_err(ProxyError::AuditUnavailable)?;
-        let result = forward(&state, client, &route, &parts, query.as_deref(), body, permit).await;
+        let result = forward(
+            &state,
+            client,
+            &route,
+            &parts,
+            query.as_deref(),
+            body,
+            permit,
+        )
+        .await;
         rec.phase = Phase::Outcome;
         rec.time = audit::record::now_rfc3339();
         match &result {

@@ -204,6 +204,8 @@ mod tests {
         m.audit_disk_low.set(0);
         m.audit_writer_failing.set(0);
         assert_eq!(m.not_ready(), None);
-        assert!(m.render().contains("\nregistry_guard_audit_disk_free_bytes 1000\n"));
+        assert!(m
+            .render()
+            .contains("\nregistry_guard_audit_disk_free_bytes 1000\n"));
     }
 }

@@ -213,6 +213,11 @@ impl Server {
         {
             tracing::warn!("shutdown grace period over: closing the remaining connections");
         }
+        if let Some((log, _)) = &state.audit {
+            // Pending denial summaries and a last checkpoint: the log's last checkpoint
+            // is then the file's end.
+            log.close().await;
+        }
     }
 }
 

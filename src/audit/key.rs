@@ -26,7 +26,9 @@ pub enum KeyError {
     },
     #[error("{path}: not an audit key (one line of 64 to 256 hex digits; make one with `registry-guard audit keygen {path}`)")]
     Format { path: String },
-    #[error("{path}: mode {mode:o} lets others read or group members write it: chmod 600 (or 640)")]
+    #[error(
+        "{path}: mode {mode:o} lets others read or group members write it: chmod 600 (or 640)"
+    )]
     Mode { path: String, mode: u32 },
     #[error("no random bytes from the system")]
     Random,
@@ -109,7 +111,11 @@ mod tests {
         let other = dir.path().join("other.key");
         generate(&other).unwrap();
         let b = load(&other).unwrap();
-        assert_ne!(a.hash(b"line"), b.hash(b"line"), "two keys made the same MAC");
+        assert_ne!(
+            a.hash(b"line"),
+            b.hash(b"line"),
+            "two keys made the same MAC"
+        );
         assert_eq!(a.hash(b"line"), load(&path).unwrap().hash(b"line"));
     }
 
@@ -126,7 +132,10 @@ mod tests {
         }
         std::fs::write(&path, "a".repeat(64)).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(load(&path), Err(KeyError::Mode { mode: 0o644, .. })));
+        assert!(matches!(
+            load(&path),
+            Err(KeyError::Mode { mode: 0o644, .. })
+        ));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         assert!(load(&path).is_ok());
         assert!(matches!(

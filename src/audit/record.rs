@@ -413,14 +413,22 @@ mod tests {
         let (l1, h1) = Entry::Request(rec()).to_line(1, GENESIS, &chain);
         let (l2, _) = Entry::Request(rec()).to_line(2, &h1, &chain);
         assert_eq!(h1, chain.hash(l1.as_bytes()));
-        assert_ne!(h1, line_hash(l1.as_bytes()), "the keyed hash is plain SHA-256");
+        assert_ne!(
+            h1,
+            line_hash(l1.as_bytes()),
+            "the keyed hash is plain SHA-256"
+        );
         assert_ne!(h1, Chain::keyed(b"another key").hash(l1.as_bytes()));
         let Entry::Request(back) = Entry::parse(l2.as_bytes()).unwrap() else {
             panic!("{l2}")
         };
         assert_eq!((back.seq, back.prev.as_str()), (2, h1.as_str()));
-        let (l3, _) = Entry::Event(Event::new(Phase::Checkpoint, "c".into())).to_line(3, &h1, &chain);
-        assert!(matches!(Entry::parse(l3.as_bytes()), Ok(Entry::Event(e)) if e.seq == 3), "{l3}");
+        let (l3, _) =
+            Entry::Event(Event::new(Phase::Checkpoint, "c".into())).to_line(3, &h1, &chain);
+        assert!(
+            matches!(Entry::parse(l3.as_bytes()), Ok(Entry::Event(e)) if e.seq == 3),
+            "{l3}"
+        );
         assert!(
             l1.starts_with(r#"{"time":"2026-11-23T19:00:00.000Z","phase":"intent""#),
             "{l1}"

@@ -328,7 +328,9 @@ mod tests {
     }
 
     fn broken(r: &Report) -> &str {
-        r.broken.as_deref().unwrap_or_else(|| panic!("not broken: {r:?}"))
+        r.broken
+            .as_deref()
+            .unwrap_or_else(|| panic!("not broken: {r:?}"))
     }
 
     #[test]
@@ -346,7 +348,10 @@ mod tests {
             (r.records, r.deletes, r.denials, r.failures, r.unknown),
             (8, 1, 6, 1, 1)
         );
-        assert_eq!((r.denial_summaries, r.summarized_denials, r.checkpoints), (1, 5, 1));
+        assert_eq!(
+            (r.denial_summaries, r.summarized_denials, r.checkpoints),
+            (1, 5, 1)
+        );
         assert_eq!(r.unknown_ids, ["r4"]);
         assert_eq!(r.chain_start.as_deref(), Some("genesis"));
         assert_eq!(r.chain_end, Some(end.to_string()));
@@ -362,18 +367,32 @@ mod tests {
         let r = verify([("a", a.as_bytes()), ("b", b.as_bytes())], &opts(&chain));
         assert_eq!(r.broken, None, "{r:?}");
         let r = verify([("b", b.as_bytes()), ("a", a.as_bytes())], &opts(&chain));
-        assert!(broken(&r).starts_with("b:1: the chain does not start at genesis"), "{r:?}");
+        assert!(
+            broken(&r).starts_with("b:1: the chain does not start at genesis"),
+            "{r:?}"
+        );
         // A file alone that starts mid-chain is a cut head, unless told where it starts.
         let r = verify([("b", b.as_bytes())], &opts(&chain));
-        assert!(broken(&r).starts_with("b:1: the chain does not start at genesis: it continues from record 3"), "{r:?}");
+        assert!(
+            broken(&r).starts_with(
+                "b:1: the chain does not start at genesis: it continues from record 3"
+            ),
+            "{r:?}"
+        );
         let mut o = opts(&chain);
         o.start = Some(end.clone());
         let r = verify([("b", b.as_bytes())], &o);
         assert_eq!(r.broken, None, "{r:?}");
         assert_eq!(r.chain_start, Some(end.to_string()));
-        o.start = Some(Position { seq: 3, hash: "ab".repeat(32) });
+        o.start = Some(Position {
+            seq: 3,
+            hash: "ab".repeat(32),
+        });
         let r = verify([("b", b.as_bytes())], &o);
-        assert!(broken(&r).contains("does not continue from --start 3:abab"), "{r:?}");
+        assert!(
+            broken(&r).contains("does not continue from --start 3:abab"),
+            "{r:?}"
+        );
     }
 
     #[test]
@@ -429,26 +448,46 @@ mod tests {
                 e
             })
             .collect();
-        for forger in [Chain::Unkeyed, Chain::keyed(b"a guess at the key, 32 bytes...")] {
+        for forger in [
+            Chain::Unkeyed,
+            Chain::keyed(b"a guess at the key, 32 bytes..."),
+        ] {
             // From genesis, as if the first 150 lines never existed.
             let (forged, _) = file(&forged_entries, &genesis(), &forger);
             let r = verify([("f", forged.as_bytes())], &opts(&chain));
-            assert!(broken(&r).starts_with("f:2: chain broken"), "{forger:?}: {r:?}");
+            assert!(
+                broken(&r).starts_with("f:2: chain broken"),
+                "{forger:?}: {r:?}"
+            );
             // Continuing the real record 150, keeping its seq.
-            let start = Position { seq: 150, hash: chain.hash(f.lines().nth(149).unwrap().as_bytes()) };
+            let start = Position {
+                seq: 150,
+                hash: chain.hash(f.lines().nth(149).unwrap().as_bytes()),
+            };
             let (forged, _) = file(&forged_entries, &start, &forger);
             let mut o = opts(&chain);
             o.start = Some(start.clone());
             let r = verify([("f", forged.as_bytes())], &o);
-            assert!(broken(&r).starts_with("f:2: chain broken"), "{forger:?}: {r:?}");
+            assert!(
+                broken(&r).starts_with("f:2: chain broken"),
+                "{forger:?}: {r:?}"
+            );
             // Without the head, and told nothing: the cut is named on line 1.
             let r = verify([("f", forged.as_bytes())], &opts(&chain));
-            assert!(broken(&r).starts_with("f:1: the chain does not start at genesis"), "{r:?}");
+            assert!(
+                broken(&r).starts_with("f:1: the chain does not start at genesis"),
+                "{r:?}"
+            );
         }
         // Cutting the head alone (no rewrite) is found too.
         let tail: String = f.lines().skip(150).map(|l| format!("{l}\n")).collect();
         let r = verify([("f", tail.as_bytes())], &opts(&chain));
-        assert!(broken(&r).starts_with("f:1: the chain does not start at genesis: it continues from record 150"), "{r:?}");
+        assert!(
+            broken(&r).starts_with(
+                "f:1: the chain does not start at genesis: it continues from record 150"
+            ),
+            "{r:?}"
+        );
     }
 
     #[test]
@@ -459,27 +498,46 @@ mod tests {
         entries.extend(sample());
         let (f, end) = file(&entries, &genesis(), &chain);
         let lines: Vec<&str> = f.lines().collect();
-        let cp = Position { seq: 7, hash: chain.hash(lines[6].as_bytes()) };
+        let cp = Position {
+            seq: 7,
+            hash: chain.hash(lines[6].as_bytes()),
+        };
         let mut o = opts(&chain);
         o.checkpoints = vec![cp.clone(), end.clone()];
         let r = verify([("f", f.as_bytes())], &o);
-        assert_eq!((r.broken.as_deref(), r.checkpoints_matched), (None, 2), "{r:?}");
+        assert_eq!(
+            (r.broken.as_deref(), r.checkpoints_matched),
+            (None, 2),
+            "{r:?}"
+        );
         // The last 3 records cut: still a valid chain, but short of the last checkpoint.
         let cut: String = lines[..10].iter().map(|l| format!("{l}\n")).collect();
         let r = verify([("f", cut.as_bytes())], &o);
-        assert!(broken(&r).starts_with("f: the files end at record 10, before checkpoint 13:"), "{r:?}");
+        assert!(
+            broken(&r).starts_with("f: the files end at record 10, before checkpoint 13:"),
+            "{r:?}"
+        );
         assert_eq!(verify([("f", cut.as_bytes())], &opts(&chain)).broken, None);
         // A checkpoint whose hash does not match the record at its position.
-        o.checkpoints = vec![Position { seq: 7, hash: "0".repeat(64) }];
+        o.checkpoints = vec![Position {
+            seq: 7,
+            hash: "0".repeat(64),
+        }];
         let r = verify([("f", f.as_bytes())], &o);
         assert!(broken(&r).starts_with("f:7: checkpoint 7:"), "{r:?}");
         // Before the first record given.
         let mut o = opts(&chain);
         o.start = Some(cp.clone());
-        o.checkpoints = vec![Position { seq: 3, hash: "0".repeat(64) }];
+        o.checkpoints = vec![Position {
+            seq: 3,
+            hash: "0".repeat(64),
+        }];
         let rest: String = lines[7..].iter().map(|l| format!("{l}\n")).collect();
         let r = verify([("f", rest.as_bytes())], &o);
-        assert!(broken(&r).contains("lies before the first record given (8)"), "{r:?}");
+        assert!(
+            broken(&r).contains("lies before the first record given (8)"),
+            "{r:?}"
+        );
     }
 
     #[test]
@@ -487,7 +545,9 @@ mod tests {
         let mut prev = GENESIS.to_owned();
         let mut f = String::new();
         for e in sample() {
-            let Entry::Request(mut r) = e else { unreachable!() };
+            let Entry::Request(mut r) = e else {
+                unreachable!()
+            };
             r.prev = prev.clone();
             let line = serde_json::to_string(&r).unwrap().replace(",\"seq\":0", "");
             prev = super::super::record::line_hash(line.as_bytes());
@@ -497,7 +557,10 @@ mod tests {
         assert!(!f.contains("\"seq\""));
         let r = verify([("old", f.as_bytes())], &opts(&Chain::Unkeyed));
         assert_eq!(r.broken, None, "{r:?}");
-        assert_eq!((r.records, r.chain_end.as_deref()), (6, Some(prev.as_str())));
+        assert_eq!(
+            (r.records, r.chain_end.as_deref()),
+            (6, Some(prev.as_str()))
+        );
         let r = verify([("old", f.as_bytes())], &opts(&Chain::keyed(KEY)));
         assert!(broken(&r).starts_with("old:1: no `seq`"), "{r:?}");
     }

@@ -28,7 +28,9 @@
 //! a rotation continues the chain from where it really ended.
 
 use super::key::{self, KeyError};
-use super::record::{line_hash, now_rfc3339, Chain, Entry, Event, Phase, Position, Record, GENESIS};
+use super::record::{
+    line_hash, now_rfc3339, Chain, Entry, Event, Phase, Position, Record, GENESIS,
+};
 use crate::metrics::Metrics;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -85,6 +87,8 @@ enum Msg {
     Denial(Box<Record>, Ack),
     Reopen,
     Tick,
+    /// Shutting down: write pending summaries and a last checkpoint.
+    Close(Ack),
 }
 
 impl std::fmt::Debug for Msg {
@@ -257,7 +261,10 @@ impl Writer {
             .map_err(|e| err(format!("cannot open: {e}")))?;
         let tail = read_tail(&mut f).map_err(|e| err(format!("cannot read: {e}")))?;
         let repair = if tail.complete < tail.len {
-            Some(cut(&mut f, tail.complete, tail.len).map_err(|e| err(format!("cannot cut its torn last line: {e}")))?)
+            Some(
+                cut(&mut f, tail.complete, tail.len)
+                    .map_err(|e| err(format!("cannot cut its torn last line: {e}")))?,
+            )
         } else {
             None
         };
@@ -349,7 +356,12 @@ impl Writer {
         };
         let mut f = match self.open_file() {
             Ok(f) => f,
-            Err(e) => return Err(fail(self, format!("cannot open the audit file {file}: {e}"))),
+            Err(e) => {
+                return Err(fail(
+                    self,
+                    format!("cannot open the audit file {file}: {e}"),
+                ))
+            }
         };
         if self.torn {
             match self.cut_torn(&*f) {
@@ -416,7 +428,8 @@ impl Writer {
             tracing::info!(checkpoint = %self.position(), "audit checkpoint");
         }
         self.save_sidecar();
-        if self.settings.rotate_bytes > 0 && self.good_len.unwrap_or(0) >= self.settings.rotate_bytes
+        if self.settings.rotate_bytes > 0
+            && self.good_len.unwrap_or(0) >= self.settings.rotate_bytes
         {
             self.rotate();
         }
@@ -441,7 +454,11 @@ impl Writer {
                 self.metrics.audit_disk_free_bytes.set(free);
                 self.metrics.audit_disk_low.set(u64::from(low));
                 if low && !was {
-                    tracing::warn!(free, min = self.settings.min_free_bytes, "the audit folder is low on space (audit.min_free_bytes): not ready");
+                    tracing::warn!(
+                        free,
+                        min = self.settings.min_free_bytes,
+                        "the audit folder is low on space (audit.min_free_bytes): not ready"
+                    );
                 } else if was && !low {
                     tracing::info!(free, "the audit folder has space again");
                 }
@@ -469,6 +486,24 @@ impl Writer {
         if let Err(e) = self.write_batch(summaries, by_time || self.failing) {
             tracing::warn!(error = %e, summaries = n, "audit write failed (checkpoint or denial summaries)");
         }
+    }
+
+    /// Pending denial summaries and, if anything was written since the last one, a
+    /// checkpoint.
+    fn close(&mut self) -> Result<(), String> {
+        let last: Vec<Entry> = self
+            .denials
+            .due(Instant::now(), true)
+            .into_iter()
+            .map(Entry::Event)
+            .collect();
+        if last.is_empty() && self.since_checkpoint == 0 {
+            return Ok(());
+        }
+        let n = last.len();
+        self.write_batch(last, true).inspect_err(|e| {
+            tracing::error!(error = %e, summaries = n, "audit: last checkpoint and denial summaries not written");
+        })
     }
 
     /// Renames the full file aside; the next batch creates a new one continuing the chain.
@@ -668,7 +703,9 @@ impl AuditLog {
         if let Some(r) = repair {
             writer
                 .write_batch(vec![Entry::Event(r)], false)
-                .map_err(|e| StartError::File(format!("the repair of a torn tail was not recorded: {e}")))?;
+                .map_err(|e| {
+                    StartError::File(format!("the repair of a torn tail was not recorded: {e}"))
+                })?;
         }
         tracing::info!(file = %writer.settings.file.display(), position = %writer.position(), "audit chain continues from here");
         let (tx, mut rx) = mpsc::channel::<Msg>(1024);
@@ -680,6 +717,7 @@ impl AuditLog {
                     let mut entries: Vec<Entry> = Vec::new();
                     let mut acks: Vec<Ack> = Vec::new();
                     let mut tick = false;
+                    let mut close = None;
                     let mut handle = |m: Msg, w: &mut Writer| match m {
                         Msg::Write(e, ack) => {
                             entries.push(*e);
@@ -696,6 +734,7 @@ impl AuditLog {
                         }
                         Msg::Reopen => w.create_next = true,
                         Msg::Tick => tick = true,
+                        Msg::Close(ack) => close = Some(ack),
                     };
                     handle(first, &mut writer);
                     for _ in 0..255 {
@@ -717,18 +756,11 @@ impl AuditLog {
                     if tick {
                         writer.tick();
                     }
-                }
-                let last: Vec<Entry> = writer
-                    .denials
-                    .due(Instant::now(), true)
-                    .into_iter()
-                    .map(Entry::Event)
-                    .collect();
-                if !last.is_empty() {
-                    if let Err(e) = writer.write_batch(last, false) {
-                        tracing::error!(error = %e, "audit denial summaries not written at exit");
+                    if let Some(ack) = close {
+                        let _ = ack.send(writer.close());
                     }
                 }
+                let _ = writer.close();
             })
             .map_err(|e| StartError::File(format!("cannot start the audit writer: {e}")))?;
         std::thread::Builder::new()
@@ -765,8 +797,437 @@ impl AuditLog {
             .map_err(|_| "the audit writer has stopped".to_owned())?
     }
 
+    /// At shutdown: writes pending denial summaries and a last checkpoint.
+    pub async fn close(&self) {
+        let _ = self.send(Msg::Close).await;
+    }
+
     /// Asks the writer to start a new file on its next write (after logrotate moved it).
     pub async fn reopen(&self) {
         let _ = self.tx.send(Msg::Reopen).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::record::Target;
+    use super::super::verify::{verify, Options, Report};
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn settings(dir: &Path) -> AuditSettings {
+        AuditSettings {
+            file: dir.join("audit.jsonl"),
+            rotate_bytes: 0,
+            stdout: false,
+            key_file: dir.join("audit.key"),
+            checkpoint_every: 0,
+            checkpoint_interval: Duration::from_secs(3600),
+            max_denials_per_minute: 3,
+            min_free_bytes: 0,
+        }
+    }
+
+    fn record(user: &str, id: &str) -> Entry {
+        Entry::Request(Record {
+            time: now_rfc3339(),
+            phase: Phase::Denied,
+            request_id: id.into(),
+            user: user.into(),
+            client: "192.0.2.7".into(),
+            user_agent: None,
+            method: "DELETE".into(),
+            path: "/v2/a/b/manifests/sha256:x".into(),
+            repo: "a/b".into(),
+            target: Target::ManifestByDigest,
+            reference: "sha256:x".into(),
+            digest: None,
+            tags: None,
+            tags_complete: None,
+            decision: "denied".into(),
+            reason: "denied: no".into(),
+            upstream_status: None,
+            outcome: Some(super::super::Outcome::Denied),
+            duration_ms: Some(0),
+            seq: 0,
+            prev: String::new(),
+        })
+    }
+
+    fn open(dir: &Path) -> (Writer, Option<Event>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::default());
+        let (w, repair) = Writer::open(settings(dir), Chain::keyed(KEY), metrics.clone()).unwrap();
+        (w, repair, metrics)
+    }
+
+    fn check(path: &Path) -> Report {
+        let content = std::fs::read(path).unwrap();
+        let chain = Chain::keyed(KEY);
+        let opts = Options {
+            chain: &chain,
+            start: None,
+            checkpoints: Vec::new(),
+        };
+        verify([("audit.jsonl", content.as_slice())], &opts)
+    }
+
+    /// A file that takes `budget` bytes, then fails every write with ENOSPC; its
+    /// truncation fails too when `cut_fails`.
+    struct Faulty {
+        inner: File,
+        budget: Arc<AtomicUsize>,
+        cut_fails: bool,
+    }
+
+    impl Write for Faulty {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let left = self.budget.load(Ordering::SeqCst);
+            if left == 0 {
+                return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            let n = self.inner.write(&buf[..buf.len().min(left)])?;
+            self.budget.fetch_sub(n, Ordering::SeqCst);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.inner.flush()
+        }
+    }
+
+    impl AuditFile for Faulty {
+        fn len(&self) -> io::Result<u64> {
+            self.inner.len()
+        }
+        fn truncate(&self, len: u64) -> io::Result<()> {
+            if self.cut_fails {
+                return Err(io::Error::from_raw_os_error(5)); // EIO
+            }
+            self.inner.set_len(len)
+        }
+        fn sync(&self) -> io::Result<()> {
+            self.inner.sync_data()
+        }
+    }
+
+    fn faulty(budget: usize, cut_fails: bool) -> Wrap {
+        let budget = Arc::new(AtomicUsize::new(budget));
+        Box::new(move |f| {
+            Box::new(Faulty {
+                inner: f,
+                budget: budget.clone(),
+                cut_fails,
+            })
+        })
+    }
+
+    /// ENOSPC in the middle of a batch: the batch fails (its intents are not
+    /// acknowledged), the file is exactly what it was, and the next batch continues the
+    /// chain: `verify` passes with only the records that were acknowledged.
+    #[test]
+    fn a_failed_write_leaves_the_file_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, repair, metrics) = open(dir.path());
+        assert!(repair.is_none());
+        w.write_batch(vec![record("bob", "r1"), record("bob", "r2")], false)
+            .unwrap();
+        let before = std::fs::read(&w.settings.file).unwrap();
+        w.wrap = Some(faulty(100, false));
+        let e = w
+            .write_batch(vec![record("bob", "r3"), record("bob", "r4")], false)
+            .unwrap_err();
+        assert!(e.contains("No space left on device"), "{e}");
+        assert_eq!(std::fs::read(&w.settings.file).unwrap(), before);
+        assert_eq!(metrics.audit_writer_failing.get(), 1);
+        assert_eq!(metrics.audit_write_failures.get(), 1);
+        assert_eq!(metrics.not_ready().is_some(), true);
+        w.wrap = None;
+        w.write_batch(vec![record("bob", "r5")], false).unwrap();
+        assert_eq!(metrics.audit_writer_failing.get(), 0);
+        let r = check(&w.settings.file);
+        assert_eq!(
+            (r.broken.as_deref(), r.records, r.repairs),
+            (None, 3, 0),
+            "{r:?}"
+        );
+        let text = std::fs::read_to_string(&w.settings.file).unwrap();
+        assert!(
+            !text.contains("\"r3\"") && text.contains("\"r5\""),
+            "{text}"
+        );
+    }
+
+    /// When even the cut fails, the partial batch stays until the next batch, which cuts
+    /// it first and records the repair: the chain is intact again.
+    #[test]
+    fn a_failed_write_that_cannot_be_cut_is_cut_by_the_next_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _, _) = open(dir.path());
+        w.write_batch(vec![record("bob", "r1")], false).unwrap();
+        let good = std::fs::metadata(&w.settings.file).unwrap().len();
+        w.wrap = Some(faulty(100, true));
+        assert!(w
+            .write_batch(vec![record("bob", "r2"), record("bob", "r3")], false)
+            .is_err());
+        assert_eq!(
+            std::fs::metadata(&w.settings.file).unwrap().len(),
+            good + 100
+        );
+        w.wrap = None;
+        w.write_batch(vec![record("bob", "r4")], false).unwrap();
+        let r = check(&w.settings.file);
+        assert_eq!(
+            (r.broken.as_deref(), r.records, r.repairs),
+            (None, 3, 1),
+            "{r:?}"
+        );
+        let lines: Vec<String> = std::fs::read_to_string(&w.settings.file)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let Ok(Entry::Event(repair)) = Entry::parse(lines[1].as_bytes()) else {
+            panic!("{}", lines[1])
+        };
+        assert_eq!(
+            (repair.phase, repair.bytes_removed),
+            (Phase::Repair, Some(100))
+        );
+    }
+
+    /// A crash mid-write leaves a torn last line: the next start cuts it off and records
+    /// the repair (bytes and their SHA-256) as the next record of the chain.
+    #[test]
+    fn a_torn_tail_is_cut_at_start_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _, _) = open(dir.path());
+        w.write_batch(vec![record("bob", "r1"), record("bob", "r2")], false)
+            .unwrap();
+        let path = w.settings.file.clone();
+        drop(w);
+        let torn = b"{\"time\":\"2026-11-23T19:00:00.000Z\",\"phase\":\"int";
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(torn).unwrap();
+        drop(f);
+        assert!(check(&path).broken.unwrap().contains("torn write"));
+        let (mut w, repair, _) = open(dir.path());
+        let repair = repair.expect("no repair");
+        assert_eq!(repair.bytes_removed, Some(torn.len() as u64));
+        assert_eq!(repair.removed_sha256, Some(line_hash(torn)));
+        assert_eq!(w.seq, 2);
+        w.write_batch(vec![Entry::Event(repair)], false).unwrap();
+        w.write_batch(vec![record("bob", "r3")], false).unwrap();
+        let r = check(&path);
+        assert_eq!(
+            (r.broken.as_deref(), r.records, r.repairs),
+            (None, 4, 1),
+            "{r:?}"
+        );
+    }
+
+    /// A file written under another key, or before the chain was keyed, is not continued;
+    /// neither is a sidecar whose MAC does not fit the key.
+    #[test]
+    fn another_key_or_an_unkeyed_file_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _, _) = open(dir.path());
+        w.write_batch(vec![record("bob", "r1"), record("bob", "r2")], false)
+            .unwrap();
+        let path = w.settings.file.clone();
+        drop(w);
+        let other = Writer::open(
+            settings(dir.path()),
+            Chain::keyed(b"another key, another key, another"),
+            Arc::new(Metrics::default()),
+        );
+        let e = other.err().expect("started under another key").to_string();
+        assert!(e.contains("not chained under audit.key_file"), "{e}");
+        // The sidecar alone (the file moved away) must carry the key's MAC.
+        std::fs::rename(&path, dir.path().join("old.jsonl")).unwrap();
+        let (w, _, _) = open(dir.path());
+        assert_eq!(w.seq, 2, "the sidecar's position was not taken");
+        let side = sidecar(&path);
+        let text = std::fs::read_to_string(&side).unwrap();
+        std::fs::write(&side, text.replacen("2 ", "1 ", 1)).unwrap();
+        let e = Writer::open(
+            settings(dir.path()),
+            Chain::keyed(KEY),
+            Arc::new(Metrics::default()),
+        )
+        .err()
+        .expect("a forged sidecar was taken")
+        .to_string();
+        assert!(e.contains("does not carry a valid MAC"), "{e}");
+        std::fs::remove_file(&side).unwrap();
+        std::fs::write(&path, "{\"time\":\"t\",\"phase\":\"denied\",\"request_id\":\"r\",\"user\":\"u\",\"client\":\"c\",\"method\":\"DELETE\",\"path\":\"/\",\"repo\":\"r\",\"target\":\"blob\",\"reference\":\"x\",\"decision\":\"denied\",\"reason\":\"\",\"prev\":\"00\"}\n").unwrap();
+        let e = Writer::open(
+            settings(dir.path()),
+            Chain::keyed(KEY),
+            Arc::new(Metrics::default()),
+        )
+        .err()
+        .expect("an unkeyed file was continued")
+        .to_string();
+        assert!(e.contains("before the chain was keyed"), "{e}");
+    }
+
+    /// Checkpoints by count land in the batch that reaches them; by time, on a tick.
+    #[test]
+    fn checkpoints_by_count_and_by_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _, metrics) = open(dir.path());
+        w.settings.checkpoint_every = 3;
+        w.write_batch(vec![record("a", "1"), record("a", "2")], false)
+            .unwrap();
+        w.write_batch(vec![record("a", "3")], false).unwrap();
+        let r = check(&w.settings.file);
+        assert_eq!((r.records, r.checkpoints), (4, 1), "{r:?}");
+        assert_eq!(r.last_checkpoint, r.chain_end);
+        w.write_batch(vec![record("a", "4")], false).unwrap();
+        w.settings.checkpoint_interval = Duration::from_millis(1);
+        std::thread::sleep(Duration::from_millis(5));
+        w.tick();
+        let r = check(&w.settings.file);
+        assert_eq!(
+            (r.records, r.checkpoints, r.broken.as_deref()),
+            (6, 2, None),
+            "{r:?}"
+        );
+        // Nothing new since: no checkpoint on the next tick.
+        w.tick();
+        assert_eq!(check(&w.settings.file).records, 6);
+        assert_eq!(metrics.audit_records.get(), 6);
+    }
+
+    /// `min_free_bytes` above what the disk has: the gauge says low, not ready.
+    #[test]
+    fn low_disk_space_shows_in_the_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _, metrics) = open(dir.path());
+        assert_eq!(metrics.audit_disk_low.get(), 0);
+        assert!(metrics.audit_disk_free_bytes.get() > 0);
+        w.settings.min_free_bytes = u64::MAX;
+        w.tick();
+        assert_eq!(metrics.audit_disk_low.get(), 1);
+        assert!(metrics
+            .not_ready()
+            .unwrap()
+            .contains("audit.min_free_bytes"));
+    }
+
+    #[test]
+    fn denials_are_limited_per_user_and_summarized_later() {
+        let mut d = Denials {
+            per_minute: 3,
+            ..Denials::default()
+        };
+        let t0 = Instant::now();
+        let admitted: Vec<bool> = (0..5).map(|_| d.admit("bob", t0, "T0")).collect();
+        assert_eq!(admitted, [true, true, true, false, false]);
+        assert!(d.admit("alice", t0, "T0"), "bob's flood limited alice");
+        assert!(d.due(t0 + Duration::from_secs(30), false).is_empty());
+        // 20 s give bob one record back.
+        assert!(d.admit("bob", t0 + Duration::from_secs(20), "T20"));
+        assert!(!d.admit("bob", t0 + Duration::from_secs(21), "T21"));
+        let due = d.due(t0 + SUMMARY_WINDOW, false);
+        assert_eq!(due.len(), 1, "{due:?}");
+        let s = &due[0];
+        assert_eq!(
+            (
+                s.phase,
+                s.user.as_deref(),
+                s.count,
+                s.first.as_deref(),
+                s.last.as_deref()
+            ),
+            (
+                Phase::DenialsSummary,
+                Some("bob"),
+                Some(3),
+                Some("T0"),
+                Some("T21")
+            )
+        );
+        assert!(
+            s.reason.starts_with("3 more denials of bob in 21 s"),
+            "{}",
+            s.reason
+        );
+        assert!(d.due(t0 + SUMMARY_WINDOW * 2, false).is_empty());
+        assert!(
+            d.users.is_empty(),
+            "full buckets are kept: {:?}",
+            d.users.keys().collect::<Vec<_>>()
+        );
+    }
+
+    /// Through the writer thread: over the limit, denials are acknowledged without a
+    /// record, and the summary is written when the log closes.
+    #[tokio::test]
+    async fn the_writer_thread_summarizes_dropped_denials() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path());
+        key::generate(&s.key_file).unwrap();
+        s.max_denials_per_minute = 2;
+        let metrics = Arc::new(Metrics::default());
+        let log = AuditLog::start(s.clone(), metrics.clone()).unwrap();
+        for i in 0..5 {
+            let Entry::Request(r) = record("bob", &i.to_string()) else {
+                unreachable!()
+            };
+            log.write_denial(r).await.unwrap();
+        }
+        assert_eq!(metrics.audit_denials_suppressed.get(), 3);
+        log.close().await;
+        let chain = key::load(&s.key_file).unwrap();
+        let content = std::fs::read(&s.file).unwrap();
+        let r = verify(
+            [("f", content.as_slice())],
+            &Options {
+                chain: &chain,
+                start: None,
+                checkpoints: Vec::new(),
+            },
+        );
+        assert_eq!(r.broken, None, "{r:?}");
+        assert_eq!(
+            (
+                r.records,
+                r.denials,
+                r.denial_summaries,
+                r.summarized_denials,
+                r.checkpoints
+            ),
+            (4, 5, 1, 3, 1),
+            "{r:?}"
+        );
+    }
+
+    /// Rotations in quick succession (many per millisecond) each keep their own file,
+    /// and name order is rotation order.
+    #[test]
+    fn rotations_never_replace_an_earlier_rotated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _, _) = open(dir.path());
+        let file = w.settings.file.clone();
+        for i in 0..50 {
+            std::fs::write(&file, format!("{i}\n")).unwrap();
+            w.rotate();
+            assert!(!file.exists());
+        }
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("audit.jsonl."))
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 50, "{names:?}");
+        let contents: Vec<String> = names
+            .iter()
+            .map(|n| std::fs::read_to_string(dir.path().join(n)).unwrap())
+            .collect();
+        let want: Vec<String> = (0..50).map(|i| format!("{i}\n")).collect();
+        assert_eq!(contents, want);
     }
 }
