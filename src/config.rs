@@ -1254,6 +1254,39 @@ mod tests {
         assert_eq!(c.limits.max_manifest_bytes, MIN_MANIFEST_BYTES);
     }
 
+    /// The audit chain is keyed: a config without `audit.key_file` is refused, naming it;
+    /// the new audit keys have defaults and are checked.
+    #[test]
+    fn audit_needs_a_key_file_and_checks_its_limits() {
+        let e = err(&format!("{MIN}audit:\n  file: a.jsonl\n"));
+        assert!(
+            e.contains("audit.key_file") && e.contains("audit keygen"),
+            "{e}"
+        );
+        let c = Config::from_yaml(&format!(
+            "{MIN}audit:\n  file: a.jsonl\n  key_file: a.key\n"
+        ))
+        .unwrap();
+        let s = &c.audit.unwrap().settings;
+        assert_eq!(
+            (
+                s.checkpoint_every,
+                s.checkpoint_interval,
+                s.max_denials_per_minute,
+                s.min_free_bytes
+            ),
+            (1000, Duration::from_secs(60), 60, 64 << 20)
+        );
+        let e = err(&format!(
+            "{MIN}audit:\n  file: a.jsonl\n  key_file: a.key\n  max_denials_per_minute: 0\n"
+        ));
+        assert!(e.contains("audit.max_denials_per_minute"), "{e}");
+        let e = err(&format!(
+            "{MIN}audit:\n  file: a.jsonl\n  key_file: a.key\n  checkpoint_interval: soon\n"
+        ));
+        assert!(e.contains("audit.checkpoint_interval"), "{e}");
+    }
+
     #[test]
     fn origins_are_normalised() {
         let (s, a, o) = parse_origin("HTTPS://Registry.Example:443/").unwrap();
