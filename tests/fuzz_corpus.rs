@@ -11,6 +11,7 @@ const TARGETS: &[(&str, Entry)] = &[
     ("route", registry_guard::fuzzing::route),
     ("location", registry_guard::fuzzing::location),
     ("config", registry_guard::fuzzing::config),
+    ("audit_verify", registry_guard::fuzzing::audit_verify),
 ];
 
 fn fuzz_dir() -> &'static Path {

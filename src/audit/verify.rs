@@ -155,7 +155,7 @@ fn check_link(prev: Option<&Position>, entry: &Entry, opts: &Options) -> Result<
     let Some(p) = prev else {
         let after = seq.saturating_sub(1);
         if let Some(s) = &opts.start {
-            if entry.prev() != s.hash || (seq != 0 && seq != s.seq + 1) {
+            if entry.prev() != s.hash || (seq != 0 && s.seq.checked_add(1) != Some(seq)) {
                 return Err(format!(
                     "the chain does not continue from --start {}: this record is {seq} after {}",
                     short_pos(s),
@@ -179,7 +179,7 @@ fn check_link(prev: Option<&Position>, entry: &Entry, opts: &Options) -> Result<
             short(&p.hash)
         ));
     }
-    if (seq != 0 || p.seq != 0) && seq != p.seq + 1 {
+    if (seq != 0 || p.seq != 0) && p.seq.checked_add(1) != Some(seq) {
         return Err(format!(
             "chain broken: record {seq} follows record {} (records were removed or inserted)",
             p.seq
@@ -223,7 +223,7 @@ fn count(r: &mut Report, entry: &Entry, open: &mut HashMap<String, ()>, order: &
 
 /// The first checkpoint given that the files never reached (or that lies before them).
 fn missed_checkpoint(end: Option<&Position>, opts: &Options, last_name: &str) -> Option<String> {
-    let first_seq = opts.start.as_ref().map_or(1, |s| s.seq + 1);
+    let first_seq = opts.start.as_ref().map_or(1, |s| s.seq.saturating_add(1));
     let end_seq = end.map_or(first_seq.saturating_sub(1), |p| p.seq);
     let mut cps: Vec<&Position> = opts.checkpoints.iter().collect();
     cps.sort_by_key(|c| c.seq);
