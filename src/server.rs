@@ -460,8 +460,7 @@ async fn reload(users: Option<PathBuf>, state: Arc<State>) {
     }
 }
 
-/// The Prometheus metrics listener: plain HTTP, `GET /metrics`.
-/// The metrics listener: `GET /metrics` (Prometheus text), `GET /healthz` (200 while
+/// The metrics listener (plain HTTP): `GET /metrics` (Prometheus text), `GET /healthz` (200 while
 /// the process serves) and `GET /ready` (503 with the reason while the audit folder is
 /// below `audit.min_free_bytes` or audit writes fail: deletes would be refused).
 async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {

@@ -436,6 +436,24 @@ mod tests {
     }
 
     #[test]
+    fn positions_are_seq_colon_hash() {
+        let h = "0123456789abcdef".repeat(4);
+        let p: Position = format!("42:{h}").parse().unwrap();
+        assert_eq!((p.seq, p.hash.as_str()), (42, h.as_str()));
+        assert_eq!(p.to_string(), format!("42:{h}"));
+        for bad in [
+            "",
+            "42",
+            ":abc",
+            &format!("x:{h}"),
+            &format!("1:{}", &h[1..]),
+            &format!("1:{}", h.to_uppercase()),
+        ] {
+            assert!(bad.parse::<Position>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn timestamps_are_rfc3339_utc_millis() {
         let t = now_rfc3339();
         assert_eq!(t.len(), 24, "{t}");
