@@ -1,4 +1,5 @@
-//! Command line: `serve`, `check`, `hash-password` and `user add|passwd|del|list`.
+//! Command line: `serve`, `check`, `explain`, `hash-password`, `user add|passwd|del|list`
+//! and `audit verify|show|keygen`.
 //! Parses arguments, runs the command and maps failures to exit codes
 //! (64: bad configuration or usage, 69: cannot serve, 1: other failures).
 
@@ -53,7 +54,7 @@ enum Command {
         /// The request path, with its query if any (`/v2/alice/app/manifests/latest`).
         path: String,
     },
-    /// Verify or read audit files.
+    /// Verify or read audit files; make the audit key.
     Audit {
         #[command(subcommand)]
         action: AuditAction,
@@ -79,11 +80,31 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum AuditAction {
-    /// Check JSON and the hash chain across the files, in the order given (oldest first);
-    /// print counts and the first broken place; exit 1 when broken.
+    /// Check JSON and the keyed hash chain across the files, in the order given (oldest
+    /// first); print counts and the first broken place; exit 1 when broken. The first
+    /// record must start the chain (genesis), or continue from --start.
     Verify {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// The audit key (audit.key_file) the files were written with.
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "unkeyed",
+            conflicts_with = "unkeyed"
+        )]
+        key_file: Option<PathBuf>,
+        /// Files from before the keyed chain (plain SHA-256: anyone can recompute it).
+        #[arg(long)]
+        unkeyed: bool,
+        /// Where the first file continues the chain: `SEQ:HASH`, e.g. the `chain ends at`
+        /// of the file before it, or a checkpoint from the log.
+        #[arg(long, value_name = "SEQ:HASH")]
+        start: Option<crate::audit::Position>,
+        /// A checkpoint from the proxy's log (`audit checkpoint checkpoint=SEQ:HASH`): the
+        /// files must reach it and match it, or their end was cut. Repeatable.
+        #[arg(long = "checkpoint", value_name = "SEQ:HASH")]
+        checkpoints: Vec<crate::audit::Position>,
     },
     /// Print the records as a table, oldest first.
     Show {
@@ -100,6 +121,9 @@ enum AuditAction {
         #[arg(long)]
         since: Option<String>,
     },
+    /// Make a new audit key (32 random bytes, hex) in FILE, mode 0600, for
+    /// audit.key_file. Never replaces an existing file.
+    Keygen { file: PathBuf },
 }
 
 #[derive(Debug, clap::Args)]
@@ -437,8 +461,18 @@ fn check_config(path: &std::path::Path) -> Result<String, ConfigError> {
             s
         }
     };
+    let mut audit = String::new();
+    if let Some(a) = &cfg.audit {
+        crate::audit::key::load(&a.settings.key_file)
+            .map_err(|e| in_file(ConfigError::new("audit.key_file", e.to_string())))?;
+        audit = format!(
+            "\n  audit: {} (chain keyed by {})",
+            a.settings.file.display(),
+            a.settings.key_file.display()
+        );
+    }
     Ok(format!(
-        "  listen: {}\n  {tls}\n  upstream: {}\n  {auth}",
+        "  listen: {}\n  {tls}\n  upstream: {}\n  {auth}{audit}",
         cfg.server.listen, cfg.upstream.origin
     ))
 }
@@ -621,13 +655,32 @@ fn read_files(files: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>, String> {
 
 fn audit_command(action: AuditAction) -> ExitCode {
     match action {
-        AuditAction::Verify { files } => {
+        AuditAction::Verify {
+            files,
+            key_file,
+            unkeyed: _,
+            start,
+            checkpoints,
+        } => {
+            let chain = match &key_file {
+                Some(k) => match crate::audit::key::load(k) {
+                    Ok(c) => c,
+                    Err(e) => return fail(EXIT_CONFIG, &e),
+                },
+                None => crate::audit::Chain::Unkeyed,
+            };
             let contents = match read_files(&files) {
                 Ok(c) => c,
                 Err(e) => return fail(EXIT_CONFIG, &e),
             };
+            let opts = crate::audit::verify::Options {
+                chain: &chain,
+                start,
+                checkpoints,
+            };
             let r = crate::audit::verify::verify(
                 contents.iter().map(|(n, c)| (n.as_str(), c.as_slice())),
+                &opts,
             );
             println!(
                 "records: {}\ndeletes: {}\npushes: {}\ndenials: {}\nfailures: {}\nunknown outcomes: {}",
@@ -635,6 +688,22 @@ fn audit_command(action: AuditAction) -> ExitCode {
             );
             for id in &r.unknown_ids {
                 println!("  intent without outcome: request {id}");
+            }
+            println!(
+                "denial summaries: {} (for {} denials not recorded one by one)",
+                r.denial_summaries, r.summarized_denials
+            );
+            println!("repairs: {}", r.repairs);
+            println!("checkpoints: {}", r.checkpoints);
+            if let Some(c) = &r.last_checkpoint {
+                println!("last checkpoint: {c}");
+            }
+            if !opts.checkpoints.is_empty() {
+                println!(
+                    "checkpoints matched: {} of {}",
+                    r.checkpoints_matched,
+                    opts.checkpoints.len()
+                );
             }
             if let Some(start) = &r.chain_start {
                 println!("chain starts at: {start}");
@@ -647,12 +716,26 @@ fn audit_command(action: AuditAction) -> ExitCode {
                     println!("BROKEN: {b}");
                     ExitCode::from(1)
                 }
+                None if key_file.is_none() => {
+                    println!("chain: intact (unkeyed SHA-256: proves nothing against whoever can write the files)");
+                    ExitCode::SUCCESS
+                }
                 None => {
                     println!("chain: intact");
                     ExitCode::SUCCESS
                 }
             }
         }
+        AuditAction::Keygen { file } => match crate::audit::key::generate(&file) {
+            Ok(()) => {
+                println!(
+                    "{}: new audit key (mode 0600); name it in audit.key_file and keep a copy where the audit files' writers cannot change it",
+                    file.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(EXIT_CONFIG, &e),
+        },
         AuditAction::Show {
             files,
             user,
@@ -680,9 +763,35 @@ fn audit_command(action: AuditAction) -> ExitCode {
                     if line.is_empty() {
                         continue;
                     }
-                    let Ok(r) = serde_json::from_slice::<crate::audit::Record>(line) else {
-                        eprintln!("{name}:{}: not an audit record", i + 1);
-                        continue;
+                    let r = match crate::audit::Entry::parse(line) {
+                        Ok(crate::audit::Entry::Request(r)) => r,
+                        Ok(crate::audit::Entry::Event(e)) => {
+                            // The writer's own records: no request, no repository.
+                            if user
+                                .as_deref()
+                                .is_some_and(|u| Some(u) != e.user.as_deref())
+                                || repo.is_some()
+                                || since.as_deref().is_some_and(|s| e.time.as_str() < s)
+                            {
+                                continue;
+                            }
+                            println!(
+                                "{:<24} {:<8} {:<12} {:<15} {:<7} {:<28} {:<20} {}",
+                                e.time,
+                                e.phase.as_str(),
+                                e.user.as_deref().unwrap_or("-"),
+                                "-",
+                                "-",
+                                "-",
+                                "-",
+                                e.reason
+                            );
+                            continue;
+                        }
+                        Err(_) => {
+                            eprintln!("{name}:{}: not an audit record", i + 1);
+                            continue;
+                        }
                     };
                     if user.as_deref().is_some_and(|u| u != r.user)
                         || repo.as_deref().is_some_and(|p| p != r.repo)
@@ -690,10 +799,7 @@ fn audit_command(action: AuditAction) -> ExitCode {
                     {
                         continue;
                     }
-                    let phase = serde_json::to_value(r.phase)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default();
+                    let phase = r.phase.as_str();
                     let outcome = r
                         .outcome
                         .and_then(|o| serde_json::to_value(o).ok())

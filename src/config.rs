@@ -208,6 +208,11 @@ struct RawProtection {
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     file: PathBuf,
+    key_file: Option<PathBuf>,
+    checkpoint_every: Option<u64>,
+    checkpoint_interval: Option<String>,
+    max_denials_per_minute: Option<u32>,
+    min_free_bytes: Option<u64>,
     rotate_bytes: Option<u64>,
     #[serde(default)]
     stdout: bool,
@@ -455,6 +460,7 @@ impl Config {
         }
         if let Some(audit) = &mut self.audit {
             fix(&mut audit.settings.file);
+            fix(&mut audit.settings.key_file);
         }
         if let Some(Credentials {
             password: SecretSource::File(f),
@@ -513,11 +519,35 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             if a.file.as_os_str().is_empty() {
                 return Err(ConfigError::new("audit.file", "must name a file"));
             }
+            // Without a key, whoever can write the file can rewrite the chain: required.
+            let key_file = match a.key_file {
+                Some(k) if !k.as_os_str().is_empty() => k,
+                _ => return Err(ConfigError::new(
+                    "audit.key_file",
+                    "missing: the audit chain is keyed (HMAC-SHA-256) so that who can write the audit file cannot rewrite it; make a key with `registry-guard audit keygen FILE` and name it here",
+                )),
+            };
+            let max_denials_per_minute = a.max_denials_per_minute.unwrap_or(60);
+            if max_denials_per_minute == 0 {
+                return Err(ConfigError::new(
+                    "audit.max_denials_per_minute",
+                    "must be at least 1 (denials over it are summarized, never lost)",
+                ));
+            }
             Some(Audit {
                 settings: crate::audit::AuditSettings {
                     file: a.file,
                     rotate_bytes: a.rotate_bytes.unwrap_or(0),
                     stdout: a.stdout,
+                    key_file,
+                    checkpoint_every: a.checkpoint_every.unwrap_or(1000),
+                    checkpoint_interval: duration(
+                        "audit.checkpoint_interval",
+                        a.checkpoint_interval.as_deref(),
+                        Duration::from_secs(60),
+                    )?,
+                    max_denials_per_minute,
+                    min_free_bytes: a.min_free_bytes.unwrap_or(64 << 20),
                 },
                 manifest_pushes: a.manifest_pushes,
                 max_tags: match a.max_tags {
@@ -1306,6 +1336,39 @@ mod tests {
         let c = Config::from_yaml(include_str!("../config/example.yaml")).unwrap();
         assert!(matches!(c.server.tls, Tls::Files { .. }));
         assert_eq!(c.limits.max_manifest_bytes, MIN_MANIFEST_BYTES);
+    }
+
+    /// The audit chain is keyed: a config without `audit.key_file` is refused, naming it;
+    /// the new audit keys have defaults and are checked.
+    #[test]
+    fn audit_needs_a_key_file_and_checks_its_limits() {
+        let e = err(&format!("{MIN}audit:\n  file: a.jsonl\n"));
+        assert!(
+            e.contains("audit.key_file") && e.contains("audit keygen"),
+            "{e}"
+        );
+        let c = Config::from_yaml(&format!(
+            "{MIN}audit:\n  file: a.jsonl\n  key_file: a.key\n"
+        ))
+        .unwrap();
+        let s = &c.audit.unwrap().settings;
+        assert_eq!(
+            (
+                s.checkpoint_every,
+                s.checkpoint_interval,
+                s.max_denials_per_minute,
+                s.min_free_bytes
+            ),
+            (1000, Duration::from_secs(60), 60, 64 << 20)
+        );
+        let e = err(&format!(
+            "{MIN}audit:\n  file: a.jsonl\n  key_file: a.key\n  max_denials_per_minute: 0\n"
+        ));
+        assert!(e.contains("audit.max_denials_per_minute"), "{e}");
+        let e = err(&format!(
+            "{MIN}audit:\n  file: a.jsonl\n  key_file: a.key\n  checkpoint_interval: soon\n"
+        ));
+        assert!(e.contains("audit.checkpoint_interval"), "{e}");
     }
 
     #[test]

@@ -143,7 +143,7 @@ fn client_of(state: &State, conn: &ConnInfo, headers: &http::HeaderMap) -> IpAdd
 
 /// Route, identity, permit, forward.
 async fn serve(
-    state: &State,
+    state: &Arc<State>,
     conn: &ConnInfo,
     client: IpAddr,
     parts: &http::request::Parts,
@@ -155,27 +155,10 @@ async fn serve(
     record.repo = route.repo().map(str::to_owned);
 
     let audited = audit_target(state, &route);
+    // No credentials, bad ones, throttled: answered without an audit record, so requests
+    // nobody vouches for cannot fill the audit disk.
     let identity = match &state.auth {
-        Some(auth) => match auth.identify(&parts.headers, client).await {
-            Ok(id) => Some(id),
-            Err(e) => {
-                let e = ProxyError::from(e);
-                if let Some(target) = audited {
-                    audit_refusal(
-                        state,
-                        client,
-                        parts,
-                        &route,
-                        target,
-                        None,
-                        &e,
-                        &record.request_id,
-                    )
-                    .await;
-                }
-                return Err(e);
-            }
-        },
+        Some(auth) => Some(auth.identify(&parts.headers, client).await?),
         None => None,
     };
     if let Some(id) = &identity {
@@ -188,7 +171,10 @@ async fn serve(
     let (permit, query, reason) = match permit(state, identity.as_ref(), &route, parts).await {
         Ok(p) => p,
         Err(e) => {
-            if let Some(target) = audited {
+            // Only authenticated users' denials are recorded (rate-limited per user); an
+            // anonymous request refused here gets the 401 challenge and no record.
+            let user = matches!(identity, Some(Identity::User { .. }));
+            if let (Some(target), true) = (audited, user) {
                 audit_refusal(
                     state,
                     client,
@@ -322,11 +308,13 @@ fn audit_record(
         upstream_status: None,
         outcome: None,
         duration_ms: None,
+        seq: 0,
         prev: String::new(),
     }
 }
 
-/// Records a refused audited request (unauthenticated, denied, malformed after routing).
+/// Records an authenticated user's refused audited request, within the user's
+/// `audit.max_denials_per_minute` (the rest are summarized by the writer).
 #[allow(clippy::too_many_arguments)]
 async fn audit_refusal(
     state: &State,
@@ -346,7 +334,7 @@ async fn audit_refusal(
     r.upstream_status = None;
     r.outcome = Some(Outcome::Denied);
     r.duration_ms = Some(0);
-    if let Err(e) = log.write(r).await {
+    if let Err(e) = log.write_denial(r).await {
         tracing::error!(error = %e, request_id, "audit record of a refusal not written");
     }
 }
@@ -361,10 +349,12 @@ struct AuditContext<'a> {
 }
 
 /// Forwards an audited request: resolves what it removes, writes the intent (fsync'd:
-/// no intent on disk, no forwarding), forwards, then writes the outcome.
+/// no intent on disk, no forwarding), forwards, then writes the outcome. From the intent
+/// on, all of it runs in a task of its own: a client that goes away once its intent is
+/// handed to the writer cancels neither the forward nor the outcome record.
 #[allow(clippy::too_many_arguments)]
 async fn audited_forward(
-    state: &State,
+    state: &Arc<State>,
     client: IpAddr,
     route: &Route,
     parts: &http::request::Parts,
@@ -407,45 +397,62 @@ async fn audited_forward(
             }
         }
     }
-    ctx.log
-        .write(rec.clone())
-        .await
-        .map_err(ProxyError::AuditUnavailable)?;
-
-    let result = forward(state, client, route, parts, query, body, permit).await;
-    rec.phase = Phase::Outcome;
-    rec.time = audit::record::now_rfc3339();
-    match &result {
-        Ok(resp) => {
-            let ok = resp.status().is_success();
-            rec.upstream_status = Some(resp.status().as_u16());
-            rec.outcome = Some(match (ok, ctx.target) {
-                (true, audit::Target::ManifestPush) => Outcome::Pushed,
-                (true, _) => Outcome::Deleted,
-                (false, _) => Outcome::Failed,
-            });
-            if ctx.target == audit::Target::ManifestPush {
-                if let Some(d) = resp
-                    .headers()
-                    .get("docker-content-digest")
-                    .and_then(|v| v.to_str().ok())
-                {
-                    rec.digest = Some(d.to_owned());
+    let (state, route, parts) = (state.clone(), route.clone(), parts.clone());
+    let query = query.map(str::to_owned);
+    let (log, target, request_id) = (ctx.log.clone(), ctx.target, ctx.request_id.to_owned());
+    let task = tokio::spawn(async move {
+        log.write(rec.clone())
+            .await
+            .map_err(ProxyError::AuditUnavailable)?;
+        let result = forward(
+            &state,
+            client,
+            &route,
+            &parts,
+            query.as_deref(),
+            body,
+            permit,
+        )
+        .await;
+        rec.phase = Phase::Outcome;
+        rec.time = audit::record::now_rfc3339();
+        match &result {
+            Ok(resp) => {
+                let ok = resp.status().is_success();
+                rec.upstream_status = Some(resp.status().as_u16());
+                rec.outcome = Some(match (ok, target) {
+                    (true, audit::Target::ManifestPush) => Outcome::Pushed,
+                    (true, _) => Outcome::Deleted,
+                    (false, _) => Outcome::Failed,
+                });
+                if target == audit::Target::ManifestPush {
+                    if let Some(d) = resp
+                        .headers()
+                        .get("docker-content-digest")
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        rec.digest = Some(d.to_owned());
+                    }
                 }
             }
+            Err(e) => {
+                rec.outcome = Some(Outcome::Failed);
+                rec.reason = e.to_string();
+            }
         }
-        Err(e) => {
-            rec.outcome = Some(Outcome::Failed);
-            rec.reason = e.to_string();
+        rec.duration_ms = Some(started.elapsed().as_millis() as u64);
+        if let Err(e) = log.write(rec).await {
+            // The delete happened (or failed) upstream: the intent is on disk, and
+            // `audit verify` reports the missing outcome as unknown.
+            tracing::error!(error = %e, request_id, "audit outcome not written");
         }
-    }
-    rec.duration_ms = Some(started.elapsed().as_millis() as u64);
-    if let Err(e) = ctx.log.write(rec).await {
-        // The delete happened (or failed) upstream: the intent is on disk, and
-        // `audit verify` reports the missing outcome as unknown.
-        tracing::error!(error = %e, request_id = ctx.request_id, "audit outcome not written");
-    }
-    result
+        result
+    });
+    task.await.unwrap_or_else(|e| {
+        Err(ProxyError::AuditUnavailable(format!(
+            "the audited request's task failed: {e}"
+        )))
+    })
 }
 
 /// Decides whether the identity may make the request: the pure decision of

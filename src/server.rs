@@ -107,8 +107,8 @@ impl Server {
         };
         let audit = match &cfg.audit {
             Some(a) => {
-                let log = crate::audit::AuditLog::start(a.settings.clone())
-                    .map_err(|m| ConfigError::new("audit.file", m))?;
+                let log = crate::audit::AuditLog::start(a.settings.clone(), metrics.clone())
+                    .map_err(|e| ConfigError::new(e.config_key(), e.to_string()))?;
                 tracing::info!(file = %a.settings.file.display(), "audit log open");
                 Some((log, a.clone()))
             }
@@ -237,6 +237,11 @@ impl Server {
             .is_err()
         {
             tracing::warn!("shutdown grace period over: closing the remaining connections");
+        }
+        if let Some((log, _)) = &state.audit {
+            // Pending denial summaries and a last checkpoint: the log's last checkpoint
+            // is then the file's end.
+            log.close().await;
         }
     }
 }
@@ -602,7 +607,9 @@ async fn reload(users: Option<PathBuf>, state: Arc<State>) {
     }
 }
 
-/// The Prometheus metrics listener: plain HTTP, `GET /metrics`.
+/// The metrics listener (plain HTTP): `GET /metrics` (Prometheus text), `GET /healthz` (200 while
+/// the process serves) and `GET /ready` (503 with the reason while the audit folder is
+/// below `audit.min_free_bytes` or audit writes fail: deletes would be refused).
 async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
@@ -614,10 +621,14 @@ async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
             let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
                 async move {
-                    let (status, body) = if req.uri().path() == "/metrics" {
-                        (200, metrics.render())
-                    } else {
-                        (404, "not found\n".to_owned())
+                    let (status, body) = match req.uri().path() {
+                        "/metrics" => (200, metrics.render()),
+                        "/healthz" => (200, "ok\n".to_owned()),
+                        "/ready" => match metrics.not_ready() {
+                            None => (200, "ready\n".to_owned()),
+                            Some(why) => (503, format!("not ready: {why}\n")),
+                        },
+                        _ => (404, "not found\n".to_owned()),
                     };
                     let mut resp =
                         hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));

@@ -265,7 +265,106 @@ fn bad_cases() -> Vec<Bad> {
                 "RG_CLI_TEST_SURELY_UNSET is not set".into(),
             ],
         },
+        Bad {
+            what: "audit without a key",
+            yaml: format!("{plain}audit:\n  file: audit.jsonl\n"),
+            files: vec![],
+            expect: vec![
+                "audit.key_file: missing".into(),
+                "registry-guard audit keygen".into(),
+            ],
+        },
+        Bad {
+            what: "audit key file missing",
+            yaml: format!("{plain}audit:\n  file: audit.jsonl\n  key_file: no-such.key\n"),
+            files: vec![],
+            expect: vec!["audit.key_file: ".into(), "no-such.key: cannot read".into()],
+        },
+        Bad {
+            what: "audit key readable by everyone",
+            yaml: format!("{plain}audit:\n  file: audit.jsonl\n  key_file: audit.key\n"),
+            files: vec![("audit.key", "ab".repeat(32).into_bytes())],
+            expect: vec!["audit.key_file: ".into(), "chmod 600".into()],
+        },
     ]
+}
+
+/// `audit keygen` writes a 0600 key once and refuses to replace it; `audit verify` needs
+/// the key (or `--unkeyed`, said out loud), and a wrong key fails the chain.
+#[test]
+fn audit_keygen_and_verify_take_the_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let case = Case::new("");
+    let key = case.path("audit.key");
+    let k = key.to_str().unwrap();
+    let out = run_cli(&["audit", "keygen", k], case.dir.path());
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let made = std::fs::read(&key).unwrap();
+    let out = run_cli(&["audit", "keygen", k], case.dir.path());
+    assert_eq!(code(&out), Some(64), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("already exists"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&key).unwrap(), made);
+
+    // A file of one record, chained under the key.
+    let chain = registry_guard::audit::key::load(&key).unwrap();
+    let mut e =
+        registry_guard::audit::Event::new(registry_guard::audit::Phase::Checkpoint, "x".into());
+    e.time = "2026-11-23T19:00:00.000Z".into();
+    let (line, _) = registry_guard::audit::Entry::Event(e).to_line(
+        1,
+        registry_guard::audit::record::GENESIS,
+        &chain,
+    );
+    let file = case.write("audit.jsonl", format!("{line}\n"));
+    let f = file.to_str().unwrap();
+    let out = run_cli(&["audit", "verify", f], case.dir.path());
+    assert_eq!(
+        code(&out),
+        Some(2),
+        "verify without a key: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("--key-file"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run_cli(&["audit", "verify", "--key-file", k, f], case.dir.path());
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("chain: intact\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    let other = case.path("other.key");
+    run_cli(
+        &["audit", "keygen", other.to_str().unwrap()],
+        case.dir.path(),
+    );
+    let line2 = format!("{line}\n{}\n", line.replace("\"seq\":1", "\"seq\":2"));
+    let two = case.write("two.jsonl", line2);
+    let out = run_cli(
+        &[
+            "audit",
+            "verify",
+            "--key-file",
+            other.to_str().unwrap(),
+            two.to_str().unwrap(),
+        ],
+        case.dir.path(),
+    );
+    assert_eq!(code(&out), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains(":2: chain broken"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]

@@ -46,9 +46,31 @@ fn cli(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// `audit verify FILES...`: (exit code, stdout).
+/// The audit key the tests' proxies chain with: `audit.key` in the audit file's folder
+/// or the nearest folder above it (copies of a file live below the original's folder).
+fn key_for(file: &Path) -> PathBuf {
+    file.ancestors()
+        .skip(1)
+        .map(|d| d.join("audit.key"))
+        .find(|k| k.exists())
+        .unwrap_or_else(|| panic!("no audit.key above {}", file.display()))
+}
+
+/// `audit verify --key-file KEY FILES...`: (exit code, stdout).
 fn verify(files: &[&Path]) -> (i32, String) {
-    let mut args = vec!["audit".to_owned(), "verify".to_owned()];
+    verify_with(files, &[])
+}
+
+/// `audit verify --key-file KEY EXTRA... FILES...`: (exit code, stdout).
+fn verify_with(files: &[&Path], extra: &[&str]) -> (i32, String) {
+    let key = key_for(files[0]);
+    let mut args = vec![
+        "audit".to_owned(),
+        "verify".to_owned(),
+        "--key-file".to_owned(),
+        key.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
     args.extend(files.iter().map(|f| f.display().to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, out, err) = cli(&args);
@@ -68,10 +90,25 @@ fn report_field<'a>(report: &'a str, name: &str) -> &'a str {
 /// alice and bob, each owning their namespace, auditing into `audit_file` with `more`
 /// extra keys under `audit:` (two-space indented).
 fn start_proxy(reg: &Registry, audit_file: &Path, more: &str) -> Proxy {
-    Proxy::builder(&reg.url)
+    proxy_for(&reg.url, audit_file, more, "")
+}
+
+/// The same in front of any upstream, with `extra` top-level YAML. The chain's key is
+/// `audit.key` next to the audit file, made with `audit keygen` unless it is there.
+fn proxy_for(upstream: &str, audit_file: &Path, more: &str, extra: &str) -> Proxy {
+    let key = audit_file.with_file_name("audit.key");
+    if !key.exists() {
+        let (code, out, err) = cli(&["audit", "keygen", &key.display().to_string()]);
+        assert_eq!(code, 0, "audit keygen: {out}{err}");
+    }
+    Proxy::builder(upstream)
         .users(vec![user("alice", "pw", &[]), user("bob", "pw2", &[])])
         .access_yaml(RULES)
-        .extra_yaml(&format!("audit:\n  file: {}\n{more}", audit_file.display()))
+        .extra_yaml(&format!(
+            "audit:\n  file: {}\n  key_file: {}\n{more}{extra}",
+            audit_file.display(),
+            key.display()
+        ))
         .start()
 }
 
@@ -287,10 +324,22 @@ fn assert_delete_pair(
     assert!(intent["time"].as_str() <= outcome["time"].as_str());
 }
 
-/// The hash the next line must name as `prev`: SHA-256 of the file's last line.
+/// The hash the next line must name as `prev`: the HMAC of the file's last line under
+/// the tests' audit key.
 fn last_hash(path: &Path) -> String {
     let lines = lines_of(path);
-    sha256_hex(lines.last().expect("an empty audit file").as_bytes())
+    let chain = registry_guard::audit::key::load(&key_for(path)).unwrap();
+    chain.hash(lines.last().expect("an empty audit file").as_bytes())
+}
+
+/// Where the file's chain ends, `SEQ:HASH` (what `audit verify --start` takes for the
+/// next file).
+fn end_of(path: &Path) -> String {
+    let recs = records(path);
+    let seq = recs.last().expect("an empty audit file")["seq"]
+        .as_u64()
+        .unwrap();
+    format!("{seq}:{}", last_hash(path))
 }
 
 /// Waits (bounded) for the proxy's log to contain `needle`.
@@ -461,10 +510,11 @@ fn delete_by_tag_is_recorded_as_failed_with_the_registry_answer() {
 // ---- 3. refused deletes --------------------------------------------------------------------
 
 /// bob may not delete in alice's namespace: 403, and exactly one `denied` record naming
-/// bob, the reason, outcome denied, no upstream status. An unauthenticated DELETE: 401 and
-/// one denied record with user "-". The manifest stays.
+/// bob, the reason, outcome denied, no upstream status. DELETEs without valid credentials
+/// (none, a wrong password, an unknown user, a malformed header, throttled) get
+/// 401/400/429 and no record at all: nobody can fill the audit disk without an account. The manifest stays.
 #[test]
-fn refused_and_unauthenticated_deletes_get_one_denied_record() {
+fn refused_deletes_get_one_denied_record_unauthenticated_ones_none() {
     let Some(reg) = tools() else { return };
     let work = tempfile::tempdir().unwrap();
     let audit = work.path().join("audit.jsonl");
@@ -476,41 +526,66 @@ fn refused_and_unauthenticated_deletes_get_one_denied_record() {
     let r = delete(&proxy, "bob:pw2", "alice/app", &img.manifest_digest);
     assert_eq!(r.status, 403, "{r:?}");
     assert_eq!(r.error_code(), "DENIED", "{r:?}");
-    let anon = delete(&proxy, "", "alice/app", &img.manifest_digest);
-    assert_eq!(anon.status, 401, "{anon:?}");
-    assert_eq!(anon.error_code(), "UNAUTHORIZED", "{anon:?}");
     let after = now_utc();
+    for creds in ["", "alice:wrong", "mallory:pw", "alice:"] {
+        for _ in 0..5 {
+            // 401, or 429 once the throttle holds the wrong passwords back.
+            let anon = delete(&proxy, creds, "alice/app", &img.manifest_digest);
+            let want = if anon.status == 429 {
+                "TOOMANYREQUESTS"
+            } else {
+                "UNAUTHORIZED"
+            };
+            assert!(matches!(anon.status, 401 | 429), "{creds:?}: {anon:?}");
+            assert_eq!(anon.error_code(), want, "{anon:?}");
+        }
+    }
+    let url = format!(
+        "{}/v2/alice/app/manifests/{}",
+        proxy.base, img.manifest_digest
+    );
+    let garbage = pcurl(
+        &proxy,
+        &[
+            "-X",
+            "DELETE",
+            "-H",
+            "Authorization: Basic !!!",
+            "-A",
+            &"x".repeat(200),
+            &url,
+        ],
+    );
+    assert!(matches!(garbage.status, 400 | 401), "{garbage:?}");
     assert!(reg_has(&reg, "alice/app", &img.manifest_digest) && reg_has(&reg, "alice/app", "v1"));
 
     let recs = records(&audit);
-    assert_eq!(recs.len(), 2, "{recs:#?}");
-    for (resp, who) in [(&r, "bob"), (&anon, "-")] {
-        let rs = of_request(&recs, &resp.request_id());
-        assert_eq!(rs.len(), 1, "{who}: {rs:#?}");
-        let d = rs[0];
-        assert_eq!(d["phase"], "denied", "{d}");
-        assert_eq!(d["decision"], "denied", "{d}");
-        assert_eq!(d["outcome"], "denied", "{d}");
-        assert_eq!(d["user"], who, "{d}");
-        assert_eq!(d["client"], "127.0.0.1", "{d}");
-        assert_eq!(d["repo"], "alice/app", "{d}");
-        assert_eq!(d["target"], "manifest_by_digest", "{d}");
-        assert_eq!(d["digest"], img.manifest_digest.as_str(), "{d}");
-        assert!(d.get("upstream_status").is_none(), "{d}");
-        assert!(!d["reason"].as_str().unwrap_or("").is_empty(), "{d}");
-        assert_time(d, &before, &after);
-    }
-    let bob = of_request(&recs, &r.request_id())[0];
-    let reason = bob["reason"].as_str().unwrap();
+    assert_eq!(
+        recs.len(),
+        1,
+        "unauthenticated requests were audited: {recs:#?}"
+    );
+    let rs = of_request(&recs, &r.request_id());
+    assert_eq!(rs.len(), 1, "{rs:#?}");
+    let d = rs[0];
+    assert_eq!(d["phase"], "denied", "{d}");
+    assert_eq!(d["decision"], "denied", "{d}");
+    assert_eq!(d["outcome"], "denied", "{d}");
+    assert_eq!(d["user"], "bob", "{d}");
+    assert_eq!(d["client"], "127.0.0.1", "{d}");
+    assert_eq!(d["repo"], "alice/app", "{d}");
+    assert_eq!(d["target"], "manifest_by_digest", "{d}");
+    assert_eq!(d["digest"], img.manifest_digest.as_str(), "{d}");
+    assert!(d.get("upstream_status").is_none(), "{d}");
+    assert_time(d, &before, &after);
+    let reason = d["reason"].as_str().unwrap();
     assert!(
         reason.starts_with("denied:") && reason.contains("delete"),
         "the reason does not say what was refused: {reason}"
     );
-    let anon = of_request(&recs, &anon.request_id())[0];
-    assert_eq!(anon["reason"], "authentication required", "{anon}");
     let (code, report) = verify(&[&audit]);
     assert_eq!(code, 0, "{report}");
-    assert_eq!(report_field(&report, "denials"), "2", "{report}");
+    assert_eq!(report_field(&report, "denials"), "1", "{report}");
 }
 
 // ---- 4. fail-closed ----------------------------------------------------------------------
@@ -561,9 +636,17 @@ fn an_unwritable_audit_file_refuses_deletes_until_sighup() {
     let recs = records(&audit);
     assert_eq!(recs.len(), 2, "{recs:#?}");
     assert_eq!(recs[0]["prev"].as_str().unwrap(), last_hash(&first));
+    // Alone, the new file is a chain without its head: refused, unless told where it
+    // continues from (the old file's end).
     let (code, report) = verify(&[&audit]);
+    assert_eq!(code, 1, "{report}");
+    assert!(
+        report.contains(":1: the chain does not start at genesis"),
+        "{report}"
+    );
+    let (code, report) = verify_with(&[&audit], &["--start", &end_of(&first)]);
     assert_eq!(code, 0, "{report}");
-    assert_eq!(report_field(&report, "chain starts at"), last_hash(&first));
+    assert_eq!(report_field(&report, "chain starts at"), end_of(&first));
     let second = kept.join("audit.2.jsonl");
     std::fs::copy(&audit, &second).unwrap();
 
@@ -598,7 +681,10 @@ fn an_unwritable_audit_file_refuses_deletes_until_sighup() {
     let (code, report) = verify(&[&second, &first, &audit]);
     assert_eq!(code, 1, "{report}");
     assert!(
-        report.contains(&format!("{}:1: chain broken", first.display())),
+        report.contains(&format!(
+            "{}:1: the chain does not start at genesis",
+            second.display()
+        )),
         "{report}"
     );
 }
@@ -877,7 +963,12 @@ fn rotation_run(
     if audit.exists() {
         all.push(&audit);
     }
-    let total: usize = all.iter().map(|f| lines_of(f).len()).sum();
+    // Checkpoints come every 1000 records by default: count the requests' records.
+    let total: usize = all
+        .iter()
+        .flat_map(|f| records(f))
+        .filter(|r| r["phase"] == "intent" || r["phase"] == "outcome")
+        .count();
     let (code, report) = verify(&all);
     assert_eq!(
         total,
@@ -896,11 +987,14 @@ fn rotation_run(
         digests.len().to_string(),
         "{report}"
     );
-    // The sidecar keeps the last rotated file's last hash (for a restart after rotation).
-    if let Some(last) = rotated.last() {
-        let sidecar = std::fs::read_to_string(dir.join(".audit.jsonl.last")).unwrap();
-        assert_eq!(sidecar.trim(), last_hash(last));
-    }
+    // The sidecar keeps where the chain ends (for a restart after rotation): `SEQ HASH MAC`.
+    let sidecar = std::fs::read_to_string(dir.join(".audit.jsonl.last")).unwrap();
+    let fields: Vec<&str> = sidecar.split_whitespace().collect();
+    assert_eq!(fields.len(), 3, "{sidecar}");
+    assert_eq!(
+        format!("{}:{}", fields[0], fields[1]),
+        end_of(all.last().unwrap())
+    );
     drop(proxy);
     Some((work, rotated))
 }
@@ -908,7 +1002,7 @@ fn rotation_run(
 /// `rotate_bytes: 2000`: deletes one at a time and then 8 at once leave rotated files
 /// `audit.jsonl.<timestamp>` next to the file; each went past 2000 bytes before it was
 /// rotated; together (oldest first) they verify from genesis and hold every record; one
-/// file alone starts at the hash its predecessor ends with.
+/// file alone verifies only when told it continues from where its predecessor ends.
 #[test]
 fn rotation_by_size_keeps_one_chain_and_every_record() {
     let Some((_work, rotated)) = rotation_run(2000, 6, 24, None) else {
@@ -920,10 +1014,12 @@ fn rotation_by_size_keeps_one_chain_and_every_record() {
         assert!(len >= 2000, "{} rotated at {len} bytes", f.display());
     }
     let (code, report) = verify(&[&rotated[1]]);
+    assert_eq!(code, 1, "a file without its predecessor passed: {report}");
+    let (code, report) = verify_with(&[&rotated[1]], &["--start", &end_of(&rotated[0])]);
     assert_eq!(code, 0, "{report}");
     assert_eq!(
         report_field(&report, "chain starts at"),
-        last_hash(&rotated[0])
+        end_of(&rotated[0])
     );
 }
 
@@ -1359,4 +1455,355 @@ fn show_since_is_a_time_not_a_string_prefix() {
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+// ---- 10. issue 8: audit hardening (fake upstream) ----------------------------------------
+
+/// A blob digest for request `i`.
+fn blob_digest(i: usize) -> String {
+    format!("sha256:{}", sha256_hex(i.to_string().as_bytes()))
+}
+
+/// DELETE `/v2/{repo}/blobs/<digest i>` through the proxy as `creds`.
+fn delete_blob(proxy: &Proxy, creds: &str, repo: &str, i: usize) -> Resp {
+    let url = format!("{}/v2/{repo}/blobs/{}", proxy.base, blob_digest(i));
+    pcurl(proxy, &["-u", creds, "-X", "DELETE", &url])
+}
+
+/// A plain HTTP/1.0 GET: status and body.
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+/// Deletes of blobs answer 202, anything else 404 (the tag lookups of manifest deletes).
+async fn fake_registry(delete_delay: Duration) -> common::fake::FakeUpstream {
+    use common::fake::{FakeUpstream, Reply};
+    FakeUpstream::start(move |seen| match seen.method.as_str() {
+        "DELETE" => Reply::new(202).delay(delete_delay),
+        _ => Reply::new(404),
+    })
+    .await
+}
+
+fn deletes_seen(upstream: &common::fake::FakeUpstream) -> usize {
+    upstream
+        .seen()
+        .iter()
+        .filter(|s| s.method == "DELETE")
+        .count()
+}
+
+/// Item 5: an authenticated user's denials are written up to `max_denials_per_minute`;
+/// the rest are counted into one `denials_summary` record (here at shutdown), which
+/// `audit verify` counts and `audit show` prints. Another user is not limited by bob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_records_are_limited_per_user_and_summarized() {
+    let upstream = fake_registry(Duration::ZERO).await;
+    let work = tempfile::tempdir().unwrap();
+    let audit = work.path().join("audit.jsonl");
+    let mut proxy = proxy_for(&upstream.url, &audit, "  max_denials_per_minute: 3\n", "");
+    for i in 0..10 {
+        assert_eq!(delete_blob(&proxy, "bob:pw2", "alice/app", i).status, 403);
+    }
+    assert_eq!(delete_blob(&proxy, "alice:pw", "bob/app", 0).status, 403);
+    let recs = records(&audit);
+    let denied = |u: &str| {
+        recs.iter()
+            .filter(|r| r["phase"] == "denied" && r["user"] == u)
+            .count()
+    };
+    assert_eq!((denied("bob"), denied("alice")), (3, 1), "{recs:#?}");
+    assert!(proxy
+        .terminate(Duration::from_secs(20))
+        .is_some_and(|s| s.success()));
+    let recs = records(&audit);
+    let summaries: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["phase"] == "denials_summary")
+        .collect();
+    assert_eq!(summaries.len(), 1, "{recs:#?}");
+    assert_eq!(summaries[0]["user"], "bob", "{}", summaries[0]);
+    assert_eq!(summaries[0]["count"], 7, "{}", summaries[0]);
+    let (code, report) = verify(&[&audit]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report_field(&report, "denials"), "11", "{report}");
+    let rows = show(&[&audit], &["--user", "bob"]);
+    assert!(
+        rows.iter()
+            .any(|r| r[1] == "denials_summary" && r.join(" ").contains("7 more denials of bob")),
+        "{rows:?}"
+    );
+    assert_eq!(deletes_seen(&upstream), 0);
+}
+
+/// Item 5: `GET /ready` on the metrics listener is 503 with the reason while the audit
+/// folder has less than `audit.min_free_bytes` free (and the gauge says so), 200 when it
+/// has enough; `GET /healthz` is 200 either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_fails_while_the_audit_disk_is_low() {
+    let upstream = fake_registry(Duration::ZERO).await;
+    let work = tempfile::tempdir().unwrap();
+    for (min, want) in [("1152921504606846976", 503), ("1", 200)] {
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let audit = work.path().join(format!("audit-{want}.jsonl"));
+        let proxy = proxy_for(
+            &upstream.url,
+            &audit,
+            &format!("  min_free_bytes: {min}\n"),
+            &format!("metrics:\n  listen: {metrics}\n"),
+        );
+        let (status, body) = http_get(metrics, "/ready");
+        assert_eq!(status, want, "{body}");
+        if want == 503 {
+            assert!(body.contains("audit.min_free_bytes"), "{body}");
+        }
+        assert_eq!(http_get(metrics, "/healthz").0, 200);
+        let (_, text) = http_get(metrics, "/metrics");
+        let low = u8::from(want == 503);
+        assert!(
+            text.contains(&format!("\nregistry_guard_audit_disk_low {low}\n")),
+            "{text}"
+        );
+        drop(proxy);
+    }
+}
+
+/// A tmpfs mounted for the test, unmounted on drop; None (with a message) where mounting
+/// is not permitted.
+struct TinyFs {
+    dir: tempfile::TempDir,
+}
+
+impl TinyFs {
+    fn mount(size: &str) -> Option<TinyFs> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path()),
+            STEP,
+        );
+        if !out.status.success() {
+            eprintln!(
+                "SKIPPING: cannot mount a tmpfs here ({}); the fault-injection unit tests of audit::writer still run",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        Some(TinyFs { dir })
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = run(Command::new("umount").arg(self.dir.path()), STEP);
+    }
+}
+
+/// Item 6 on a real full disk (a 64 KiB tmpfs): deletes are forwarded while their intent
+/// fits and refused 503 (not forwarded) once it does not; the file never keeps a partial
+/// line, so after space is freed the next deletes continue one intact chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_neither_tears_the_chain_nor_forwards_unrecorded_deletes() {
+    let Some(fs) = TinyFs::mount("64k") else {
+        return;
+    };
+    let upstream = fake_registry(Duration::ZERO).await;
+    let filler = fs.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 16 << 10]).unwrap();
+    let audit = fs.path().join("audit.jsonl");
+    let proxy = proxy_for(&upstream.url, &audit, "", "");
+    let (mut ok, mut refused, mut i) = (0, 0, 0);
+    while refused < 5 {
+        assert!(i < 1000, "the disk never filled: {ok} deletes");
+        let r = delete_blob(&proxy, "alice:pw", "alice/app", i);
+        i += 1;
+        match r.status {
+            202 => ok += 1,
+            503 => {
+                assert_eq!(r.error_code(), "UNAVAILABLE", "{r:?}");
+                refused += 1;
+            }
+            s => panic!("DELETE answered {s}: {r:?}"),
+        }
+    }
+    assert!(ok > 0, "no delete fitted");
+    let content = std::fs::read(&audit).unwrap();
+    assert!(
+        content.ends_with(b"\n"),
+        "a partial line was left: {:?}",
+        String::from_utf8_lossy(&content[content.len().saturating_sub(80)..])
+    );
+    let intents = records(&audit)
+        .iter()
+        .filter(|r| r["phase"] == "intent")
+        .count();
+    assert_eq!(
+        deletes_seen(&upstream),
+        ok,
+        "refused deletes were forwarded"
+    );
+    assert_eq!(
+        intents, ok,
+        "a forwarded delete without its intent, or an intent of a refused one"
+    );
+    let (code, report) = verify(&[&audit]);
+    assert_eq!(code, 0, "{report}");
+
+    std::fs::remove_file(&filler).unwrap();
+    for j in 0..3 {
+        let r = delete_blob(&proxy, "alice:pw", "alice/app", i + j);
+        assert_eq!(r.status, 202, "{r:?}");
+    }
+    let (code, report) = verify(&[&audit]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(deletes_seen(&upstream), ok + 3);
+    drop(proxy);
+}
+
+/// Item 11: the client sends a DELETE and goes away once its intent is on disk, while
+/// the upstream still works on it; the delete still completes and its outcome is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_after_the_intent_still_gets_an_outcome_record() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = fake_registry(Duration::from_secs(2)).await;
+    let work = tempfile::tempdir().unwrap();
+    let audit = work.path().join("audit.jsonl");
+    let proxy = proxy_for(&upstream.url, &audit, "", "");
+    let mut tls = common::fake::tls_connect(&proxy, &[b"http/1.1"]).await;
+    let head = format!(
+        "DELETE /v2/alice/app/blobs/{} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\r\n",
+        blob_digest(1),
+        basic("alice", "pw")
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let has = |phase: &str| records(&audit).iter().any(|r| r["phase"] == phase);
+    wait_for(Duration::from_secs(10), || has("intent").then_some(())).expect("no intent written");
+    assert!(!has("outcome"));
+    drop(tls); // the client is gone before the upstream answered
+    wait_for(Duration::from_secs(15), || has("outcome").then_some(()))
+        .unwrap_or_else(|| panic!("no outcome after the client left: {:#?}", records(&audit)));
+    let recs = records(&audit);
+    let outcome = recs.iter().find(|r| r["phase"] == "outcome").unwrap();
+    assert_eq!(outcome["upstream_status"], 202, "{outcome}");
+    assert_eq!(outcome["outcome"], "deleted", "{outcome}");
+    assert_eq!(deletes_seen(&upstream), 1);
+    let (code, report) = verify(&[&audit]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report_field(&report, "unknown outcomes"), "0", "{report}");
+}
+
+/// Item 7, the forgery of the issue: drop the first 150 lines, turn bob's delete into
+/// alice's from another address, recompute every `prev` (plain SHA-256, or an HMAC
+/// under a guessed key) from genesis: `audit verify --key-file` fails each, as it does
+/// the head cut alone. And a checkpoint from the proxy's log finds a cut tail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_or_cut_chain_fails_verify() {
+    let upstream = fake_registry(Duration::ZERO).await;
+    let work = tempfile::tempdir().unwrap();
+    let audit = work.path().join("audit.jsonl");
+    let mut proxy = proxy_for(&upstream.url, &audit, "  checkpoint_every: 50\n", "");
+    for i in 0..80 {
+        assert_eq!(delete_blob(&proxy, "alice:pw", "alice/app", i).status, 202);
+    }
+    assert_eq!(delete_blob(&proxy, "bob:pw2", "bob/app", 1).status, 202);
+    for i in 80..85 {
+        assert_eq!(delete_blob(&proxy, "alice:pw", "alice/app", i).status, 202);
+    }
+    assert!(proxy.terminate(Duration::from_secs(20)).is_some());
+    let (code, report) = verify(&[&audit]);
+    assert_eq!(code, 0, "{report}");
+    let lines = lines_of(&audit);
+
+    let forge = |hash: &dyn Fn(&str) -> String| -> String {
+        let mut prev = "0".repeat(64);
+        let mut out = String::new();
+        for (n, l) in lines[150..].iter().enumerate() {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            if v["user"] == "bob" {
+                v["user"] = "alice".into();
+                v["client"] = "198.51.100.4".into();
+            }
+            v["seq"] = (n as u64 + 1).into();
+            v["prev"] = prev.clone().into();
+            let line = v.to_string();
+            prev = hash(&line);
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out
+    };
+    let sha = |l: &str| sha256_hex(l.as_bytes());
+    let guessed = registry_guard::audit::Chain::keyed(b"a guess at the audit key........");
+    let wrong_key = |l: &str| guessed.hash(l.as_bytes());
+    let head_cut: String = lines[150..].iter().map(|l| format!("{l}\n")).collect();
+    for (name, text) in [
+        ("sha256.jsonl", forge(&sha)),
+        ("wrong-key.jsonl", forge(&wrong_key)),
+        ("head-cut.jsonl", head_cut),
+    ] {
+        assert!(text.contains("198.51.100.4") || name == "head-cut.jsonl");
+        let f = work.path().join(name);
+        std::fs::write(&f, text).unwrap();
+        let (code, report) = verify(&[&f]);
+        assert_eq!(code, 1, "{name} passed:\n{report}");
+        assert!(
+            report.contains(&format!("BROKEN: {}:", f.display())),
+            "{report}"
+        );
+    }
+
+    // The checkpoints the proxy logged: the last one (at shutdown) is the file's end.
+    let logged: Vec<String> = proxy
+        .logs()
+        .lines()
+        .filter(|l| l.contains("audit checkpoint"))
+        .filter_map(|l| l.split("checkpoint=").nth(1))
+        .map(|s| s.split_whitespace().next().unwrap().to_owned())
+        .collect();
+    assert!(
+        logged.len() >= 4,
+        "checkpoints logged: {logged:?}\n{}",
+        proxy.logs()
+    );
+    let last = logged.last().unwrap();
+    assert_eq!(*last, end_of(&audit));
+    let (code, report) = verify_with(
+        &[&audit],
+        &["--checkpoint", last, "--checkpoint", &logged[0]],
+    );
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        report_field(&report, "checkpoints matched"),
+        "2 of 2",
+        "{report}"
+    );
+    let cut = work.path().join("tail-cut.jsonl");
+    let kept: String = lines[..lines.len() - 4]
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&cut, kept).unwrap();
+    let (code, report) = verify(&[&cut]);
+    assert_eq!(
+        code, 0,
+        "without a checkpoint a cut tail is a shorter valid chain: {report}"
+    );
+    let (code, report) = verify_with(&[&cut], &["--checkpoint", last]);
+    assert_eq!(code, 1, "{report}");
+    assert!(report.contains("records were cut from the end"), "{report}");
 }

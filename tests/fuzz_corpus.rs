@@ -14,6 +14,7 @@ const TARGETS: &[(&str, Entry)] = &[
     ("upload_start", registry_guard::fuzzing::upload_start),
     ("basic", registry_guard::fuzzing::basic),
     ("users", registry_guard::fuzzing::users),
+    ("audit_verify", registry_guard::fuzzing::audit_verify),
 ];
 
 fn fuzz_dir() -> &'static Path {

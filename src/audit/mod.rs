@@ -1,12 +1,15 @@
-//! The delete audit trail: who deleted what, when, from where — complete (allowed,
-//! denied and failed attempts), durable (an intent is fsync'd before a delete is
-//! forwarded, fail-closed), tamper-evident (a SHA-256 chain across lines and files).
+//! The delete audit trail: who deleted what, when, from where — complete (allowed
+//! deletes, authenticated users' denied attempts, failures), durable (an intent is
+//! fsync'd before a delete is forwarded, fail-closed), tamper-evident (an HMAC-SHA-256
+//! chain across lines and files, under a key the log's writers need not read, with
+//! periodic checkpoints logged outside the file).
 //!
-//! `record` and `verify` are pure; `writer` owns the file.
+//! `record` and `verify` are pure; `writer` owns the file; `key` makes and reads the key.
 
+pub mod key;
 pub mod record;
 pub mod verify;
 pub mod writer;
 
-pub use record::{Outcome, Phase, Record, Target};
-pub use writer::{AuditLog, AuditSettings};
+pub use record::{Chain, Entry, Event, Outcome, Phase, Position, Record, Target};
+pub use writer::{AuditLog, AuditSettings, StartError};

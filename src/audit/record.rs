@@ -1,15 +1,65 @@
 //! PURE: an audit record and how it is chained.
 //!
-//! One record per line (JSON Lines). Every line carries `prev`: the SHA-256 (hex) of the
-//! previous line's bytes (without its newline), so editing, removing or reordering a line
-//! breaks the chain at the next one. The first record of a rotated file names the last
-//! hash of the file before it, so the chain runs across files.
+//! One record per line (JSON Lines). Every line carries `seq`, its position in the chain
+//! (1 for the first record ever written), and `prev`: the HMAC-SHA-256 (hex), under the
+//! key of `audit.key_file`, of the previous line's bytes (without its newline). Editing,
+//! removing or reordering a line breaks the chain at the next one, and without the key
+//! nobody can compute a `prev` that fits: who can write the log but not read the key
+//! cannot rewrite it. The first record of a rotated file names the last hash of the file
+//! before it, so the chain runs across files.
+//!
+//! Besides the records of requests (intent, outcome, denied) the writer adds records of
+//! its own ([`Event`]): periodic checkpoints, repairs of a torn tail, and summaries of
+//! denials that the per-user rate limit kept from being written one by one.
+//!
+//! Files written before the chain was keyed (no `seq`, `prev` a plain SHA-256) are still
+//! readable: `audit verify --unkeyed` checks them with [`Chain::Unkeyed`].
 
-use ring::digest;
+use ring::{digest, hmac};
 use serde::{Deserialize, Serialize};
 
 /// `prev` of the very first record ever written.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// How a line is hashed into the next line's `prev`.
+pub enum Chain {
+    /// HMAC-SHA-256 under the audit key: what the writer always uses.
+    Keyed(hmac::Key),
+    /// Plain SHA-256: files from before the keyed chain; anyone can recompute it.
+    Unkeyed,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Chain::Keyed(_) => "Chain::Keyed(..)",
+            Chain::Unkeyed => "Chain::Unkeyed",
+        })
+    }
+}
+
+impl Chain {
+    /// A keyed chain from the raw key bytes.
+    pub fn keyed(key: &[u8]) -> Chain {
+        Chain::Keyed(hmac::Key::new(hmac::HMAC_SHA256, key))
+    }
+
+    /// The hash of a line, lower-case hex.
+    pub fn hash(&self, line: &[u8]) -> String {
+        match self {
+            Chain::Keyed(k) => hex(hmac::sign(k, line).as_ref()),
+            Chain::Unkeyed => line_hash(line),
+        }
+    }
+
+    pub fn is_keyed(&self) -> bool {
+        matches!(self, Chain::Keyed(_))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// What a record is in the life of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,8 +69,32 @@ pub enum Phase {
     Intent,
     /// Written after the upstream answered (or failed).
     Outcome,
-    /// A refused request: the only record it gets.
+    /// A refused request of an authenticated user: the only record it gets.
     Denied,
+    /// The writer's: denials of one user that the rate limit did not write one by one.
+    DenialsSummary,
+    /// The writer's: a torn tail (crash or failed write) was cut off the file.
+    Repair,
+    /// The writer's: the chain's position, also printed to the log for an outside copy.
+    Checkpoint,
+}
+
+impl Phase {
+    /// Records of requests ([`Record`]); the others are the writer's own ([`Event`]).
+    pub fn is_request(self) -> bool {
+        matches!(self, Phase::Intent | Phase::Outcome | Phase::Denied)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Intent => "intent",
+            Phase::Outcome => "outcome",
+            Phase::Denied => "denied",
+            Phase::DenialsSummary => "denials_summary",
+            Phase::Repair => "repair",
+            Phase::Checkpoint => "checkpoint",
+        }
+    }
 }
 
 /// What a delete (or audited push) removes or writes.
@@ -76,26 +150,161 @@ pub struct Record {
     pub outcome: Option<Outcome>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
-    /// SHA-256 of the previous line.
+    /// Position in the chain (0: a file from before the keyed chain).
+    #[serde(default)]
+    pub seq: u64,
+    /// Hash of the previous line (see [`Chain`]).
     #[serde(default)]
     pub prev: String,
 }
 
-/// SHA-256 of a line, lower-case hex.
-pub fn line_hash(line: &[u8]) -> String {
-    let d = digest::digest(&digest::SHA256, line);
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+/// A record the writer makes itself (checkpoint, repair, denials summary).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub time: String,
+    pub phase: Phase,
+    /// Denials summary: whose denials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Denials summary: how many were not written one by one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Denials summary: the time of the first and the last of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last: Option<String>,
+    /// Repair: the bytes cut off the end of the file, and their SHA-256.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_removed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removed_sha256: Option<String>,
+    /// What happened, in words.
+    pub reason: String,
+    #[serde(default)]
+    pub seq: u64,
+    #[serde(default)]
+    pub prev: String,
 }
 
-impl Record {
-    /// The line for this record, chained to `prev`; returns the line and its hash.
-    pub fn to_line(&self, prev: &str) -> (String, String) {
-        let mut r = self.clone();
-        r.prev = prev.to_owned();
-        let line = serde_json::to_string(&r)
-            .unwrap_or_else(|e| format!("{{\"serialize_error\":\"{e}\"}}"));
-        let hash = line_hash(line.as_bytes());
+impl Event {
+    pub fn new(phase: Phase, reason: String) -> Event {
+        Event {
+            time: now_rfc3339(),
+            phase,
+            user: None,
+            count: None,
+            first: None,
+            last: None,
+            bytes_removed: None,
+            removed_sha256: None,
+            reason,
+            seq: 0,
+            prev: String::new(),
+        }
+    }
+}
+
+/// Any line of an audit file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Entry {
+    Request(Record),
+    Event(Event),
+}
+
+#[derive(Deserialize)]
+struct Head {
+    phase: Phase,
+}
+
+impl Entry {
+    /// Reads a line: its `phase` says which kind of record it must be.
+    pub fn parse(line: &[u8]) -> Result<Entry, serde_json::Error> {
+        let head: Head = serde_json::from_slice(line)?;
+        Ok(if head.phase.is_request() {
+            Entry::Request(serde_json::from_slice(line)?)
+        } else {
+            Entry::Event(serde_json::from_slice(line)?)
+        })
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self {
+            Entry::Request(r) => r.phase,
+            Entry::Event(e) => e.phase,
+        }
+    }
+
+    pub fn seq(&self) -> u64 {
+        match self {
+            Entry::Request(r) => r.seq,
+            Entry::Event(e) => e.seq,
+        }
+    }
+
+    pub fn prev(&self) -> &str {
+        match self {
+            Entry::Request(r) => &r.prev,
+            Entry::Event(e) => &e.prev,
+        }
+    }
+
+    pub fn time(&self) -> &str {
+        match self {
+            Entry::Request(r) => &r.time,
+            Entry::Event(e) => &e.time,
+        }
+    }
+
+    /// The line for this entry at chain position `seq` after `prev`; returns the line
+    /// and its hash.
+    pub fn to_line(&self, seq: u64, prev: &str, chain: &Chain) -> (String, String) {
+        let mut e = self.clone();
+        match &mut e {
+            Entry::Request(r) => (r.seq, r.prev) = (seq, prev.to_owned()),
+            Entry::Event(v) => (v.seq, v.prev) = (seq, prev.to_owned()),
+        }
+        // Serializing these structs cannot fail (string keys, no maps of other keys).
+        let line = serde_json::to_string(&e).unwrap_or_default();
+        let hash = chain.hash(line.as_bytes());
         (line, hash)
+    }
+}
+
+/// SHA-256 of a line, lower-case hex (the unkeyed chain of older files; repair records).
+pub fn line_hash(line: &[u8]) -> String {
+    hex(digest::digest(&digest::SHA256, line).as_ref())
+}
+
+/// A point of the chain: the record at `seq` hashes to `hash`. Written `SEQ:HASH`, as
+/// checkpoints are logged and `audit verify` prints where a chain ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub seq: u64,
+    pub hash: String,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.seq, self.hash)
+    }
+}
+
+impl std::str::FromStr for Position {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Position, String> {
+        let bad = || format!("{s:?} is not SEQ:HASH (a record number, a colon, 64 hex digits)");
+        let (seq, hash) = s.split_once(':').ok_or_else(bad)?;
+        let seq = seq.parse().map_err(|_| bad())?;
+        let ok = hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !ok {
+            return Err(bad());
+        }
+        Ok(Position {
+            seq,
+            hash: hash.to_owned(),
+        })
     }
 }
 
@@ -193,21 +402,55 @@ mod tests {
             upstream_status: None,
             outcome: None,
             duration_ms: None,
+            seq: 0,
             prev: String::new(),
         }
     }
 
     #[test]
     fn lines_chain_and_round_trip() {
-        let (l1, h1) = rec().to_line(GENESIS);
-        let (l2, _) = rec().to_line(&h1);
-        assert_eq!(h1, line_hash(l1.as_bytes()));
-        let back: Record = serde_json::from_str(&l2).unwrap();
-        assert_eq!(back.prev, h1);
+        let chain = Chain::keyed(b"0123456789abcdef0123456789abcdef");
+        let (l1, h1) = Entry::Request(rec()).to_line(1, GENESIS, &chain);
+        let (l2, _) = Entry::Request(rec()).to_line(2, &h1, &chain);
+        assert_eq!(h1, chain.hash(l1.as_bytes()));
+        assert_ne!(
+            h1,
+            line_hash(l1.as_bytes()),
+            "the keyed hash is plain SHA-256"
+        );
+        assert_ne!(h1, Chain::keyed(b"another key").hash(l1.as_bytes()));
+        let Entry::Request(back) = Entry::parse(l2.as_bytes()).unwrap() else {
+            panic!("{l2}")
+        };
+        assert_eq!((back.seq, back.prev.as_str()), (2, h1.as_str()));
+        let (l3, _) =
+            Entry::Event(Event::new(Phase::Checkpoint, "c".into())).to_line(3, &h1, &chain);
+        assert!(
+            matches!(Entry::parse(l3.as_bytes()), Ok(Entry::Event(e)) if e.seq == 3),
+            "{l3}"
+        );
         assert!(
             l1.starts_with(r#"{"time":"2026-11-23T19:00:00.000Z","phase":"intent""#),
             "{l1}"
         );
+    }
+
+    #[test]
+    fn positions_are_seq_colon_hash() {
+        let h = "0123456789abcdef".repeat(4);
+        let p: Position = format!("42:{h}").parse().unwrap();
+        assert_eq!((p.seq, p.hash.as_str()), (42, h.as_str()));
+        assert_eq!(p.to_string(), format!("42:{h}"));
+        for bad in [
+            "",
+            "42",
+            ":abc",
+            &format!("x:{h}"),
+            &format!("1:{}", &h[1..]),
+            &format!("1:{}", h.to_uppercase()),
+        ] {
+            assert!(bad.parse::<Position>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

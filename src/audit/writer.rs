@@ -1,20 +1,44 @@
-//! The audit writer: one task owns the file. Requests hand it records and wait for the
+//! The audit writer: one thread owns the file. Requests hand it records and wait for the
 //! answer; it appends every record waiting at that moment in one write and one fsync
 //! (group commit), then answers them all. An intent is answered only once it is on disk,
 //! so a delete is forwarded only after its intent is durable; when the write fails, the
 //! caller refuses the delete (503) and forwards nothing.
 //!
+//! Invariants:
+//! - A batch is appended whole or not at all: a write or fsync that fails (ENOSPC, EIO)
+//!   is cut back to the length the file had before it, so the next batch never glues onto
+//!   a partial line. If even the cut fails, the next batch cuts first and records it.
+//! - At start, a torn last line (a crash mid-write) is cut off, and the cut is recorded
+//!   (a `repair` record: how many bytes, their SHA-256), chained like any record.
+//! - The chain is keyed (HMAC-SHA-256, `audit.key_file`); a file written under another
+//!   key, or before the chain was keyed, is refused at start rather than continued.
+//! - Every `checkpoint_every` records or `checkpoint_interval` (when anything was written
+//!   since the last one) a `checkpoint` record is written and its position `SEQ:HASH`
+//!   logged, so an outside copy of the log proves that nothing was cut from the end.
+//! - Denied records are limited per user (`max_denials_per_minute`, a token bucket); the
+//!   ones dropped are written as one `denials_summary` record a minute later.
+//! - The free space of the audit folder is checked every few seconds
+//!   (`min_free_bytes`): the gauges feed the metrics and `GET /ready`.
+//!
 //! The file is opened for each batch without creating it: a file that is gone, read-only
 //! or on a full disk fails the batch instead of silently starting a new chain elsewhere.
 //! SIGHUP (logrotate) and size rotation create the next file, whose first record names
-//! the last hash of the previous one. The last hash is also kept in `.<name>.last` so a
-//! restart after rotation continues the chain.
+//! the last hash of the previous one. The chain's end (`SEQ HASH`, with a MAC under the
+//! key) is also kept in `.<name>.last`, rewritten after every batch, so a restart after
+//! a rotation continues the chain from where it really ended.
 
-use super::record::{line_hash, Record, GENESIS};
-use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom, Write};
+use super::key::{self, KeyError};
+use super::record::{
+    line_hash, now_rfc3339, Chain, Entry, Event, Phase, Position, Record, GENESIS,
+};
+use crate::metrics::Metrics;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, Clone)]
@@ -24,19 +48,47 @@ pub struct AuditSettings {
     pub rotate_bytes: u64,
     /// Also print every line on stdout, for log shippers.
     pub stdout: bool,
+    /// The key of the chain's HMAC.
+    pub key_file: PathBuf,
+    /// A checkpoint after this many records (0: only by time).
+    pub checkpoint_every: u64,
+    /// A checkpoint after this long, when records were written since the last one.
+    pub checkpoint_interval: Duration,
+    /// Denied records written per user and minute; the rest are summarized.
+    pub max_denials_per_minute: u32,
+    /// Below this many free bytes in the audit folder, `GET /ready` fails.
+    pub min_free_bytes: u64,
+}
+
+/// Why the writer cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("{0}")]
+    File(String),
+}
+
+impl StartError {
+    /// The configuration key the error is about.
+    pub fn config_key(&self) -> &'static str {
+        match self {
+            StartError::Key(_) => "audit.key_file",
+            StartError::File(_) => "audit.file",
+        }
+    }
 }
 
 type Ack = oneshot::Sender<Result<(), String>>;
 
 enum Msg {
-    Write(Box<Record>, Ack),
+    Write(Box<Entry>, Ack),
+    /// A denied record: written unless its user is over the rate limit.
+    Denial(Box<Record>, Ack),
     Reopen,
-}
-
-/// Handle to the writer task.
-#[derive(Debug, Clone)]
-pub struct AuditLog {
-    tx: mpsc::Sender<Msg>,
+    Tick,
+    /// Shutting down: write pending summaries and a last checkpoint.
+    Close(Ack),
 }
 
 impl std::fmt::Debug for Msg {
@@ -45,10 +97,77 @@ impl std::fmt::Debug for Msg {
     }
 }
 
+/// Handle to the writer thread.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Msg>,
+}
+
+/// How often the writer checks the disk, due summaries and checkpoints.
+const TICK: Duration = Duration::from_secs(5);
+/// Most of the file's end read at start to find the last complete record.
+const MAX_TAIL: u64 = 8 << 20;
+
+/// The file the writer appends to; a trait so tests can inject failing writes.
+trait AuditFile: Write + Send {
+    fn len(&self) -> io::Result<u64>;
+    fn truncate(&self, len: u64) -> io::Result<()>;
+    fn sync(&self) -> io::Result<()>;
+}
+
+impl AuditFile for File {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+    fn truncate(&self, len: u64) -> io::Result<()> {
+        self.set_len(len)
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.sync_data()
+    }
+}
+
+type Wrap = Box<dyn Fn(File) -> Box<dyn AuditFile> + Send>;
+
+/// A failed append: the error, and whether the file was cut back to its old length.
+struct AppendError {
+    error: io::Error,
+    undone: bool,
+}
+
+/// Appends `buf` and syncs; on failure cuts the file back to the length it had before.
+/// Returns the new length.
+fn append_whole(f: &mut dyn AuditFile, buf: &[u8]) -> Result<u64, AppendError> {
+    let before = f.len().map_err(|error| AppendError {
+        error,
+        undone: true,
+    })?;
+    match f.write_all(buf).and_then(|()| f.sync()) {
+        Ok(()) => Ok(before + buf.len() as u64),
+        Err(error) => {
+            let undone = f.truncate(before).and_then(|()| f.sync()).is_ok();
+            Err(AppendError { error, undone })
+        }
+    }
+}
+
 struct Writer {
     settings: AuditSettings,
+    chain: Chain,
     last_hash: String,
+    seq: u64,
     create_next: bool,
+    /// The file may end in bytes of a failed write that could not be cut off: the next
+    /// batch cuts them first (back to `good_len`, else the last newline).
+    torn: bool,
+    /// The length of the file after the last batch this writer appended.
+    good_len: Option<u64>,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+    failing: bool,
+    denials: Denials,
+    metrics: Arc<Metrics>,
+    wrap: Option<Wrap>,
 }
 
 fn sidecar(path: &Path) -> PathBuf {
@@ -59,72 +178,338 @@ fn sidecar(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.last"))
 }
 
-/// The hash of the last complete line of `path`, if it has one.
-fn last_line_hash(path: &Path) -> std::io::Result<Option<String>> {
-    let mut f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
+fn sidecar_mac(chain: &Chain, seq: u64, hash: &str) -> String {
+    chain.hash(format!("registry-guard audit sidecar {seq} {hash}").as_bytes())
+}
+
+fn folder_of(file: &Path) -> &Path {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Free bytes for unprivileged writers in `dir`'s file system.
+fn free_bytes(dir: &Path) -> io::Result<u64> {
+    let s = rustix::fs::statvfs(dir)?;
+    Ok(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+/// The end of a file: where its last complete line ends, and that line and the one
+/// before it (when they lie within the last `MAX_TAIL` bytes).
+struct Tail {
+    len: u64,
+    /// Length up to and including the last newline.
+    complete: u64,
+    last: Option<Vec<u8>>,
+    before_last: Option<Vec<u8>>,
+}
+
+fn read_tail(f: &mut File) -> io::Result<Tail> {
     let len = f.metadata()?.len();
-    let start = len.saturating_sub(1 << 20);
+    let start = len.saturating_sub(MAX_TAIL);
     f.seek(SeekFrom::Start(start))?;
     let mut tail = Vec::new();
     f.read_to_end(&mut tail)?;
-    // Only complete lines count; a torn tail (no newline) is left for `verify` to report.
-    let complete = match tail.iter().rposition(|&b| b == b'\n') {
-        Some(i) => &tail[..i],
-        None => return Ok(None),
+    let Some(nl) = tail.iter().rposition(|&b| b == b'\n') else {
+        if start > 0 {
+            return Err(io::Error::other(format!(
+                "no complete line in its last {MAX_TAIL} bytes"
+            )));
+        }
+        return Ok(Tail {
+            len,
+            complete: 0,
+            last: None,
+            before_last: None,
+        });
     };
-    let last = complete.rsplit(|&b| b == b'\n').next().unwrap_or(complete);
-    Ok((!last.is_empty()).then(|| line_hash(last)))
+    let mut lines = tail[..nl].rsplit(|&b| b == b'\n');
+    let last = lines.next().map(<[u8]>::to_vec);
+    // Without the line before it (first line of a window that starts mid-file) the key
+    // check is skipped; the chain check of `audit verify` still covers it.
+    let before_last = match (lines.next(), lines.next(), start) {
+        (Some(b), _, 0) | (Some(b), Some(_), _) => Some(b.to_vec()),
+        _ => None,
+    };
+    Ok(Tail {
+        len,
+        complete: start + nl as u64 + 1,
+        last,
+        before_last,
+    })
 }
 
 impl Writer {
-    fn open(&self, create: bool) -> std::io::Result<std::fs::File> {
-        OpenOptions::new()
+    /// Opens (creating it 0600 if needed) the audit file, cuts a torn tail off (returning
+    /// the repair record to write first), and finds where the chain ends: the file's last
+    /// record, else the sidecar, else genesis.
+    fn open(
+        settings: AuditSettings,
+        chain: Chain,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Writer, Option<Event>), StartError> {
+        let path = settings.file.clone();
+        let shown = path.display().to_string();
+        let err = |what: String| StartError::File(format!("{shown}: {what}"));
+        let mut f = OpenOptions::new()
+            .read(true)
             .append(true)
-            .create(create)
+            .create(true)
             .mode(0o600)
-            .open(&self.settings.file)
+            .open(&path)
+            .map_err(|e| err(format!("cannot open: {e}")))?;
+        let tail = read_tail(&mut f).map_err(|e| err(format!("cannot read: {e}")))?;
+        let repair = if tail.complete < tail.len {
+            Some(
+                cut(&mut f, tail.complete, tail.len)
+                    .map_err(|e| err(format!("cannot cut its torn last line: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let (seq, last_hash) = match &tail.last {
+            Some(line) => {
+                let entry = Entry::parse(line).map_err(|e| {
+                    err(format!("its last line is not an audit record ({e}): the file was changed by hand; move it aside"))
+                })?;
+                if entry.seq() == 0 {
+                    return Err(err("it was written before the chain was keyed (no `seq`): move it aside (`audit verify --unkeyed` still checks it) and start again".into()));
+                }
+                if let Some(before) = &tail.before_last {
+                    if entry.prev() != chain.hash(before) {
+                        return Err(err("its last record is not chained under audit.key_file (another key, or edited): move the file aside or give the key it was written with".into()));
+                    }
+                }
+                (entry.seq(), chain.hash(line))
+            }
+            None => read_sidecar(&path, &chain)?,
+        };
+        let mut writer = Writer {
+            settings,
+            chain,
+            last_hash,
+            seq,
+            create_next: false,
+            torn: false,
+            good_len: None,
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            failing: false,
+            denials: Denials::default(),
+            metrics,
+            wrap: None,
+        };
+        writer.denials.per_minute = writer.settings.max_denials_per_minute;
+        writer.check_disk();
+        Ok((writer, repair))
     }
 
-    /// Appends the records in one write and one fsync.
-    fn write_batch(&mut self, records: &[Record]) -> Result<(), String> {
+    fn position(&self) -> Position {
+        Position {
+            seq: self.seq,
+            hash: self.last_hash.clone(),
+        }
+    }
+
+    fn open_file(&self) -> io::Result<Box<dyn AuditFile>> {
+        let f = OpenOptions::new()
+            .append(true)
+            .create(self.create_next)
+            .mode(0o600)
+            .open(&self.settings.file)?;
+        Ok(match &self.wrap {
+            Some(w) => w(f),
+            None => Box::new(f),
+        })
+    }
+
+    /// Cuts what a failed write left at the end of the file; the repair record to
+    /// write first, if anything was cut.
+    fn cut_torn(&mut self, f: &dyn AuditFile) -> io::Result<Option<Event>> {
+        let len = f.len()?;
+        let keep = match self.good_len {
+            Some(g) if g <= len => g,
+            _ => {
+                let mut r = File::open(&self.settings.file)?;
+                read_tail(&mut r)?.complete
+            }
+        };
+        if keep == len {
+            return Ok(None);
+        }
+        let mut r = File::open(&self.settings.file)?;
+        let event = removed_event(&mut r, keep, len)?;
+        f.truncate(keep)?;
+        f.sync()?;
+        Ok(Some(event))
+    }
+
+    /// Appends the entries (plus a checkpoint when one is due or `checkpoint` is set) in
+    /// one write and one fsync; on failure the file is left as it was.
+    fn write_batch(&mut self, mut entries: Vec<Entry>, checkpoint: bool) -> Result<(), String> {
+        let file = self.settings.file.display().to_string();
+        let fail = |w: &mut Writer, e: String| {
+            w.set_failing(true);
+            w.metrics.audit_write_failures.inc();
+            e
+        };
+        let mut f = match self.open_file() {
+            Ok(f) => f,
+            Err(e) => {
+                return Err(fail(
+                    self,
+                    format!("cannot open the audit file {file}: {e}"),
+                ))
+            }
+        };
+        if self.torn {
+            match self.cut_torn(&*f) {
+                Ok(repair) => {
+                    self.torn = false;
+                    if let Some(r) = repair {
+                        entries.insert(0, Entry::Event(r));
+                    }
+                }
+                Err(e) => {
+                    return Err(fail(
+                        self,
+                        format!("cannot cut the failed write off the audit file {file}: {e}"),
+                    ))
+                }
+            }
+        }
+        let every = self.settings.checkpoint_every;
+        let due = every > 0 && self.since_checkpoint + entries.len() as u64 >= every;
+        if due || checkpoint {
+            entries.push(Entry::Event(Event::new(
+                Phase::Checkpoint,
+                "the chain up to here; its position is also in the proxy's log".into(),
+            )));
+        }
         let mut buf = String::new();
-        let mut hash = self.last_hash.clone();
-        for r in records {
-            let (line, h) = r.to_line(&hash);
+        let (mut seq, mut hash) = (self.seq, self.last_hash.clone());
+        for e in &entries {
+            seq += 1;
+            let (line, h) = e.to_line(seq, &hash, &self.chain);
             buf.push_str(&line);
             buf.push('\n');
             hash = h;
         }
-        let file = &self.settings.file;
-        let mut f = self
-            .open(self.create_next)
-            .map_err(|e| format!("cannot open the audit file {}: {e}", file.display()))?;
-        f.write_all(buf.as_bytes())
-            .and_then(|()| f.sync_data())
-            .map_err(|e| format!("cannot write the audit file {}: {e}", file.display()))?;
+        match append_whole(&mut *f, buf.as_bytes()) {
+            Ok(len) => self.good_len = Some(len),
+            Err(e) => {
+                if !e.undone {
+                    self.torn = true;
+                }
+                return Err(fail(
+                    self,
+                    format!("cannot write the audit file {file}: {}", e.error),
+                ));
+            }
+        }
+        drop(f);
         self.create_next = false;
-        self.last_hash = hash;
+        (self.seq, self.last_hash) = (seq, hash);
+        self.set_failing(false);
+        self.metrics.audit_records.add(entries.len() as u64);
+        self.since_checkpoint += entries.len() as u64;
         if self.settings.stdout {
-            let mut out = std::io::stdout().lock();
+            let mut out = io::stdout().lock();
             let _ = out.write_all(buf.as_bytes());
             let _ = out.flush();
         }
+        if entries
+            .last()
+            .is_some_and(|e| e.phase() == Phase::Checkpoint)
+        {
+            self.since_checkpoint = 0;
+            self.last_checkpoint = Instant::now();
+            tracing::info!(checkpoint = %self.position(), "audit checkpoint");
+        }
+        self.save_sidecar();
         if self.settings.rotate_bytes > 0
-            && f.metadata().map(|m| m.len()).unwrap_or(0) >= self.settings.rotate_bytes
+            && self.good_len.unwrap_or(0) >= self.settings.rotate_bytes
         {
             self.rotate();
         }
         Ok(())
     }
 
+    fn set_failing(&mut self, failing: bool) {
+        if failing != self.failing {
+            self.failing = failing;
+            self.metrics.audit_writer_failing.set(u64::from(failing));
+            if !failing {
+                tracing::info!("audit writes succeed again");
+            }
+        }
+    }
+
+    fn check_disk(&mut self) {
+        match free_bytes(folder_of(&self.settings.file)) {
+            Ok(free) => {
+                let low = free < self.settings.min_free_bytes;
+                let was = self.metrics.audit_disk_low.get() == 1;
+                self.metrics.audit_disk_free_bytes.set(free);
+                self.metrics.audit_disk_low.set(u64::from(low));
+                if low && !was {
+                    tracing::warn!(
+                        free,
+                        min = self.settings.min_free_bytes,
+                        "the audit folder is low on space (audit.min_free_bytes): not ready"
+                    );
+                } else if was && !low {
+                    tracing::info!(free, "the audit folder has space again");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot check the free space of the audit folder"),
+        }
+    }
+
+    /// Every `TICK`: the disk, due denial summaries, a checkpoint by time, and a probe
+    /// (a checkpoint) while writes fail, so readiness recovers once they work again.
+    fn tick(&mut self) {
+        self.check_disk();
+        let summaries: Vec<Entry> = self
+            .denials
+            .due(Instant::now(), false)
+            .into_iter()
+            .map(Entry::Event)
+            .collect();
+        let by_time = self.since_checkpoint > 0
+            && self.last_checkpoint.elapsed() >= self.settings.checkpoint_interval;
+        if summaries.is_empty() && !by_time && !self.failing {
+            return;
+        }
+        let n = summaries.len();
+        if let Err(e) = self.write_batch(summaries, by_time || self.failing) {
+            tracing::warn!(error = %e, summaries = n, "audit write failed (checkpoint or denial summaries)");
+        }
+    }
+
+    /// Pending denial summaries and, if anything was written since the last one, a
+    /// checkpoint.
+    fn close(&mut self) -> Result<(), String> {
+        let last: Vec<Entry> = self
+            .denials
+            .due(Instant::now(), true)
+            .into_iter()
+            .map(Entry::Event)
+            .collect();
+        if last.is_empty() && self.since_checkpoint == 0 {
+            return Ok(());
+        }
+        let n = last.len();
+        self.write_batch(last, true).inspect_err(|e| {
+            tracing::error!(error = %e, summaries = n, "audit: last checkpoint and denial summaries not written");
+        })
+    }
+
     /// Renames the full file aside; the next batch creates a new one continuing the chain.
     fn rotate(&mut self) {
         let file = &self.settings.file;
-        let stamp = super::record::now_rfc3339().replace([':', '-'], "");
+        let stamp = now_rfc3339().replace([':', '-'], "");
         let name = file
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -145,94 +530,276 @@ impl Writer {
         };
         match std::fs::rename(file, &aside) {
             Ok(()) => {
-                tracing::info!(to = %aside.display(), "audit file rotated");
+                tracing::info!(to = %aside.display(), end = %self.position(), "audit file rotated");
                 self.create_next = true;
-                self.save_sidecar();
+                self.good_len = None;
             }
             Err(e) => tracing::error!(error = %e, "audit file not rotated"),
         }
     }
 
+    /// Writes the chain's end with its MAC next to the file (through a temporary file and
+    /// a rename: a crash leaves the old or the new one, never half of one).
     fn save_sidecar(&self) {
-        let _ = std::fs::write(
-            sidecar(&self.settings.file),
-            format!("{}\n", self.last_hash),
-        );
+        let path = sidecar(&self.settings.file);
+        let tmp = path.with_extension("tmp");
+        let mac = sidecar_mac(&self.chain, self.seq, &self.last_hash);
+        let text = format!("{} {} {mac}\n", self.seq, self.last_hash);
+        let done = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = done {
+            tracing::warn!(error = %e, file = %path.display(), "audit sidecar not written");
+        }
+    }
+}
+
+/// The chain's end from the sidecar of an empty or missing file; genesis without one.
+fn read_sidecar(path: &Path, chain: &Chain) -> Result<(u64, String), StartError> {
+    let side = sidecar(path);
+    let text = match std::fs::read_to_string(&side) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, GENESIS.to_owned())),
+        Err(e) => {
+            return Err(StartError::File(format!(
+                "{}: cannot read: {e}",
+                side.display()
+            )))
+        }
+    };
+    let mut parts = text.split_whitespace();
+    let (seq, hash, mac) = (parts.next(), parts.next(), parts.next());
+    match (seq.and_then(|s| s.parse::<u64>().ok()), hash, mac) {
+        (Some(seq), Some(hash), Some(mac)) if mac == sidecar_mac(chain, seq, hash) => {
+            Ok((seq, hash.to_owned()))
+        }
+        _ => Err(StartError::File(format!(
+            "{}: the end of the chain kept there does not carry a valid MAC under audit.key_file (edited, from before the keyed chain, or another key): remove it to start the next file at genesis",
+            side.display()
+        ))),
+    }
+}
+
+/// Cuts `f` back to `keep` bytes; the repair record describing what was removed.
+fn cut(f: &mut File, keep: u64, len: u64) -> io::Result<Event> {
+    let event = removed_event(f, keep, len)?;
+    f.set_len(keep)?;
+    f.sync_data()?;
+    Ok(event)
+}
+
+fn removed_event(r: &mut File, keep: u64, len: u64) -> io::Result<Event> {
+    r.seek(SeekFrom::Start(keep))?;
+    let mut removed = Vec::new();
+    r.take(len - keep).read_to_end(&mut removed)?;
+    let mut e = Event::new(
+        Phase::Repair,
+        format!(
+            "{} bytes cut off the end of the file: an incomplete last line (a crash or a failed write)",
+            removed.len()
+        ),
+    );
+    e.bytes_removed = Some(removed.len() as u64);
+    e.removed_sha256 = Some(line_hash(&removed));
+    tracing::warn!(bytes = removed.len(), "audit file: torn tail cut off");
+    Ok(e)
+}
+
+/// Per-user token buckets for denied records.
+#[derive(Default)]
+struct Denials {
+    per_minute: u32,
+    users: HashMap<String, Bucket>,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    dropped: u64,
+    first: Option<(Instant, String)>,
+    last: Option<(Instant, String)>,
+}
+
+/// How long the dropped denials of one user are gathered into one summary.
+const SUMMARY_WINDOW: Duration = Duration::from_secs(60);
+
+impl Denials {
+    fn refill(&self, b: &mut Bucket, now: Instant) {
+        let cap = f64::from(self.per_minute);
+        let gained = now.saturating_duration_since(b.at).as_secs_f64() * cap / 60.0;
+        b.tokens = (b.tokens + gained).min(cap);
+        b.at = now;
+    }
+
+    /// Whether `user`'s denial at `now` (record time `time`) is written.
+    fn admit(&mut self, user: &str, now: Instant, time: &str) -> bool {
+        let cap = f64::from(self.per_minute);
+        let mut b = self.users.remove(user).unwrap_or(Bucket {
+            tokens: cap,
+            at: now,
+            dropped: 0,
+            first: None,
+            last: None,
+        });
+        self.refill(&mut b, now);
+        let admitted = b.tokens >= 1.0;
+        if admitted {
+            b.tokens -= 1.0;
+        } else {
+            b.dropped += 1;
+            b.first.get_or_insert_with(|| (now, time.to_owned()));
+            b.last = Some((now, time.to_owned()));
+        }
+        self.users.insert(user.to_owned(), b);
+        admitted
+    }
+
+    /// The summaries due at `now` (all of them with `all`), oldest user first; forgets
+    /// users whose bucket is full again.
+    fn due(&mut self, now: Instant, all: bool) -> Vec<Event> {
+        let mut out = Vec::new();
+        let per_minute = self.per_minute;
+        let mut users: Vec<String> = self.users.keys().cloned().collect();
+        users.sort();
+        for user in users {
+            let Some(mut b) = self.users.remove(&user) else {
+                continue;
+            };
+            self.refill(&mut b, now);
+            let ripe = b
+                .first
+                .as_ref()
+                .is_some_and(|(t, _)| all || now.saturating_duration_since(*t) >= SUMMARY_WINDOW);
+            if ripe {
+                if let (Some((t0, first)), Some((t1, last))) = (b.first.take(), b.last.take()) {
+                    let secs = t1.saturating_duration_since(t0).as_secs();
+                    let mut e = Event::new(
+                        Phase::DenialsSummary,
+                        format!(
+                            "{} more denials of {user} in {secs} s, not recorded one by one (audit.max_denials_per_minute: {per_minute})",
+                            b.dropped
+                        ),
+                    );
+                    e.user = Some(user.clone());
+                    e.count = Some(b.dropped);
+                    e.first = Some(first);
+                    e.last = Some(last);
+                    out.push(e);
+                    b.dropped = 0;
+                }
+            }
+            if b.dropped > 0 || b.tokens < f64::from(per_minute) {
+                self.users.insert(user, b);
+            }
+        }
+        out
     }
 }
 
 impl AuditLog {
-    /// Opens (creating it 0600 if needed) the audit file, finds where its chain ends,
-    /// and starts the writer task.
-    pub fn start(settings: AuditSettings) -> Result<AuditLog, String> {
-        let file = settings.file.clone();
-        let in_file = last_line_hash(&file)
-            .map_err(|e| format!("cannot read the audit file {}: {e}", file.display()))?;
-        let last_hash = match in_file {
-            Some(h) => h,
-            None => std::fs::read_to_string(sidecar(&file))
-                .ok()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| s.len() == 64)
-                .unwrap_or_else(|| GENESIS.to_owned()),
-        };
-        let mut writer = Writer {
-            settings,
-            last_hash,
-            create_next: true,
-        };
-        // Create it now, so a bad path fails at start-up, not at the first delete.
-        writer
-            .open(true)
-            .map_err(|e| format!("cannot open the audit file {}: {e}", file.display()))?;
-        writer.create_next = false;
+    /// Loads the key, opens the audit file (creating it 0600 if needed), repairs a torn
+    /// tail, finds where its chain ends, and starts the writer thread.
+    pub fn start(settings: AuditSettings, metrics: Arc<Metrics>) -> Result<AuditLog, StartError> {
+        let chain = key::load(&settings.key_file)?;
+        let (mut writer, repair) = Writer::open(settings, chain, metrics)?;
+        if let Some(r) = repair {
+            writer
+                .write_batch(vec![Entry::Event(r)], false)
+                .map_err(|e| {
+                    StartError::File(format!("the repair of a torn tail was not recorded: {e}"))
+                })?;
+        }
+        tracing::info!(file = %writer.settings.file.display(), position = %writer.position(), "audit chain continues from here");
         let (tx, mut rx) = mpsc::channel::<Msg>(1024);
+        let weak = tx.downgrade();
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
                 while let Some(first) = rx.blocking_recv() {
-                    let mut batch: Vec<(Record, Ack)> = Vec::new();
-                    let handle = |m: Msg, w: &mut Writer, batch: &mut Vec<(Record, Ack)>| match m {
-                        Msg::Write(r, ack) => batch.push((*r, ack)),
-                        Msg::Reopen => {
-                            w.create_next = true;
-                            w.save_sidecar();
+                    let mut entries: Vec<Entry> = Vec::new();
+                    let mut acks: Vec<Ack> = Vec::new();
+                    let mut tick = false;
+                    let mut close = None;
+                    let mut handle = |m: Msg, w: &mut Writer| match m {
+                        Msg::Write(e, ack) => {
+                            entries.push(*e);
+                            acks.push(ack);
                         }
+                        Msg::Denial(r, ack) => {
+                            if w.denials.admit(&r.user, Instant::now(), &r.time) {
+                                entries.push(Entry::Request(*r));
+                                acks.push(ack);
+                            } else {
+                                w.metrics.audit_denials_suppressed.inc();
+                                let _ = ack.send(Ok(()));
+                            }
+                        }
+                        Msg::Reopen => w.create_next = true,
+                        Msg::Tick => tick = true,
+                        Msg::Close(ack) => close = Some(ack),
                     };
-                    handle(first, &mut writer, &mut batch);
-                    while batch.len() < 256 {
+                    handle(first, &mut writer);
+                    for _ in 0..255 {
                         match rx.try_recv() {
-                            Ok(m) => handle(m, &mut writer, &mut batch),
+                            Ok(m) => handle(m, &mut writer),
                             Err(_) => break,
                         }
                     }
-                    if batch.is_empty() {
-                        continue;
+                    if !entries.is_empty() {
+                        let n = entries.len();
+                        let result = writer.write_batch(entries, false);
+                        if let Err(e) = &result {
+                            tracing::error!(error = %e, records = n, "audit write failed");
+                        }
+                        for ack in acks {
+                            let _ = ack.send(result.clone());
+                        }
                     }
-                    let records: Vec<Record> = batch.iter().map(|(r, _)| r.clone()).collect();
-                    let result = writer.write_batch(&records);
-                    if let Err(e) = &result {
-                        tracing::error!(error = %e, records = records.len(), "audit write failed");
+                    if tick {
+                        writer.tick();
                     }
-                    for (_, ack) in batch {
-                        let _ = ack.send(result.clone());
+                    if let Some(ack) = close {
+                        let _ = ack.send(writer.close());
                     }
                 }
-                writer.save_sidecar();
+                let _ = writer.close();
             })
-            .map_err(|e| format!("cannot start the audit writer: {e}"))?;
+            .map_err(|e| StartError::File(format!("cannot start the audit writer: {e}")))?;
+        std::thread::Builder::new()
+            .name("audit-ticker".into())
+            .spawn(move || loop {
+                std::thread::sleep(TICK);
+                // Only a weak handle: the writer stops once every AuditLog is gone.
+                let Some(tx) = weak.upgrade() else { break };
+                let _ = tx.try_send(Msg::Tick);
+            })
+            .map_err(|e| StartError::File(format!("cannot start the audit ticker: {e}")))?;
         Ok(AuditLog { tx })
     }
 
     /// Appends a record; returns once it is on disk (fsync'd), or why it is not.
     pub async fn write(&self, record: Record) -> Result<(), String> {
+        self.send(|ack| Msg::Write(Box::new(Entry::Request(record)), ack))
+            .await
+    }
+
+    /// Appends a denied record unless its user is over `max_denials_per_minute` (then it
+    /// is counted into a later summary); returns once it is on disk or dropped.
+    pub async fn write_denial(&self, record: Record) -> Result<(), String> {
+        self.send(|ack| Msg::Denial(Box::new(record), ack)).await
+    }
+
+    async fn send(&self, msg: impl FnOnce(Ack) -> Msg) -> Result<(), String> {
         let (ack, done) = oneshot::channel();
         self.tx
-            .send(Msg::Write(Box::new(record), ack))
+            .send(msg(ack))
             .await
             .map_err(|_| "the audit writer has stopped".to_owned())?;
         done.await
             .map_err(|_| "the audit writer has stopped".to_owned())?
+    }
+
+    /// At shutdown: writes pending denial summaries and a last checkpoint.
+    pub async fn close(&self) {
+        let _ = self.send(Msg::Close).await;
     }
 
     /// Asks the writer to start a new file on its next write (after logrotate moved it).
@@ -243,23 +810,407 @@ impl AuditLog {
 
 #[cfg(test)]
 mod tests {
+    use super::super::record::Target;
+    use super::super::verify::{verify, Options, Report};
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn settings(dir: &Path) -> AuditSettings {
+        AuditSettings {
+            file: dir.join("audit.jsonl"),
+            rotate_bytes: 0,
+            stdout: false,
+            key_file: dir.join("audit.key"),
+            checkpoint_every: 0,
+            checkpoint_interval: Duration::from_secs(3600),
+            max_denials_per_minute: 3,
+            min_free_bytes: 0,
+        }
+    }
+
+    fn record(user: &str, id: &str) -> Entry {
+        Entry::Request(Record {
+            time: now_rfc3339(),
+            phase: Phase::Denied,
+            request_id: id.into(),
+            user: user.into(),
+            client: "192.0.2.7".into(),
+            user_agent: None,
+            method: "DELETE".into(),
+            path: "/v2/a/b/manifests/sha256:x".into(),
+            repo: "a/b".into(),
+            target: Target::ManifestByDigest,
+            reference: "sha256:x".into(),
+            digest: None,
+            tags: None,
+            tags_complete: None,
+            decision: "denied".into(),
+            reason: "denied: no".into(),
+            upstream_status: None,
+            outcome: Some(super::super::Outcome::Denied),
+            duration_ms: Some(0),
+            seq: 0,
+            prev: String::new(),
+        })
+    }
+
+    fn open(dir: &Path) -> (Writer, Option<Event>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::default());
+        let (w, repair) = Writer::open(settings(dir), Chain::keyed(KEY), metrics.clone()).unwrap();
+        (w, repair, metrics)
+    }
+
+    fn check(path: &Path) -> Report {
+        let content = std::fs::read(path).unwrap();
+        let chain = Chain::keyed(KEY);
+        let opts = Options {
+            chain: &chain,
+            start: None,
+            checkpoints: Vec::new(),
+        };
+        verify([("audit.jsonl", content.as_slice())], &opts)
+    }
+
+    /// A file that takes `budget` bytes, then fails every write with ENOSPC; its
+    /// truncation fails too when `cut_fails`.
+    struct Faulty {
+        inner: File,
+        budget: Arc<AtomicUsize>,
+        cut_fails: bool,
+    }
+
+    impl Write for Faulty {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let left = self.budget.load(Ordering::SeqCst);
+            if left == 0 {
+                return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            let n = self.inner.write(&buf[..buf.len().min(left)])?;
+            self.budget.fetch_sub(n, Ordering::SeqCst);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.inner.flush()
+        }
+    }
+
+    impl AuditFile for Faulty {
+        fn len(&self) -> io::Result<u64> {
+            self.inner.len()
+        }
+        fn truncate(&self, len: u64) -> io::Result<()> {
+            if self.cut_fails {
+                return Err(io::Error::from_raw_os_error(5)); // EIO
+            }
+            self.inner.set_len(len)
+        }
+        fn sync(&self) -> io::Result<()> {
+            self.inner.sync_data()
+        }
+    }
+
+    fn faulty(budget: usize, cut_fails: bool) -> Wrap {
+        let budget = Arc::new(AtomicUsize::new(budget));
+        Box::new(move |f| {
+            Box::new(Faulty {
+                inner: f,
+                budget: budget.clone(),
+                cut_fails,
+            })
+        })
+    }
+
+    /// ENOSPC in the middle of a batch: the batch fails (its intents are not
+    /// acknowledged), the file is exactly what it was, and the next batch continues the
+    /// chain: `verify` passes with only the records that were acknowledged.
+    #[test]
+    fn a_failed_write_leaves_the_file_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, repair, metrics) = open(dir.path());
+        assert!(repair.is_none());
+        w.write_batch(vec![record("bob", "r1"), record("bob", "r2")], false)
+            .unwrap();
+        let before = std::fs::read(&w.settings.file).unwrap();
+        w.wrap = Some(faulty(100, false));
+        let e = w
+            .write_batch(vec![record("bob", "r3"), record("bob", "r4")], false)
+            .unwrap_err();
+        assert!(e.contains("No space left on device"), "{e}");
+        assert_eq!(std::fs::read(&w.settings.file).unwrap(), before);
+        assert_eq!(metrics.audit_writer_failing.get(), 1);
+        assert_eq!(metrics.audit_write_failures.get(), 1);
+        assert!(metrics.not_ready().is_some());
+        w.wrap = None;
+        w.write_batch(vec![record("bob", "r5")], false).unwrap();
+        assert_eq!(metrics.audit_writer_failing.get(), 0);
+        let r = check(&w.settings.file);
+        assert_eq!(
+            (r.broken.as_deref(), r.records, r.repairs),
+            (None, 3, 0),
+            "{r:?}"
+        );
+        let text = std::fs::read_to_string(&w.settings.file).unwrap();
+        assert!(
+            !text.contains("\"r3\"") && text.contains("\"r5\""),
+            "{text}"
+        );
+    }
+
+    /// When even the cut fails, the partial batch stays until the next batch, which cuts
+    /// it first and records the repair: the chain is intact again.
+    #[test]
+    fn a_failed_write_that_cannot_be_cut_is_cut_by_the_next_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _, _) = open(dir.path());
+        w.write_batch(vec![record("bob", "r1")], false).unwrap();
+        let good = std::fs::metadata(&w.settings.file).unwrap().len();
+        w.wrap = Some(faulty(100, true));
+        assert!(w
+            .write_batch(vec![record("bob", "r2"), record("bob", "r3")], false)
+            .is_err());
+        assert_eq!(
+            std::fs::metadata(&w.settings.file).unwrap().len(),
+            good + 100
+        );
+        w.wrap = None;
+        w.write_batch(vec![record("bob", "r4")], false).unwrap();
+        let r = check(&w.settings.file);
+        assert_eq!(
+            (r.broken.as_deref(), r.records, r.repairs),
+            (None, 3, 1),
+            "{r:?}"
+        );
+        let lines: Vec<String> = std::fs::read_to_string(&w.settings.file)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let Ok(Entry::Event(repair)) = Entry::parse(lines[1].as_bytes()) else {
+            panic!("{}", lines[1])
+        };
+        assert_eq!(
+            (repair.phase, repair.bytes_removed),
+            (Phase::Repair, Some(100))
+        );
+    }
+
+    /// A crash mid-write leaves a torn last line: the next start cuts it off and records
+    /// the repair (bytes and their SHA-256) as the next record of the chain.
+    #[test]
+    fn a_torn_tail_is_cut_at_start_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _, _) = open(dir.path());
+        w.write_batch(vec![record("bob", "r1"), record("bob", "r2")], false)
+            .unwrap();
+        let path = w.settings.file.clone();
+        drop(w);
+        let torn = b"{\"time\":\"2026-11-23T19:00:00.000Z\",\"phase\":\"int";
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(torn).unwrap();
+        drop(f);
+        assert!(check(&path).broken.unwrap().contains("torn write"));
+        let (mut w, repair, _) = open(dir.path());
+        let repair = repair.expect("no repair");
+        assert_eq!(repair.bytes_removed, Some(torn.len() as u64));
+        assert_eq!(repair.removed_sha256, Some(line_hash(torn)));
+        assert_eq!(w.seq, 2);
+        w.write_batch(vec![Entry::Event(repair)], false).unwrap();
+        w.write_batch(vec![record("bob", "r3")], false).unwrap();
+        let r = check(&path);
+        assert_eq!(
+            (r.broken.as_deref(), r.records, r.repairs),
+            (None, 4, 1),
+            "{r:?}"
+        );
+    }
+
+    /// A file written under another key, or before the chain was keyed, is not continued;
+    /// neither is a sidecar whose MAC does not fit the key.
+    #[test]
+    fn another_key_or_an_unkeyed_file_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _, _) = open(dir.path());
+        w.write_batch(vec![record("bob", "r1"), record("bob", "r2")], false)
+            .unwrap();
+        let path = w.settings.file.clone();
+        drop(w);
+        let other = Writer::open(
+            settings(dir.path()),
+            Chain::keyed(b"another key, another key, another"),
+            Arc::new(Metrics::default()),
+        );
+        let e = other.err().expect("started under another key").to_string();
+        assert!(e.contains("not chained under audit.key_file"), "{e}");
+        // The sidecar alone (the file moved away) must carry the key's MAC.
+        std::fs::rename(&path, dir.path().join("old.jsonl")).unwrap();
+        let (w, _, _) = open(dir.path());
+        assert_eq!(w.seq, 2, "the sidecar's position was not taken");
+        let side = sidecar(&path);
+        let text = std::fs::read_to_string(&side).unwrap();
+        std::fs::write(&side, text.replacen("2 ", "1 ", 1)).unwrap();
+        let e = Writer::open(
+            settings(dir.path()),
+            Chain::keyed(KEY),
+            Arc::new(Metrics::default()),
+        )
+        .err()
+        .expect("a forged sidecar was taken")
+        .to_string();
+        assert!(e.contains("does not carry a valid MAC"), "{e}");
+        std::fs::remove_file(&side).unwrap();
+        std::fs::write(&path, "{\"time\":\"t\",\"phase\":\"denied\",\"request_id\":\"r\",\"user\":\"u\",\"client\":\"c\",\"method\":\"DELETE\",\"path\":\"/\",\"repo\":\"r\",\"target\":\"blob\",\"reference\":\"x\",\"decision\":\"denied\",\"reason\":\"\",\"prev\":\"00\"}\n").unwrap();
+        let e = Writer::open(
+            settings(dir.path()),
+            Chain::keyed(KEY),
+            Arc::new(Metrics::default()),
+        )
+        .err()
+        .expect("an unkeyed file was continued")
+        .to_string();
+        assert!(e.contains("before the chain was keyed"), "{e}");
+    }
+
+    /// Checkpoints by count land in the batch that reaches them; by time, on a tick.
+    #[test]
+    fn checkpoints_by_count_and_by_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _, metrics) = open(dir.path());
+        w.settings.checkpoint_every = 3;
+        w.write_batch(vec![record("a", "1"), record("a", "2")], false)
+            .unwrap();
+        w.write_batch(vec![record("a", "3")], false).unwrap();
+        let r = check(&w.settings.file);
+        assert_eq!((r.records, r.checkpoints), (4, 1), "{r:?}");
+        assert_eq!(r.last_checkpoint, r.chain_end);
+        w.write_batch(vec![record("a", "4")], false).unwrap();
+        w.settings.checkpoint_interval = Duration::from_millis(1);
+        std::thread::sleep(Duration::from_millis(5));
+        w.tick();
+        let r = check(&w.settings.file);
+        assert_eq!(
+            (r.records, r.checkpoints, r.broken.as_deref()),
+            (6, 2, None),
+            "{r:?}"
+        );
+        // Nothing new since: no checkpoint on the next tick.
+        w.tick();
+        assert_eq!(check(&w.settings.file).records, 6);
+        assert_eq!(metrics.audit_records.get(), 6);
+    }
+
+    /// `min_free_bytes` above what the disk has: the gauge says low, not ready.
+    #[test]
+    fn low_disk_space_shows_in_the_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _, metrics) = open(dir.path());
+        assert_eq!(metrics.audit_disk_low.get(), 0);
+        assert!(metrics.audit_disk_free_bytes.get() > 0);
+        w.settings.min_free_bytes = u64::MAX;
+        w.tick();
+        assert_eq!(metrics.audit_disk_low.get(), 1);
+        assert!(metrics
+            .not_ready()
+            .unwrap()
+            .contains("audit.min_free_bytes"));
+    }
+
+    #[test]
+    fn denials_are_limited_per_user_and_summarized_later() {
+        let mut d = Denials {
+            per_minute: 3,
+            ..Denials::default()
+        };
+        let t0 = Instant::now();
+        let admitted: Vec<bool> = (0..5).map(|_| d.admit("bob", t0, "T0")).collect();
+        assert_eq!(admitted, [true, true, true, false, false]);
+        assert!(d.admit("alice", t0, "T0"), "bob's flood limited alice");
+        assert!(d.due(t0 + Duration::from_secs(30), false).is_empty());
+        // 20 s give bob one record back.
+        assert!(d.admit("bob", t0 + Duration::from_secs(20), "T20"));
+        assert!(!d.admit("bob", t0 + Duration::from_secs(21), "T21"));
+        let due = d.due(t0 + SUMMARY_WINDOW, false);
+        assert_eq!(due.len(), 1, "{due:?}");
+        let s = &due[0];
+        assert_eq!(
+            (
+                s.phase,
+                s.user.as_deref(),
+                s.count,
+                s.first.as_deref(),
+                s.last.as_deref()
+            ),
+            (
+                Phase::DenialsSummary,
+                Some("bob"),
+                Some(3),
+                Some("T0"),
+                Some("T21")
+            )
+        );
+        assert!(
+            s.reason.starts_with("3 more denials of bob in 21 s"),
+            "{}",
+            s.reason
+        );
+        assert!(d.due(t0 + SUMMARY_WINDOW * 2, false).is_empty());
+        assert!(
+            d.users.is_empty(),
+            "full buckets are kept: {:?}",
+            d.users.keys().collect::<Vec<_>>()
+        );
+    }
+
+    /// Through the writer thread: over the limit, denials are acknowledged without a
+    /// record, and the summary is written when the log closes.
+    #[tokio::test]
+    async fn the_writer_thread_summarizes_dropped_denials() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path());
+        key::generate(&s.key_file).unwrap();
+        s.max_denials_per_minute = 2;
+        let metrics = Arc::new(Metrics::default());
+        let log = AuditLog::start(s.clone(), metrics.clone()).unwrap();
+        for i in 0..5 {
+            let Entry::Request(r) = record("bob", &i.to_string()) else {
+                unreachable!()
+            };
+            log.write_denial(r).await.unwrap();
+        }
+        assert_eq!(metrics.audit_denials_suppressed.get(), 3);
+        log.close().await;
+        let chain = key::load(&s.key_file).unwrap();
+        let content = std::fs::read(&s.file).unwrap();
+        let r = verify(
+            [("f", content.as_slice())],
+            &Options {
+                chain: &chain,
+                start: None,
+                checkpoints: Vec::new(),
+            },
+        );
+        assert_eq!(r.broken, None, "{r:?}");
+        assert_eq!(
+            (
+                r.records,
+                r.denials,
+                r.denial_summaries,
+                r.summarized_denials,
+                r.checkpoints
+            ),
+            (4, 5, 1, 3, 1),
+            "{r:?}"
+        );
+    }
 
     /// Rotations in quick succession (many per millisecond) each keep their own file,
     /// and name order is rotation order.
     #[test]
     fn rotations_never_replace_an_earlier_rotated_file() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("audit.jsonl");
-        let mut w = Writer {
-            settings: AuditSettings {
-                file: file.clone(),
-                rotate_bytes: 1,
-                stdout: false,
-            },
-            last_hash: GENESIS.to_owned(),
-            create_next: true,
-        };
+        let (mut w, _, _) = open(dir.path());
+        let file = w.settings.file.clone();
         for i in 0..50 {
             std::fs::write(&file, format!("{i}\n")).unwrap();
             w.rotate();

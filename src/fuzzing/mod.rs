@@ -171,3 +171,50 @@ pub fn users(data: &[u8]) {
         assert!(checked.get(&u.name).is_some(), "{:?} lost", u.name);
     }
 }
+
+/// `audit::verify::verify` must never panic on any bytes, keyed or not, as one file or two
+/// (split at the first `\n--8<--\n`), with or without a `--start`/`--checkpoint`; and its
+/// report must be consistent: a chain reported intact holds exactly one record per
+/// non-empty line, and it has an end exactly when it has records.
+pub fn audit_verify(data: &[u8]) {
+    use crate::audit::record::{Chain, Position};
+    use crate::audit::verify::{verify, Options};
+    const MARK: &[u8] = b"\n--8<--\n";
+    let (a, b) = match data.windows(MARK.len()).position(|w| w == MARK) {
+        Some(i) => (&data[..i + 1], &data[i + MARK.len()..]),
+        None => (data, &data[..0]),
+    };
+    let keyed = Chain::keyed(b"registry-guard fuzz audit key 32");
+    let somewhere = Position {
+        seq: 3,
+        hash: "ab".repeat(32),
+    };
+    for chain in [&keyed, &Chain::Unkeyed] {
+        for start in [None, Some(somewhere.clone())] {
+            let opts = Options {
+                chain,
+                start,
+                checkpoints: vec![somewhere.clone()],
+            };
+            let _ = verify([("a", a), ("b", b)], &opts);
+            let opts = Options {
+                checkpoints: Vec::new(),
+                ..opts
+            };
+            let r = verify([("a", a), ("b", b)], &opts);
+            if r.broken.is_none() {
+                let lines = [a, b]
+                    .iter()
+                    .flat_map(|f| f.split(|&c| c == b'\n'))
+                    .filter(|l| !l.is_empty())
+                    .count() as u64;
+                assert_eq!(r.records, lines, "intact, but records != lines");
+            }
+            assert_eq!(
+                r.chain_end.is_some(),
+                r.records > 0,
+                "chain end without records"
+            );
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Fuzz target `audit_verify`: see `registry_guard::fuzzing::audit_verify` for what it must never do.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| registry_guard::fuzzing::audit_verify(data));
