@@ -90,6 +90,12 @@ pub struct ConnActivity {
     /// request head arrived while no request was open, or [`ConnActivity::NO_HEAD`]. The
     /// watchdog gives the rest of the head `header_read_timeout` from there.
     pub head_started_ms: AtomicU64,
+    /// Responses whose head is out and whose body is not done yet.
+    pub sending: AtomicUsize,
+    /// Milliseconds since [`process_clock`] when a response head or body frame last
+    /// went out: a response the client stops taking (HTTP/2 flow control, a full TCP
+    /// window) makes no progress, and the watchdog closes it after `idle_timeout`.
+    pub last_sent_ms: AtomicU64,
 }
 
 impl ConnActivity {
@@ -103,6 +109,8 @@ impl ConnActivity {
             requests: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(now_ms()),
             head_started_ms: AtomicU64::new(Self::NO_HEAD),
+            sending: AtomicUsize::new(0),
+            last_sent_ms: AtomicU64::new(now_ms()),
         }
     }
 
@@ -136,7 +144,11 @@ pub fn now_ms() -> u64 {
 /// Marks one request open on a connection, from its complete head reaching the handler
 /// until dropped (with the access record, when the response body is done).
 #[derive(Debug)]
-pub struct InFlight(Arc<ConnActivity>);
+pub struct InFlight {
+    conn: Arc<ConnActivity>,
+    /// The response head is out (counted in `sending`).
+    sending: bool,
+}
 
 impl InFlight {
     pub fn new(conn: Arc<ConnActivity>) -> Self {
@@ -145,14 +157,34 @@ impl InFlight {
         // The head is complete: no header deadline while the request is served.
         conn.head_started_ms
             .store(ConnActivity::NO_HEAD, Ordering::Release);
-        InFlight(conn)
+        InFlight {
+            conn,
+            sending: false,
+        }
+    }
+
+    /// The response head goes out: from now on the response must keep moving.
+    pub fn head_sent(&mut self) {
+        if !self.sending {
+            self.sending = true;
+            self.conn.last_sent_ms.store(now_ms(), Ordering::Release);
+            self.conn.sending.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// A response body frame went out.
+    pub fn frame_sent(&self) {
+        self.conn.last_sent_ms.store(now_ms(), Ordering::Release);
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.idle_since_ms.store(now_ms(), Ordering::Release);
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.conn.idle_since_ms.store(now_ms(), Ordering::Release);
+        if self.sending {
+            self.conn.sending.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -331,6 +331,10 @@ enum Expiry {
     /// A request head begun and not finished in time: drop at once, there is no request
     /// to answer.
     Head,
+    /// A response the client stopped taking (HTTP/2 flow control, a full TCP window):
+    /// nothing went out for `idle_timeout`. Dropped at once, as nginx's `send_timeout`
+    /// does; a graceful shutdown would wait for that very response.
+    Stalled,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -344,7 +348,14 @@ fn ms(d: Duration) -> u64 {
 /// `header_read_timeout` after that first byte.
 fn expiry(a: &ConnActivity, limits: &Limits) -> Option<(u64, Expiry)> {
     if a.in_flight.load(Ordering::Acquire) > 0 {
-        return None;
+        // Until its response head, a request is bounded by the handler's own limits
+        // (upstream timeouts, a stalled request body); from then on its response must
+        // keep moving.
+        if a.sending.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let last = a.last_sent_ms.load(Ordering::Acquire);
+        return Some((last.saturating_add(ms(limits.idle_timeout)), Expiry::Stalled));
     }
     let head = a.head_started_ms.load(Ordering::Acquire);
     let why = if head == ConnActivity::NO_HEAD {
@@ -409,6 +420,10 @@ async fn drive<C>(
                 match expiry(activity, limits) {
                     Some((at, Expiry::Head)) if now_ms() >= at => {
                         tracing::debug!("request head not complete within limits.header_read_timeout: connection closed");
+                        return;
+                    }
+                    Some((at, Expiry::Stalled)) if now_ms() >= at => {
+                        tracing::info!("a response made no progress for limits.idle_timeout (the client stopped reading): connection closed");
                         return;
                     }
                     Some((at, Expiry::Idle)) if now_ms() >= at => {

@@ -206,6 +206,86 @@ async fn e2e_an_idle_http2_client_is_disconnected() {
     assert_pinging_h2_client_is_closed_after_idle_timeout(&proxy).await;
 }
 
+/// A client that stops taking a response (HTTP/2 window 0, after one unauthenticated
+/// `GET /v2/`; HTTP/1.1 not reading a large blob) holds it open only `idle_timeout`
+/// without progress: the response is in flight, but nothing moves (nginx: send_timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_the_client_stops_taking_is_closed_after_idle_timeout() {
+    const BLOB: u64 = 64 * 1024 * 1024;
+    let upstream =
+        FakeUpstream::start(|_| Reply::new(200).body(TestBody::zeros(BLOB))).await;
+    let proxy = Proxy::builder(&upstream.url)
+        .users(vec![user(USER, PASSWORD, &[])])
+        .access_yaml("  rules:\n    - repos: ['alice/**']\n      users: [alice]\n      actions: [pull]\n")
+        .extra_yaml("limits:\n  header_read_timeout: 1s\n  idle_timeout: 2s\n")
+        .start();
+
+    // HTTP/2 with a zero window: the 401's body can never be sent.
+    let tls = tls_connect(&proxy, &[b"h2"]).await;
+    let (send, mut conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .expect("h2 handshake");
+    let mut pings = conn.ping_pong().expect("ping handle");
+    let mut conn = tokio::spawn(conn);
+    let mut send = send.ready().await.expect("h2 ready");
+    let req = http::Request::get(format!("{}/v2/", proxy.base))
+        .body(())
+        .unwrap();
+    let (resp, _) = send.send_request(req, true).expect("h2 send");
+    let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+        .await
+        .expect("the response head arrives")
+        .expect("h2 response");
+    assert_eq!(resp.status(), 401);
+    let started = Instant::now();
+    let ended = loop {
+        tokio::select! {
+            _ = &mut conn => break Some(started.elapsed()),
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                if started.elapsed() > Duration::from_secs(15) {
+                    break None;
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(1), pings.ping(h2::Ping::opaque())).await;
+            }
+        }
+    };
+    let ended = ended.expect("an HTTP/2 client with a zero window kept its connection 15 s (idle_timeout 2s)");
+    assert!(ended >= Duration::from_millis(1500), "closed after {ended:?}, before idle_timeout");
+    assert!(ended < Duration::from_secs(8), "closed only after {ended:?}");
+    drop(resp);
+
+    // HTTP/1.1: a 64 MiB blob, of which the client reads nothing after the head.
+    let mut s = tls_connect(&proxy, &[b"http/1.1"]).await;
+    let head = format!(
+        "GET /v2/alice/app/blobs/sha256:{} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\n\r\n",
+        "a".repeat(64),
+        proxy.addr,
+        basic(USER, PASSWORD)
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut first = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut s, &mut first)
+        .await
+        .unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    // Not reading: the proxy's writes stop once the socket buffers are full.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Closed meanwhile: what was buffered arrives, then the end, far short of the blob.
+    let (got, end) = read_until(&mut s, Duration::from_secs(30), |_| false).await;
+    assert!(closed(&end), "{end:?} after {} bytes", got.len());
+    assert!(
+        (got.len() as u64) < BLOB / 2,
+        "{} of {BLOB} bytes arrived: the connection was not closed while stalled",
+        got.len()
+    );
+    assert!(
+        upstream.started() >= 1,
+        "the blob request never reached the upstream"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Item 2: unauthenticated connections per address.
 

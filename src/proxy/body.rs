@@ -51,8 +51,11 @@ impl ResponseBody {
         ResponseBody { inner, meter: None }
     }
     /// Attaches the access record; it is emitted when the body is done.
-    pub fn metered(mut self, record: AccessRecord) -> Self {
+    pub fn metered(mut self, mut record: AccessRecord) -> Self {
         let complete = self.is_end_stream();
+        if let Some(f) = &mut record.in_flight {
+            f.head_sent();
+        }
         self.meter = Some(Meter {
             record,
             bytes: 0,
@@ -86,6 +89,9 @@ impl Body for ResponseBody {
             if let Some(Ok(frame)) = &polled {
                 if let Some(d) = frame.data_ref() {
                     m.bytes += d.len() as u64;
+                }
+                if let Some(f) = &m.record.in_flight {
+                    f.frame_sent();
                 }
             }
             // hyper stops polling a body of known length after its last byte, so the
