@@ -355,7 +355,10 @@ fn expiry(a: &ConnActivity, limits: &Limits) -> Option<(u64, Expiry)> {
             return None;
         }
         let last = a.last_sent_ms.load(Ordering::Acquire);
-        return Some((last.saturating_add(ms(limits.idle_timeout)), Expiry::Stalled));
+        return Some((
+            last.saturating_add(ms(limits.idle_timeout)),
+            Expiry::Stalled,
+        ));
     }
     let head = a.head_started_ms.load(Ordering::Acquire);
     let why = if head == ConnActivity::NO_HEAD {

@@ -1270,10 +1270,17 @@ fn an_audited_delete_never_calls_a_cut_tag_list_complete() {
     assert!(intent["tags"].as_array().unwrap().len() <= 2, "{intent}");
 }
 
-/// The `audit:` section for a test proxy writing to `file`, plus `more` (two-space
-/// indented keys).
-fn audit_yaml(_dir: &Path, file: &Path, more: &str) -> String {
-    format!("audit:\n  file: {}\n{more}", file.display())
+/// The `audit:` section for a test proxy writing to `file` with a key made in `dir` by
+/// `registry-guard audit keygen`, plus `more` (two-space indented keys).
+fn audit_yaml(dir: &Path, file: &Path, more: &str) -> String {
+    let key = dir.join("audit.key");
+    let (code, out, err) = cli(&["audit", "keygen", key.to_str().unwrap()], dir);
+    assert_eq!(code, Some(0), "{out}{err}");
+    format!(
+        "audit:\n  file: {}\n  key_file: {}\n{more}",
+        file.display(),
+        key.display()
+    )
 }
 
 #[test]

@@ -212,11 +212,12 @@ async fn e2e_an_idle_http2_client_is_disconnected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_the_client_stops_taking_is_closed_after_idle_timeout() {
     const BLOB: u64 = 64 * 1024 * 1024;
-    let upstream =
-        FakeUpstream::start(|_| Reply::new(200).body(TestBody::zeros(BLOB))).await;
+    let upstream = FakeUpstream::start(|_| Reply::new(200).body(TestBody::zeros(BLOB))).await;
     let proxy = Proxy::builder(&upstream.url)
         .users(vec![user(USER, PASSWORD, &[])])
-        .access_yaml("  rules:\n    - repos: ['alice/**']\n      users: [alice]\n      actions: [pull]\n")
+        .access_yaml(
+            "  rules:\n    - repos: ['alice/**']\n      users: [alice]\n      actions: [pull]\n",
+        )
         .extra_yaml("limits:\n  header_read_timeout: 1s\n  idle_timeout: 2s\n")
         .start();
 
@@ -251,9 +252,16 @@ async fn a_response_the_client_stops_taking_is_closed_after_idle_timeout() {
             }
         }
     };
-    let ended = ended.expect("an HTTP/2 client with a zero window kept its connection 15 s (idle_timeout 2s)");
-    assert!(ended >= Duration::from_millis(1500), "closed after {ended:?}, before idle_timeout");
-    assert!(ended < Duration::from_secs(8), "closed only after {ended:?}");
+    let ended = ended
+        .expect("an HTTP/2 client with a zero window kept its connection 15 s (idle_timeout 2s)");
+    assert!(
+        ended >= Duration::from_millis(1500),
+        "closed after {ended:?}, before idle_timeout"
+    );
+    assert!(
+        ended < Duration::from_secs(8),
+        "closed only after {ended:?}"
+    );
     drop(resp);
 
     // HTTP/1.1: a 64 MiB blob, of which the client reads nothing after the head.

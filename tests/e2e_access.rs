@@ -451,6 +451,57 @@ fn e2e_protected_tags_hold_against_overwrite_and_delete_except_for_the_release_g
         env.registry_tag("alice/app", "latest").as_deref(),
         Some(a3.manifest_digest.as_str())
     );
+
+    // Nor broken by deleting what it references: its layer and config are refused.
+    let manifest: serde_json::Value = serde_json::from_slice(&a3.manifest()).unwrap();
+    let config = manifest["config"]["digest"].as_str().unwrap().to_owned();
+    for blob in [&a3.layer_digest, &config] {
+        let r = env.call(
+            Some("alice"),
+            "DELETE",
+            &format!("/v2/alice/app/blobs/{blob}"),
+        );
+        r.assert_refusal(403, "DENIED", "delete a blob latest needs");
+        assert!(env.registry_has_blob("alice/app", blob), "{blob} deleted");
+    }
+
+    // The same when the manifest spells its keys as Go's JSON decoder also accepts them
+    // ("Digest": matched without regard to case): stored by the registry, read by skopeo.
+    for blob in [&a3.layer_digest, &config] {
+        let r = env.call(
+            Some("alice"),
+            "POST",
+            &format!("/v2/alice/crafted/blobs/uploads/?mount={blob}&from=alice/app"),
+        );
+        assert_eq!(r.status, 201, "mount {blob}: {}", r.describe());
+    }
+    let crafted = String::from_utf8(a3.manifest())
+        .unwrap()
+        .replace("\"digest\"", "\"Digest\"");
+    assert!(crafted.contains("\"Digest\""));
+    let r = call(
+        &env.proxy.base,
+        Some(&env.proxy.ca),
+        "PUT",
+        "/v2/alice/crafted/manifests/latest",
+    )
+    .user("alice", &Env::password("alice"))
+    .header(&format!("Content-Type: {OCI_MANIFEST}"))
+    .body(&crafted)
+    .send();
+    assert_eq!(r.status, 201, "{}", r.describe());
+    for blob in [&a3.layer_digest, &config] {
+        let r = env.call(
+            Some("alice"),
+            "DELETE",
+            &format!("/v2/alice/crafted/blobs/{blob}"),
+        );
+        r.assert_refusal(403, "DENIED", "delete a blob a crafted latest needs");
+        assert!(
+            env.registry_has_blob("alice/crafted", blob),
+            "{blob} deleted"
+        );
+    }
 }
 
 #[test]
