@@ -365,16 +365,39 @@ pub fn client_address(
     if !is_trusted(&peer) {
         return peer;
     }
-    let hops: Vec<std::net::IpAddr> = forwarded_for
-        .iter()
-        .flat_map(|v| v.split(','))
-        .filter_map(|h| h.trim().parse::<std::net::IpAddr>().ok())
-        .map(|ip| ip.to_canonical())
-        .collect();
-    hops.into_iter()
-        .rev()
-        .find(|ip| !is_trusted(ip))
-        .unwrap_or(peer)
+    // Right to left: each hop was appended by the one after it, and only hops added by
+    // trusted proxies are believed. An entry that cannot be read (`unknown`, a name,
+    // garbage) ends the walk at the nearest hop known so far: skipping it would let the
+    // client's own left-most entries speak.
+    let mut nearest = peer;
+    for entry in forwarded_for.iter().flat_map(|v| v.split(',')).rev() {
+        let Some(ip) = parse_hop(entry.trim()) else {
+            return nearest;
+        };
+        if !is_trusted(&ip) {
+            return ip;
+        }
+        nearest = ip;
+    }
+    nearest
+}
+
+/// One `X-Forwarded-For` entry: an address, with or without a port (`192.0.2.1:5555`,
+/// `[2001:db8::1]:5555`, `[2001:db8::1]`), as load balancers write them.
+fn parse_hop(entry: &str) -> Option<std::net::IpAddr> {
+    let ip = entry
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| {
+            entry
+                .strip_prefix('[')?
+                .strip_suffix(']')?
+                .parse::<std::net::Ipv6Addr>()
+                .ok()
+                .map(std::net::IpAddr::V6)
+        })?;
+    Some(ip.to_canonical())
 }
 
 #[cfg(test)]
@@ -500,5 +523,32 @@ mod tests {
         );
         assert_eq!(client_address(peer, &["garbage"], &trusted), peer);
         assert_eq!(client_address(peer, &[], &trusted), peer);
+        // Entries with ports, as some balancers write them, are read.
+        let v6: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+        let client: std::net::IpAddr = "6.6.6.6".parse().unwrap();
+        assert_eq!(
+            client_address(peer, &["6.6.6.6, 10.1.2.3:5555"], &trusted),
+            client
+        );
+        assert_eq!(
+            client_address(peer, &["6.6.6.6, [2001:db8::1]:5555"], &trusted),
+            v6
+        );
+        assert_eq!(
+            client_address(peer, &["6.6.6.6, [2001:db8::1]"], &trusted),
+            v6
+        );
+        assert_eq!(
+            client_address(peer, &["6.6.6.6, 203.0.113.9:80"], &trusted),
+            "203.0.113.9".parse::<std::net::IpAddr>().unwrap()
+        );
+        // An entry that cannot be read stops the walk: the client's own left-most
+        // entries are never reached past it.
+        assert_eq!(client_address(peer, &["6.6.6.6, unknown"], &trusted), peer);
+        assert_eq!(
+            client_address(peer, &["6.6.6.6", "unknown, 10.2.2.2"], &trusted),
+            "10.2.2.2".parse::<std::net::IpAddr>().unwrap()
+        );
+        assert_eq!(client_address(peer, &["6.6.6.6, _hidden"], &trusted), peer);
     }
 }
