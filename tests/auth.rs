@@ -758,8 +758,10 @@ async fn h2_cancelled(proxy: &Proxy, src: IpAddr, authorizations: &[String], aft
             .unwrap();
         let answered = tokio::time::timeout(after, sender.send_request(req)).await;
         if let Ok(r) = answered {
-            // Answered before the cancel (a 429): fine, that is a refusal too.
-            assert_eq!(r.unwrap().status(), 429);
+            // Answered before the cancel (argon2 was quicker than `after`, or a 429):
+            // a refusal either way; what counts is checked through the metrics.
+            let status = r.unwrap().status();
+            assert!(matches!(status.as_u16(), 401 | 429), "{status}");
         }
     }
     drop(sender);
