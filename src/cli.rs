@@ -805,7 +805,7 @@ fn audit_command(action: AuditAction) -> ExitCode {
                         .and_then(|o| serde_json::to_value(o).ok())
                         .and_then(|v| v.as_str().map(str::to_owned));
                     let status = r.upstream_status.map_or("-".to_owned(), |s| s.to_string());
-                    let mut detail = outcome.unwrap_or_else(|| r.decision.clone());
+                    let mut detail = outcome.unwrap_or_else(|| r.decision.as_str().to_owned());
                     if let Some(d) = &r.digest {
                         if *d != r.reference {
                             detail.push_str(&format!(" digest={d}"));

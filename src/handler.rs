@@ -37,7 +37,7 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct State {
     /// The delete audit trail and its settings, if configured.
-    pub audit: Option<(AuditLog, crate::config::Audit)>,
+    pub audit: Option<Audit>,
     pub upstream: Upstream,
     /// `None`: `auth.disabled`, every well-formed request is forwarded.
     pub auth: Option<Authenticator>,
@@ -52,12 +52,36 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// Configured public origin; `None`: from each request's Host.
     pub public_origin: Option<String>,
-    /// `https`, or `http` in plaintext mode.
-    pub proto: &'static str,
+    /// How clients reach the proxy: `https`, or `http` in plaintext mode.
+    pub scheme: Scheme,
     pub max_manifest_bytes: u64,
     pub local_addr: SocketAddr,
     /// Peers whose `X-Forwarded-For` gives the client address (`server.trusted_proxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// The audit trail: the writer and the settings it was started with.
+#[derive(Debug)]
+pub struct Audit {
+    pub log: AuditLog,
+    pub settings: crate::config::Audit,
+}
+
+/// How clients reach the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Https,
+    /// `server.plaintext: true`, behind a TLS terminator.
+    Http,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Https => "https",
+            Scheme::Http => "http",
+        }
+    }
 }
 
 /// The client connection a request came on.
@@ -70,9 +94,54 @@ pub struct ConnInfo {
     pub authenticated: std::sync::atomic::AtomicBool,
 }
 
-/// Proof that a request may be forwarded: only [`permit`] makes one.
+/// Proof that a request may be forwarded: only [`permit`] makes one. It carries what
+/// the decision changes about forwarding.
 pub struct Permit {
-    _private: (),
+    /// The query to forward instead of the client's (a cross-repository mount without
+    /// pull on `from`, stripped to a plain upload start).
+    query: Option<String>,
+    /// Why the request is allowed, for its audit record.
+    reason: String,
+}
+
+/// What every stage after routing shares about one request, built once and passed by
+/// reference (as pingora passes its per-request context through its phases); each
+/// stage's signature then shows only what it adds. Owned, so an audited request can move
+/// it into the task that must outlive the client.
+#[derive(Clone)]
+struct Ctx {
+    state: Arc<State>,
+    /// The one client address (see [`client_of`]).
+    client: IpAddr,
+    request_id: String,
+    parts: http::request::Parts,
+    route: Route,
+    /// `None`: `auth.disabled`.
+    identity: Option<Identity>,
+}
+
+impl Ctx {
+    fn repo(&self) -> &str {
+        self.route.repo().unwrap_or_default()
+    }
+}
+
+/// What the outer function needs of a request head to drain a refused body.
+struct DrainHint {
+    http2: bool,
+    expects_continue: bool,
+}
+
+impl DrainHint {
+    fn of(parts: &http::request::Parts) -> Self {
+        DrainHint {
+            http2: parts.version == Version::HTTP_2,
+            expects_continue: parts
+                .headers
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
+        }
+    }
 }
 
 pub async fn handle(
@@ -88,9 +157,10 @@ pub async fn handle(
         AccessRecord::new(request_id.clone(), method.clone(), req.uri().path(), client);
     record.in_flight = Some(InFlight::new(conn.activity.clone()));
     let (parts, body) = req.into_parts();
+    let hint = DrainHint::of(&parts);
 
     let mut body = Some(body);
-    let result = serve(&state, &conn, client, &parts, &mut body, &mut record).await;
+    let result = serve(&state, &conn, client, parts, &mut body, &mut record).await;
     let mut resp = match result {
         Ok(resp) => {
             record.upstream_status = Some(resp.status().as_u16());
@@ -110,7 +180,7 @@ pub async fn handle(
             // The body was never forwarded: read it away where that lets the client see
             // this answer, else close the connection after it.
             if let Some(b) = body.take() {
-                if !drain(&parts, b, state.max_unauthenticated_body).await {
+                if !drain(&hint, b, state.max_unauthenticated_body).await {
                     resp.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
@@ -146,7 +216,7 @@ async fn serve(
     state: &Arc<State>,
     conn: &ConnInfo,
     client: IpAddr,
-    parts: &http::request::Parts,
+    parts: http::request::Parts,
     body: &mut Option<Incoming>,
     record: &mut AccessRecord,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -154,7 +224,6 @@ async fn serve(
     record.route = route.kind();
     record.repo = route.repo().map(str::to_owned);
 
-    let audited = audit_target(state, &route);
     // No credentials, bad ones, throttled: answered without an audit record, so requests
     // nobody vouches for cannot fill the audit disk.
     let identity = match &state.auth {
@@ -168,60 +237,38 @@ async fn serve(
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
-    let (permit, query, reason) = match permit(state, identity.as_ref(), &route, parts).await {
+    let ctx = Ctx {
+        state: state.clone(),
+        client,
+        request_id: record.request_id.clone(),
+        parts,
+        route,
+        identity,
+    };
+    let audited = audit_target(&ctx);
+    let permit = match permit(&ctx).await {
         Ok(p) => p,
         Err(e) => {
             // Only authenticated users' denials are recorded (rate-limited per user); an
             // anonymous request refused here gets the 401 challenge and no record.
-            let user = matches!(identity, Some(Identity::User { .. }));
-            if let (Some(target), true) = (audited, user) {
-                audit_refusal(
-                    state,
-                    client,
-                    parts,
-                    &route,
-                    target,
-                    identity.as_ref(),
-                    &e,
-                    &record.request_id,
-                )
-                .await;
+            if let (Some(target), Some(Identity::User { .. })) = (audited, &ctx.identity) {
+                audit_refusal(&ctx, target, &e).await;
             }
             return Err(e);
         }
     };
-    check_body_headers(&route, &parts.headers)?;
-    if let (Some(id), Some(policy), Target::Catalog { n, last }) =
-        (&identity, &state.policy, &route.target)
-    {
-        return catalog(state, policy, id, *n, last.as_deref()).await;
+    check_body_headers(&ctx.route, &ctx.parts.headers)?;
+    if let Target::Catalog { n, last } = &ctx.route.target {
+        if ctx.state.policy.is_some() {
+            return catalog(&ctx, *n, last.as_deref()).await;
+        }
     }
     let body = body
         .take()
         .ok_or(ProxyError::ClientBody("request body already used".into()))?;
-    match (audited, &state.audit) {
-        (Some(target), Some((log, settings))) => {
-            let ctx = AuditContext {
-                log,
-                settings,
-                target,
-                identity: identity.as_ref(),
-                reason,
-                request_id: &record.request_id,
-            };
-            audited_forward(
-                state,
-                client,
-                &route,
-                parts,
-                query.as_deref(),
-                body,
-                permit,
-                ctx,
-            )
-            .await
-        }
-        _ => forward(state, client, &route, parts, query.as_deref(), body, permit).await,
+    match audited {
+        Some(target) => audited_forward(ctx, body, permit, target).await,
+        None => forward(&ctx, body, permit).await,
     }
 }
 
@@ -241,9 +288,9 @@ fn check_body_headers(route: &Route, headers: &http::HeaderMap) -> Result<(), Pr
 
 /// What an audited request is, if it is one: deletes of manifests and blobs, and
 /// manifest pushes when `audit.manifest_pushes` is on.
-fn audit_target(state: &State, route: &Route) -> Option<audit::Target> {
-    let (_, settings) = state.audit.as_ref()?;
-    match (&route.method, &route.target) {
+fn audit_target(ctx: &Ctx) -> Option<audit::Target> {
+    let settings = &ctx.state.audit.as_ref()?.settings;
+    match (&ctx.route.method, &ctx.route.target) {
         (
             &Method::DELETE,
             Target::Manifest {
@@ -267,14 +314,8 @@ fn audit_target(state: &State, route: &Route) -> Option<audit::Target> {
 }
 
 /// The parts of an audit record every phase shares.
-fn audit_record(
-    client: IpAddr,
-    parts: &http::request::Parts,
-    route: &Route,
-    target: audit::Target,
-    identity: Option<&Identity>,
-    request_id: &str,
-) -> audit::Record {
+fn audit_record(ctx: &Ctx, target: audit::Target) -> audit::Record {
+    let route = &ctx.route;
     let reference = match &route.target {
         Target::Manifest { reference, .. } => reference.as_str().to_owned(),
         Target::Blob { digest, .. } => digest.clone(),
@@ -283,17 +324,21 @@ fn audit_record(
     audit::Record {
         time: audit::record::now_rfc3339(),
         phase: Phase::Intent,
-        request_id: request_id.to_owned(),
-        user: identity.map_or_else(|| "-".to_owned(), |i| i.name().to_owned()),
-        client: client.to_string(),
-        user_agent: parts
+        request_id: ctx.request_id.clone(),
+        user: ctx
+            .identity
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |i| i.name().to_owned()),
+        client: ctx.client.to_string(),
+        user_agent: ctx
+            .parts
             .headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(256).collect()),
         method: route.method.to_string(),
         path: route.path(),
-        repo: route.repo().unwrap_or_default().to_owned(),
+        repo: ctx.repo().to_owned(),
         target,
         digest: matches!(
             target,
@@ -303,7 +348,7 @@ fn audit_record(
         reference,
         tags: None,
         tags_complete: None,
-        decision: "allowed".into(),
+        decision: audit::Decision::Allowed,
         reason: String::new(),
         upstream_status: None,
         outcome: None,
@@ -315,77 +360,51 @@ fn audit_record(
 
 /// Records an authenticated user's refused audited request, within the user's
 /// `audit.max_denials_per_minute` (the rest are summarized by the writer).
-#[allow(clippy::too_many_arguments)]
-async fn audit_refusal(
-    state: &State,
-    client: IpAddr,
-    parts: &http::request::Parts,
-    route: &Route,
-    target: audit::Target,
-    identity: Option<&Identity>,
-    error: &ProxyError,
-    request_id: &str,
-) {
-    let Some((log, _)) = &state.audit else { return };
-    let mut r = audit_record(client, parts, route, target, identity, request_id);
+async fn audit_refusal(ctx: &Ctx, target: audit::Target, error: &ProxyError) {
+    let Some(audit) = &ctx.state.audit else {
+        return;
+    };
+    let mut r = audit_record(ctx, target);
     r.phase = Phase::Denied;
-    r.decision = "denied".into();
+    r.decision = audit::Decision::Denied;
     r.reason = error.to_string();
-    r.upstream_status = None;
     r.outcome = Some(Outcome::Denied);
     r.duration_ms = Some(0);
-    if let Err(e) = log.write_denial(r).await {
-        tracing::error!(error = %e, request_id, "audit record of a refusal not written");
+    if let Err(e) = audit.log.write_denial(r).await {
+        tracing::error!(error = %e, request_id = ctx.request_id, "audit record of a refusal not written");
     }
-}
-
-struct AuditContext<'a> {
-    log: &'a AuditLog,
-    settings: &'a crate::config::Audit,
-    target: audit::Target,
-    identity: Option<&'a Identity>,
-    reason: String,
-    request_id: &'a str,
 }
 
 /// Forwards an audited request: resolves what it removes, writes the intent (fsync'd:
 /// no intent on disk, no forwarding), forwards, then writes the outcome. From the intent
 /// on, all of it runs in a task of its own: a client that goes away once its intent is
 /// handed to the writer cancels neither the forward nor the outcome record.
-#[allow(clippy::too_many_arguments)]
 async fn audited_forward(
-    state: &Arc<State>,
-    client: IpAddr,
-    route: &Route,
-    parts: &http::request::Parts,
-    query: Option<&str>,
+    ctx: Ctx,
     body: Incoming,
     permit: Permit,
-    ctx: AuditContext<'_>,
+    target: audit::Target,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    let Some(audit) = &ctx.state.audit else {
+        return forward(&ctx, body, permit).await;
+    };
+    let (log, max_tags) = (audit.log.clone(), audit.settings.max_tags);
     let started = std::time::Instant::now();
-    let mut rec = audit_record(
-        client,
-        parts,
-        route,
-        ctx.target,
-        ctx.identity,
-        ctx.request_id,
-    );
-    rec.reason = ctx.reason;
-    let repo = route.repo().unwrap_or_default();
-    if ctx.target == audit::Target::ManifestByTag {
-        match lookup::manifest_digest(&state.upstream, repo, &rec.reference).await {
+    let mut rec = audit_record(&ctx, target);
+    rec.reason = permit.reason.clone();
+    let (upstream, repo) = (&ctx.state.upstream, ctx.repo());
+    if target == audit::Target::ManifestByTag {
+        match lookup::manifest_digest(upstream, repo, &rec.reference).await {
             Ok(d) => rec.digest = d,
             Err(e) => tracing::warn!(error = %e, "audit: digest of the tag not resolved"),
         }
     }
     if matches!(
-        ctx.target,
+        target,
         audit::Target::ManifestByTag | audit::Target::ManifestByDigest
     ) {
         if let Some(d) = rec.digest.clone() {
-            match lookup::tags_pointing_at(&state.upstream, repo, &d, ctx.settings.max_tags).await {
+            match lookup::tags_pointing_at(upstream, repo, &d, max_tags).await {
                 Ok((tags, complete)) => {
                     rec.tags = Some(tags);
                     rec.tags_complete = Some(complete);
@@ -397,23 +416,11 @@ async fn audited_forward(
             }
         }
     }
-    let (state, route, parts) = (state.clone(), route.clone(), parts.clone());
-    let query = query.map(str::to_owned);
-    let (log, target, request_id) = (ctx.log.clone(), ctx.target, ctx.request_id.to_owned());
     let task = tokio::spawn(async move {
         log.write(rec.clone())
             .await
             .map_err(ProxyError::AuditUnavailable)?;
-        let result = forward(
-            &state,
-            client,
-            &route,
-            &parts,
-            query.as_deref(),
-            body,
-            permit,
-        )
-        .await;
+        let result = forward(&ctx, body, permit).await;
         rec.phase = Phase::Outcome;
         rec.time = audit::record::now_rfc3339();
         match &result {
@@ -444,7 +451,7 @@ async fn audited_forward(
         if let Err(e) = log.write(rec).await {
             // The delete happened (or failed) upstream: the intent is on disk, and
             // `audit verify` reports the missing outcome as unknown.
-            tracing::error!(error = %e, request_id, "audit outcome not written");
+            tracing::error!(error = %e, request_id = ctx.request_id, "audit outcome not written");
         }
         result
     });
@@ -457,14 +464,9 @@ async fn audited_forward(
 
 /// Decides whether the identity may make the request: the pure decision of
 /// `acl::decide` (the same one `explain` prints), then the upstream lookups it asks for.
-/// Also returns the query to forward when it must differ from the client's (a refused
-/// cross-repository mount is stripped to a plain upload start) and the reason to record.
-async fn permit(
-    state: &State,
-    identity: Option<&Identity>,
-    route: &Route,
-    parts: &http::request::Parts,
-) -> Result<(Permit, Option<String>, String), ProxyError> {
+async fn permit(ctx: &Ctx) -> Result<Permit, ProxyError> {
+    let (state, route, identity) = (&ctx.state, &ctx.route, ctx.identity.as_ref());
+    let query = ctx.parts.uri.query();
     let refusal = |verdict: Verdict| -> ProxyError {
         match verdict {
             Verdict::Challenge { .. } => AuthError::Missing.into(),
@@ -472,7 +474,7 @@ async fn permit(
             Verdict::Allow(_) => ProxyError::Denied(String::new()),
         }
     };
-    let allowance = match acl::decide(state.policy.as_ref(), identity, route, parts.uri.query()) {
+    let allowance = match acl::decide(state.policy.as_ref(), identity, route, query) {
         Verdict::Allow(a) => a,
         refused => {
             if let (Some(id), Some(policy), Some(repo)) = (identity, &state.policy, route.repo()) {
@@ -484,7 +486,7 @@ async fn permit(
     };
     // The explained reason only where it is kept (an audit record).
     let reason = match (identity, &state.policy) {
-        (Some(id), Some(policy)) if audit_target(state, route).is_some() => {
+        (Some(id), Some(policy)) if audit_target(ctx).is_some() => {
             acl::verdict::explained_reason(policy, id, route)
         }
         _ => allowance.reason,
@@ -517,9 +519,9 @@ async fn permit(
     let query = allowance.strip_mount.then(|| {
         // Without pull on `from`, a plain upload start: every client falls back to
         // uploading the blob, and nothing of `from` is read.
-        registry::route::strip_query_params(parts.uri.query().unwrap_or(""), &["mount", "from"])
+        registry::route::strip_query_params(query.unwrap_or(""), &["mount", "from"])
     });
-    Ok((Permit { _private: () }, query, reason))
+    Ok(Permit { query, reason })
 }
 
 /// Most tags examined to protect a delete by digest; beyond it the delete is refused
@@ -597,12 +599,14 @@ const CATALOG_CHUNK: usize = 1000;
 /// The catalog filtered to what `id` may pull, filled from as many upstream pages as
 /// needed (up to a bound), with the proxy's own `Link` to the next page.
 async fn catalog(
-    state: &State,
-    policy: &Policy,
-    id: &Identity,
+    ctx: &Ctx,
     n: Option<u32>,
     last: Option<&str>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    let state = &ctx.state;
+    let (Some(policy), Some(id)) = (&state.policy, &ctx.identity) else {
+        return Err(AuthError::Missing.into());
+    };
     let n = n.map_or(100, |n| n as usize).min(state.catalog_max_n);
     let mut out: Vec<String> = Vec::new();
     let mut cursor = last.map(str::to_owned);
@@ -646,15 +650,12 @@ async fn catalog(
 
 /// Forwards a permitted request and streams the upstream's answer back.
 async fn forward(
-    state: &State,
-    client: IpAddr,
-    route: &Route,
-    parts: &http::request::Parts,
-    query: Option<&str>,
+    ctx: &Ctx,
     body: Incoming,
-    _permit: Permit,
+    permit: Permit,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let mut parts = parts.clone();
+    let (state, route, query) = (&ctx.state, &ctx.route, permit.query.as_deref());
+    let mut parts = ctx.parts.clone();
     let public = public_origin(state, &parts);
     let public_host = public.split_once("://").map(|(_, h)| h);
     let path_and_query = match query {
@@ -672,8 +673,8 @@ async fn forward(
     headers::forward_request(
         &mut parts.headers,
         &ForwardContext {
-            client_ip: client,
-            proto: state.proto,
+            client_ip: ctx.client,
+            proto: state.scheme.as_str(),
             public_host,
             upstream_authorization: state.upstream.authorization.as_ref(),
         },
@@ -760,19 +761,12 @@ fn is_manifest_put(route: &Route) -> bool {
 /// the refusal instead of a reset connection. Returns whether the connection can stay
 /// open. Nothing is read when the client asked `Expect: 100-continue` (it has not sent
 /// the body and will not), on HTTP/2 (the stream is reset on its own) or past the bounds.
-async fn drain(parts: &http::request::Parts, mut body: Incoming, max_bytes: u64) -> bool {
+async fn drain(hint: &DrainHint, mut body: Incoming, max_bytes: u64) -> bool {
     use http_body::Body as _;
-    if body.is_end_stream() {
+    if body.is_end_stream() || hint.http2 {
         return true;
     }
-    if parts.version == Version::HTTP_2 {
-        return true;
-    }
-    let expects_continue = parts
-        .headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue {
+    if hint.expects_continue {
         return false;
     }
     let announced = body.size_hint().exact();
@@ -817,8 +811,8 @@ fn public_origin(state: &State, parts: &http::request::Parts) -> String {
         })
         .filter(|h| is_plausible_host(h));
     match host {
-        Some(h) => format!("{}://{h}", state.proto),
-        None => format!("{}://{}", state.proto, state.local_addr),
+        Some(h) => format!("{}://{h}", state.scheme.as_str()),
+        None => format!("{}://{}", state.scheme.as_str(), state.local_addr),
     }
 }
 

@@ -110,7 +110,10 @@ impl Server {
                 let log = crate::audit::AuditLog::start(a.settings.clone(), metrics.clone())
                     .map_err(|e| ConfigError::new(e.config_key(), e.to_string()))?;
                 tracing::info!(file = %a.settings.file.display(), "audit log open");
-                Some((log, a.clone()))
+                Some(handler::Audit {
+                    log,
+                    settings: a.clone(),
+                })
             }
             None => None,
         };
@@ -130,7 +133,11 @@ impl Server {
                 .map_or(1024 * 1024, |a| a.max_unauthenticated_body),
             metrics,
             public_origin: cfg.server.public_origin.clone(),
-            proto: if tls.is_some() { "https" } else { "http" },
+            scheme: if tls.is_some() {
+                handler::Scheme::Https
+            } else {
+                handler::Scheme::Http
+            },
             max_manifest_bytes: cfg.limits.max_manifest_bytes,
             local_addr,
             trusted_proxies: cfg.server.trusted_proxies.clone(),
@@ -238,7 +245,7 @@ impl Server {
         {
             tracing::warn!("shutdown grace period over: closing the remaining connections");
         }
-        if let Some((log, _)) = &state.audit {
+        if let Some(handler::Audit { log, .. }) = &state.audit {
             // Pending denial summaries and a last checkpoint: the log's last checkpoint
             // is then the file's end.
             log.close().await;
@@ -598,7 +605,7 @@ async fn reload(users: Option<PathBuf>, state: Arc<State>) {
             Some(_) = async { match &mut hup { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
         };
         if forced {
-            if let Some((log, _)) = &state.audit {
+            if let Some(handler::Audit { log, .. }) = &state.audit {
                 log.reopen().await;
                 tracing::info!("SIGHUP: the audit log starts a new file at its next record");
             }

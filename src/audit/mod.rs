@@ -11,5 +11,5 @@ pub mod record;
 pub mod verify;
 pub mod writer;
 
-pub use record::{Chain, Entry, Event, Outcome, Phase, Position, Record, Target};
+pub use record::{Chain, Decision, Entry, Event, Outcome, Phase, Position, Record, Target};
 pub use writer::{AuditLog, AuditSettings, StartError};

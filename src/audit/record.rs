@@ -107,6 +107,23 @@ pub enum Target {
     ManifestPush,
 }
 
+/// What the proxy decided about the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Allowed,
+    Denied,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Denied => "denied",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -142,7 +159,7 @@ pub struct Record {
     /// False when the tag search hit its bound: `tags` may miss some.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tags_complete: Option<bool>,
-    pub decision: String,
+    pub decision: Decision,
     pub reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_status: Option<u16>,
@@ -420,7 +437,7 @@ mod tests {
             digest: Some("sha256:x".into()),
             tags: Some(vec!["a".into(), "b".into()]),
             tags_complete: Some(true),
-            decision: "allowed".into(),
+            decision: Decision::Allowed,
             reason: "granted".into(),
             upstream_status: None,
             outcome: None,

@@ -275,7 +275,7 @@ mod tests {
             digest: None,
             tags: None,
             tags_complete: None,
-            decision: "allowed".into(),
+            decision: crate::audit::Decision::Allowed,
             reason: String::new(),
             upstream_status: None,
             outcome,

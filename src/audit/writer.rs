@@ -846,7 +846,7 @@ mod tests {
             digest: None,
             tags: None,
             tags_complete: None,
-            decision: "denied".into(),
+            decision: crate::audit::Decision::Denied,
             reason: "denied: no".into(),
             upstream_status: None,
             outcome: Some(super::super::Outcome::Denied),
