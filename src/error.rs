@@ -1,9 +1,28 @@
 //! Typed errors of the request path. `response.rs` is the one place that turns them into
-//! HTTP responses; nothing else chooses a status for an error.
+//! HTTP responses; nothing else chooses a status for an error, or whether the connection
+//! closes after it.
+//!
+//! Every error says whose fault it is ([`Fault`], as pingora's `ErrorSource`): the
+//! client's (4xx), the upstream's (502/504) or the proxy's own (500, 503). Errors that
+//! come from somewhere keep it as their `source`, for the log.
 
 use crate::auth::AuthError;
 use crate::registry::RouteError;
 use std::time::Duration;
+
+/// A cause of any kind, kept for the log.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Whose fault a failure is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The request: malformed, unauthenticated, refused, its body broken.
+    Client,
+    /// The registry behind: unreachable, broken exchange, too slow.
+    Upstream,
+    /// The proxy itself: a resource it needs (the audit log) or a bug.
+    Proxy,
+}
 
 /// Why a request was not (fully) served by the upstream.
 #[derive(Debug, thiserror::Error)]
@@ -31,13 +50,84 @@ pub enum ProxyError {
     /// A manifest body over `limits.max_manifest_bytes`.
     #[error("manifest body larger than {limit} bytes")]
     ManifestTooLarge { limit: u64 },
-    /// The client's request body failed (aborted upload, bad framing).
-    #[error("reading the request body failed: {0}")]
-    ClientBody(String),
+    /// The client's request body failed (aborted upload, bad framing, stalled).
+    #[error("reading the request body failed: {what}")]
+    ClientBody {
+        what: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The upstream could not be reached or broke the exchange.
-    #[error("upstream unavailable: {0}")]
-    UpstreamUnavailable(String),
+    #[error("upstream unavailable: {what}")]
+    UpstreamUnavailable {
+        what: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The upstream accepted the request but sent no response head in time.
     #[error("upstream sent no response within {0:?}")]
     UpstreamTimeout(Duration),
+    /// The proxy's own failure (an upstream request it cannot build, a task that
+    /// panicked): 500.
+    #[error("internal error: {what}")]
+    Internal {
+        what: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl ProxyError {
+    pub fn client_body(what: impl Into<String>) -> Self {
+        ProxyError::ClientBody {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    pub fn upstream(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        ProxyError::UpstreamUnavailable {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    pub fn internal(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        ProxyError::Internal {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// Whose fault it is.
+    pub fn fault(&self) -> Fault {
+        match self {
+            ProxyError::Route(_)
+            | ProxyError::Auth(_)
+            | ProxyError::Denied(_)
+            | ProxyError::FormBody
+            | ProxyError::UploadStartBody(_)
+            | ProxyError::ManifestTooLarge { .. }
+            | ProxyError::ClientBody { .. } => Fault::Client,
+            ProxyError::UpstreamUnavailable { .. } | ProxyError::UpstreamTimeout(_) => {
+                Fault::Upstream
+            }
+            ProxyError::AuditUnavailable(_) | ProxyError::Internal { .. } => Fault::Proxy,
+        }
+    }
+
+    /// The error and its causes, `outer: inner: innermost`, for the log.
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            let text = s.to_string();
+            if !out.ends_with(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            source = s.source();
+        }
+        out
+    }
 }

@@ -15,7 +15,7 @@
 use crate::acl::{self, Check, Policy, Verdict};
 use crate::audit::{self, AuditLog, Outcome, Phase};
 use crate::auth::{AuthError, Authenticator, Identity};
-use crate::error::ProxyError;
+use crate::error::{Fault, ProxyError};
 use crate::log::{next_request_id, AccessRecord, ConnActivity, InFlight};
 use crate::metrics::Metrics;
 use crate::proxy::body::{RequestBody, ResponseBody};
@@ -167,25 +167,26 @@ pub async fn handle(
             resp
         }
         Err(e) => {
-            if matches!(
-                e,
-                ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout(_)
-            ) {
-                state.metrics.upstream_errors.inc();
-                tracing::warn!(request_id = %request_id, error = %crate::log::Escaped(&e.to_string()), "upstream failed");
+            let chain = e.chain();
+            match e.fault() {
+                Fault::Upstream => {
+                    state.metrics.upstream_errors.inc();
+                    tracing::warn!(request_id = %request_id, error = %crate::log::Escaped(&chain), "upstream failed");
+                }
+                Fault::Proxy => {
+                    tracing::error!(request_id = %request_id, error = %crate::log::Escaped(&chain), "request failed")
+                }
+                Fault::Client => {}
             }
             state.metrics.refused.inc();
-            record.error = Some(e.to_string());
-            let mut resp = response::refusal(&e, &method, &state.realm);
+            record.error = Some(chain);
             // The body was never forwarded: read it away where that lets the client see
-            // this answer, else close the connection after it.
-            if let Some(b) = body.take() {
-                if !drain(&hint, b, state.max_unauthenticated_body).await {
-                    resp.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-            }
-            resp
+            // this answer, else the connection closes after it.
+            let body_left = match body.take() {
+                Some(b) => !drain(&hint, b, state.max_unauthenticated_body).await,
+                None => false,
+            };
+            response::refusal(&e, &method, &state.realm, body_left)
         }
     };
     record.status = resp.status().as_u16();
@@ -265,7 +266,7 @@ async fn serve(
     }
     let body = body
         .take()
-        .ok_or(ProxyError::ClientBody("request body already used".into()))?;
+        .ok_or_else(|| ProxyError::internal("the request body", "already used"))?;
     match audited {
         Some(target) => audited_forward(ctx, body, permit, target).await,
         None => forward(&ctx, body, permit).await,
@@ -455,11 +456,8 @@ async fn audited_forward(
         }
         result
     });
-    task.await.unwrap_or_else(|e| {
-        Err(ProxyError::AuditUnavailable(format!(
-            "the audited request's task failed: {e}"
-        )))
-    })
+    task.await
+        .unwrap_or_else(|e| Err(ProxyError::internal("the audited request's task failed", e)))
 }
 
 /// Decides whether the identity may make the request: the pure decision of
@@ -710,14 +708,11 @@ async fn forward(
         body.map_err(Into::into).boxed()
     };
 
+    let body_limit = is_manifest_put(route).then_some(limit);
     let resp = state
         .upstream
-        .send(Request::from_parts(parts, body))
-        .await
-        .map_err(|e| match e {
-            ProxyError::ManifestTooLarge { .. } => ProxyError::ManifestTooLarge { limit },
-            other => other,
-        })?;
+        .send(Request::from_parts(parts, body), body_limit)
+        .await?;
     let (mut parts, body) = resp.into_parts();
     headers::forward_response(&mut parts.headers, &state.upstream.origin, &public);
     Ok(Response::from_parts(parts, ResponseBody::upstream(body)))
@@ -731,7 +726,10 @@ async fn ensure_empty(mut body: Incoming) -> Result<(), ProxyError> {
     }
     let read = async {
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| ProxyError::ClientBody(e.to_string()))?;
+            let frame = frame.map_err(|e| ProxyError::ClientBody {
+                what: "the upload start's body".into(),
+                source: Some(e.into()),
+            })?;
             if frame.data_ref().is_some_and(|d| !d.is_empty()) {
                 return Err(ProxyError::UploadStartBody(
                     form::UploadStartRefusal::Body.message(),
@@ -742,11 +740,7 @@ async fn ensure_empty(mut body: Incoming) -> Result<(), ProxyError> {
     };
     tokio::time::timeout(EMPTY_BODY_WAIT, read)
         .await
-        .unwrap_or_else(|_| {
-            Err(ProxyError::ClientBody(
-                "the request body did not end".into(),
-            ))
-        })
+        .unwrap_or_else(|_| Err(ProxyError::client_body("the request body did not end")))
 }
 
 /// How long the end of a body that must be empty is waited for.

@@ -36,9 +36,10 @@ pub fn status_and_code(e: &ProxyError) -> (StatusCode, &'static str) {
             (StatusCode::BAD_REQUEST, "UNSUPPORTED")
         }
         ProxyError::ManifestTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
-        ProxyError::ClientBody(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
+        ProxyError::ClientBody { .. } => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
         ProxyError::AuditUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
-        ProxyError::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
+        ProxyError::UpstreamUnavailable { .. } => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
+        ProxyError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
         ProxyError::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
     }
 }
@@ -52,7 +53,8 @@ fn client_message(e: &ProxyError) -> String {
         ProxyError::AuditUnavailable(_) => {
             "the audit log cannot be written, so the request was not forwarded".into()
         }
-        ProxyError::UpstreamUnavailable(_) => {
+        ProxyError::Internal { .. } => "the proxy failed to handle the request".into(),
+        ProxyError::UpstreamUnavailable { .. } => {
             "the registry behind this proxy is unavailable".into()
         }
         ProxyError::UpstreamTimeout(_) => {
@@ -107,11 +109,31 @@ pub fn own(status: StatusCode, method: &Method, body: Bytes) -> Response<Respons
     resp
 }
 
-/// Renders an error. `realm` goes into the Basic challenge of a 401.
-pub fn refusal(e: &ProxyError, method: &Method, realm: &str) -> Response<ResponseBody> {
+/// Whether the connection must close after answering `e`: the request body's framing is
+/// broken or half read (a failed or stalled body, a manifest over the cap), or the
+/// caller could not read away a body it never forwarded (`body_left`).
+pub fn closes_connection(e: &ProxyError, body_left: bool) -> bool {
+    body_left
+        || matches!(
+            e,
+            ProxyError::ClientBody { .. } | ProxyError::ManifestTooLarge { .. }
+        )
+}
+
+/// Renders an error. `realm` goes into the Basic challenge of a 401; `body_left`: the
+/// request body was neither forwarded nor read away (see [`closes_connection`]).
+pub fn refusal(
+    e: &ProxyError,
+    method: &Method,
+    realm: &str,
+    body_left: bool,
+) -> Response<ResponseBody> {
     let (status, code) = status_and_code(e);
     let mut resp = own(status, method, error_body(code, &client_message(e)));
     let h = resp.headers_mut();
+    if closes_connection(e, body_left) {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if status == StatusCode::UNAUTHORIZED {
         if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\"")) {
             h.insert(header::WWW_AUTHENTICATE, v);
@@ -145,17 +167,14 @@ mod tests {
                 413,
                 "SIZE_INVALID",
             ),
-            (
-                ProxyError::ClientBody("x".into()),
-                400,
-                "BLOB_UPLOAD_INVALID",
-            ),
+            (ProxyError::client_body("x"), 400, "BLOB_UPLOAD_INVALID"),
             (ProxyError::AuditUnavailable("x".into()), 503, "UNAVAILABLE"),
             (
-                ProxyError::UpstreamUnavailable("x".into()),
-                502,
-                "UNAVAILABLE",
+                ProxyError::internal("cannot build the upstream URI", "bad"),
+                500,
+                "UNKNOWN",
             ),
+            (ProxyError::upstream("x", "cause"), 502, "UNAVAILABLE"),
             (
                 ProxyError::UpstreamTimeout(Duration::from_secs(1)),
                 504,
@@ -177,6 +196,7 @@ mod tests {
             &RouteError::NotFound("not a v2 path").into(),
             &Method::GET,
             "r",
+            false,
         );
         assert_eq!(r.status(), 404);
         assert_eq!(r.headers()[API_VERSION_HEADER], "registry/2.0");
@@ -189,14 +209,19 @@ mod tests {
 
     #[tokio::test]
     async fn head_refusals_have_no_body_but_keep_the_length() {
-        let r = refusal(&RouteError::NotFound("x").into(), &Method::HEAD, "r");
+        let r = refusal(&RouteError::NotFound("x").into(), &Method::HEAD, "r", false);
         assert_ne!(r.headers()[header::CONTENT_LENGTH], "0");
         assert!(r.into_body().collect().await.unwrap().to_bytes().is_empty());
     }
 
     #[tokio::test]
     async fn the_challenge_is_exactly_what_clients_expect() {
-        let r = refusal(&AuthError::Missing.into(), &Method::GET, "registry-guard");
+        let r = refusal(
+            &AuthError::Missing.into(),
+            &Method::GET,
+            "registry-guard",
+            false,
+        );
         assert_eq!(r.status(), 401);
         assert_eq!(
             r.headers()[header::WWW_AUTHENTICATE],
@@ -212,6 +237,7 @@ mod tests {
             &AuthError::Throttled(Duration::from_millis(2500)).into(),
             &Method::GET,
             "r",
+            false,
         );
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()[header::RETRY_AFTER], "3");
@@ -220,7 +246,7 @@ mod tests {
 
     #[test]
     fn upstream_details_stay_out_of_client_messages() {
-        let e = ProxyError::UpstreamUnavailable("tcp connect error 10.1.2.3:5000".into());
+        let e = ProxyError::upstream("tcp connect error 10.1.2.3:5000", "refused");
         assert!(!client_message(&e).contains("10.1.2.3"));
         let e = ProxyError::AuditUnavailable("cannot open /var/log/x/audit.jsonl".into());
         assert!(!client_message(&e).contains("/var/log"));

@@ -29,14 +29,12 @@ async fn request(
                 .map_err(|never| match never {})
                 .boxed(),
         )
-        .map_err(|e| {
-            ProxyError::UpstreamUnavailable(format!("cannot build a lookup request: {e}"))
-        })?;
+        .map_err(|e| ProxyError::internal("cannot build a lookup request", e))?;
     if let Some(auth) = &up.authorization {
         req.headers_mut()
             .insert(header::AUTHORIZATION, auth.clone());
     }
-    up.send(req).await
+    up.send(req, None).await
 }
 
 async fn json<T: serde::de::DeserializeOwned>(
@@ -45,15 +43,17 @@ async fn json<T: serde::de::DeserializeOwned>(
     let body = Limited::new(resp.into_body(), MAX_JSON)
         .collect()
         .await
-        .map_err(|e| ProxyError::UpstreamUnavailable(format!("reading a lookup answer: {e}")))?
+        .map_err(|e| ProxyError::upstream("reading a lookup answer", e))?
         .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| {
-        ProxyError::UpstreamUnavailable(format!("lookup answer is not the expected JSON: {e}"))
-    })
+    serde_json::from_slice(&body)
+        .map_err(|e| ProxyError::upstream("the lookup answer is not the expected JSON", e))
 }
 
 fn unexpected(what: &str, status: StatusCode) -> ProxyError {
-    ProxyError::UpstreamUnavailable(format!("{what}: upstream answered {status}"))
+    ProxyError::UpstreamUnavailable {
+        what: format!("{what}: upstream answered {status}"),
+        source: None,
+    }
 }
 
 /// The digest a tag (or digest) resolves to; `None` when the manifest does not exist.
@@ -106,7 +106,7 @@ pub async fn manifest(
     let body = Limited::new(resp.into_body(), MAX_JSON)
         .collect()
         .await
-        .map_err(|e| ProxyError::UpstreamUnavailable(format!("reading a manifest: {e}")))?
+        .map_err(|e| ProxyError::upstream("reading a manifest", e))?
         .to_bytes();
     let digest = header.unwrap_or_else(|| {
         let d = ring::digest::digest(&ring::digest::SHA256, &body);

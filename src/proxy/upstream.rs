@@ -191,7 +191,7 @@ impl Upstream {
             .authority(self.authority.as_str())
             .path_and_query(path_and_query)
             .build()
-            .map_err(|e| ProxyError::UpstreamUnavailable(format!("cannot build upstream URI: {e}")))
+            .map_err(|e| ProxyError::internal("cannot build the upstream URI", e))
     }
 
     /// Sends a request and waits for the response head (not the body).
@@ -200,7 +200,14 @@ impl Upstream {
     /// start: a registry answers an upload only once it has all of it, so a long upload
     /// is no upstream fault. While the body is being sent, the same duration bounds the
     /// gap between two of its frames instead (a stalled client, not a slow one).
-    pub async fn send(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, ProxyError> {
+    ///
+    /// `body_limit`: the cap the caller set on the request body (`Limited`), reported in
+    /// the error when the body goes over it.
+    pub async fn send(
+        &self,
+        req: Request<RequestBody>,
+        body_limit: Option<u64>,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let (parts, body) = req.into_parts();
         let progress = Arc::new(Progress::default());
         let body = Tracked::new(body, progress.clone()).boxed();
@@ -212,7 +219,7 @@ impl Upstream {
             let wait = Duration::from_millis(deadline.saturating_sub(now_ms()))
                 .max(Duration::from_millis(10));
             tokio::select! {
-                r = fut.as_mut() => return r.map_err(|e| classify(&e)),
+                r = fut.as_mut() => return r.map_err(|e| classify(e, body_limit)),
                 _ = tokio::time::sleep(wait) => {
                     if now_ms() < progress.last_ms.load(Ordering::Acquire) + limit.as_millis() as u64 {
                         continue; // the body moved meanwhile
@@ -220,7 +227,7 @@ impl Upstream {
                     let client_stalled = !progress.done.load(Ordering::Acquire)
                         && progress.waiting_for_client.load(Ordering::Acquire);
                     return Err(if client_stalled {
-                        ProxyError::ClientBody(format!("request body stalled for {limit:?}"))
+                        ProxyError::client_body(format!("request body stalled for {limit:?}"))
                     } else {
                         ProxyError::UpstreamTimeout(limit)
                     });
@@ -231,13 +238,14 @@ impl Upstream {
 }
 
 /// Tells a client-side body failure (cap exceeded, aborted upload) from an upstream one.
-fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
-    let mut source: Option<&(dyn StdError + 'static)> = Some(e);
+fn classify(e: hyper_util::client::legacy::Error, body_limit: Option<u64>) -> ProxyError {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(&e);
     let mut client_body = false;
     while let Some(s) = source {
         if s.is::<http_body_util::LengthLimitError>() {
-            // The caller knows the limit it set and fills it in.
-            return ProxyError::ManifestTooLarge { limit: 0 };
+            return ProxyError::ManifestTooLarge {
+                limit: body_limit.unwrap_or_default(),
+            };
         }
         if let Some(h) = s.downcast_ref::<hyper::Error>() {
             if h.is_user() {
@@ -246,11 +254,13 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
         }
         source = s.source();
     }
-    let detail = error_chain(e);
     if client_body && !e.is_connect() {
-        ProxyError::ClientBody(detail)
+        ProxyError::ClientBody {
+            what: "the upstream request's body failed".into(),
+            source: Some(e.into()),
+        }
     } else {
-        ProxyError::UpstreamUnavailable(detail)
+        ProxyError::upstream("the upstream request failed", e)
     }
 }
 
