@@ -251,11 +251,22 @@ fn user_command(
         },
         (None, None) => return Err("give --users-file FILE or --config FILE".into()),
     };
-    // Load through the checked path so an edit never writes out a file that would not load.
+    // Parsed once and checked as loading checks it, so an edit never writes out a file that
+    // would not load, and what is edited is exactly what was checked.
     let mut file: users::UserFile = match std::fs::read_to_string(&path) {
         Ok(text) => {
-            users::Users::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-            serde_yaml::from_str(&text).unwrap_or_default()
+            let bad = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+            // An empty file is an empty list, as `Users::from_yaml` reads it.
+            let file = if text.trim().is_empty() {
+                users::UserFile::default()
+            } else {
+                serde_yaml::from_str(&text).map_err(|e| bad(&e))?
+            };
+            users::Checked::from_file(users::UserFile {
+                users: file.users.clone(),
+            })
+            .map_err(|e| bad(&e))?;
+            file
         }
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound

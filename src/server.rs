@@ -123,14 +123,8 @@ impl Server {
             policy: cfg.access.as_ref().map(|a| a.policy.clone()),
             audit,
             catalog_max_n: cfg.limits.catalog_max_n,
-            realm: cfg
-                .auth
-                .as_ref()
-                .map_or_else(|| "registry-guard".to_owned(), |a| a.realm.clone()),
-            max_unauthenticated_body: cfg
-                .auth
-                .as_ref()
-                .map_or(1024 * 1024, |a| a.max_unauthenticated_body),
+            realm: cfg.realm().to_owned(),
+            max_unauthenticated_body: cfg.max_unauthenticated_body(),
             metrics,
             public_origin: cfg.server.public_origin.clone(),
             scheme: if tls.is_some() {

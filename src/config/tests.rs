@@ -1,0 +1,305 @@
+//! The config's unit tests: defaults, unknown keys, and that every message names its key.
+
+use super::validate::parse_origin;
+use super::*;
+use std::time::Duration;
+
+const MIN: &str = "server:\n  listen: 127.0.0.1:5443\n  plaintext: true\nupstream:\n  url: http://127.0.0.1:5000\nauth:\n  disabled: true\n";
+const WITH_USERS: &str = "server:\n  listen: 127.0.0.1:5443\n  plaintext: true\nupstream:\n  url: http://127.0.0.1:5000\naccess:\n  rules: []\nauth:\n  users_file: users.yaml\n";
+
+fn err(yaml: &str) -> String {
+    Config::from_yaml(yaml).unwrap_err().to_string()
+}
+
+#[test]
+fn minimal_config_has_defaults() {
+    let c = Config::from_yaml(MIN).unwrap();
+    assert!(matches!(c.server.tls, Tls::Plaintext));
+    assert_eq!(c.upstream.origin, "http://127.0.0.1:5000");
+    assert_eq!(c.limits.max_manifest_bytes, MIN_MANIFEST_BYTES);
+    assert_eq!(c.limits.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(c.limits.max_connections_per_address, 128);
+    assert_eq!(c.log.format, LogFormat::Text);
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let e = err(&format!("{MIN}limits:\n  max_conections: 3\n"));
+    assert!(e.contains("unknown field `max_conections`"), "{e}");
+    let e = err(&format!("{MIN}bogus: 1\n"));
+    assert!(e.contains("unknown field `bogus`"), "{e}");
+}
+
+#[test]
+fn messages_name_the_key() {
+    let cases = [
+        (MIN.replace("127.0.0.1:5443", "nowhere"), "server.listen"),
+        (
+            MIN.replace("http://127.0.0.1:5000", "ftp://x"),
+            "upstream.url",
+        ),
+        (
+            MIN.replace("http://127.0.0.1:5000", "http://u:p@x:5000"),
+            "upstream.url",
+        ),
+        (
+            MIN.replace("http://127.0.0.1:5000", "http://x:5000/sub"),
+            "upstream.url",
+        ),
+        (
+            format!("{MIN}limits:\n  idle_timeout: soon\n"),
+            "limits.idle_timeout",
+        ),
+        (
+            format!("{MIN}limits:\n  idle_timeout: 0s\n"),
+            "limits.idle_timeout",
+        ),
+        (
+            format!("{MIN}limits:\n  max_manifest_bytes: 1000\n"),
+            "limits.max_manifest_bytes",
+        ),
+        (
+            format!("{MIN}limits:\n  max_connections: 0\n"),
+            "limits.max_connections",
+        ),
+        (
+            format!("{MIN}limits:\n  max_connections_per_address: 0\n"),
+            "limits.max_connections_per_address",
+        ),
+        (format!("{MIN}log:\n  format: xml\n"), "log.format"),
+        (MIN.replace("  plaintext: true\n", ""), "server.tls"),
+        (
+            MIN.replace("  plaintext: true\n", "  tls:\n    cert: a.pem\n"),
+            "server.tls.key",
+        ),
+        (
+            MIN.replace(
+                "  plaintext: true\n",
+                "  plaintext: true\n  tls:\n    cert: a\n    key: b\n",
+            ),
+            "server.plaintext",
+        ),
+        (
+            MIN.replace("5000\n", "5000\n  credentials:\n    username: u\n"),
+            "upstream.credentials",
+        ),
+        (MIN.replace("auth:\n  disabled: true\n", ""), "auth"),
+        (
+            MIN.replace("  disabled: true\n", "  realm: x\n"),
+            "auth.users_file",
+        ),
+        (
+            MIN.replace(
+                "  disabled: true\n",
+                "  disabled: true\n  anonymous: true\n",
+            ),
+            "auth.disabled",
+        ),
+        (
+            WITH_USERS.replace("users.yaml\n", "users.yaml\n  realm: 'a\"b'\n"),
+            "auth.realm",
+        ),
+        (
+            WITH_USERS.replace("users.yaml\n", "users.yaml\n  cache_ttl: forever\n"),
+            "auth.cache_ttl",
+        ),
+        (
+            WITH_USERS.replace(
+                "users.yaml\n",
+                "users.yaml\n  throttle:\n    max_failures: 0\n",
+            ),
+            "auth.throttle.max_failures",
+        ),
+        (
+            WITH_USERS.replace(
+                "users.yaml\n",
+                "users.yaml\n  throttle:\n    max_failures: 20\n    max_failures_per_address: 5\n",
+            ),
+            "auth.throttle.max_failures_per_address",
+        ),
+        (
+            WITH_USERS.replace(
+                "users.yaml\n",
+                "users.yaml\n  throttle:\n    max_in_flight_per_address: 0\n",
+            ),
+            "auth.throttle.max_in_flight_per_address",
+        ),
+        (
+            WITH_USERS.replace(
+                "users.yaml\n",
+                "users.yaml\n  throttle:\n    max_in_flight_per_user: 0\n",
+            ),
+            "auth.throttle.max_in_flight_per_user",
+        ),
+        (
+            format!("{MIN}metrics:\n  listen: nowhere\n"),
+            "metrics.listen",
+        ),
+        (WITH_USERS.replace("access:\n  rules: []\n", ""), "access"),
+        (format!("{MIN}access:\n  rules: []\n"), "access"),
+        (
+            WITH_USERS.replace(
+                "rules: []",
+                "rules:\n    - repos: ['a/**']\n      users: ['*']\n      actions: []",
+            ),
+            "access.rules[0].actions",
+        ),
+        (
+            WITH_USERS.replace(
+                "rules: []",
+                "rules:\n    - repos: ['a/**']\n      actions: [pull]",
+            ),
+            "access.rules[0]",
+        ),
+        (
+            WITH_USERS.replace(
+                "rules: []",
+                "rules:\n    - repos: ['a/**b']\n      users: ['*']\n      actions: [pull]",
+            ),
+            "access.rules[0].repos",
+        ),
+        (
+            WITH_USERS.replace(
+                "rules: []",
+                "rules:\n    - repos: ['a']\n      users: ['a:b']\n      actions: [pull]",
+            ),
+            "access.rules[0].users",
+        ),
+        (
+            WITH_USERS.replace(
+                "rules: []",
+                "rules: []\n  protected_tags:\n    - repos: ['**']\n      tags: ['a/b']",
+            ),
+            "access.protected_tags[0].tags",
+        ),
+        (
+            format!("{MIN}limits:\n  catalog_max_n: 0\n"),
+            "limits.catalog_max_n",
+        ),
+        (
+            format!("{MIN}limits:\n  max_connections: 18446744073709551615\n"),
+            "limits.max_connections",
+        ),
+        (
+            format!("{MIN}limits:\n  header_read_timeout: 500000000000y\n"),
+            "limits.header_read_timeout",
+        ),
+        (
+            format!("{MIN}limits:\n  max_header_bytes: 100000000\n"),
+            "limits.max_header_bytes",
+        ),
+    ];
+    for (yaml, key) in cases {
+        let e = err(&yaml);
+        assert!(e.starts_with(&format!("{key}: ")), "{key}: got {e}");
+    }
+}
+
+#[test]
+fn unknown_actions_are_named() {
+    let y = WITH_USERS.replace(
+        "rules: []",
+        "rules:\n    - repos: ['a/**']\n      users: ['*']\n      actions: [pull, puhs]",
+    );
+    let e = err(&y);
+    assert!(
+        e.contains("unknown variant `puhs`") && e.contains("`pull`, `push`, `delete`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn push_without_pull_is_a_warning() {
+    let y = WITH_USERS.replace(
+        "rules: []",
+        "rules:\n    - repos: ['a/**']\n      users: ['*']\n      actions: [push]",
+    );
+    let c = Config::from_yaml(&y).unwrap();
+    let w = &c.access.unwrap().warnings;
+    assert!(
+        w[0].contains("access.rules[0] grants push without pull"),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn auth_defaults() {
+    let c = Config::from_yaml(WITH_USERS).unwrap();
+    let a = c.auth.unwrap();
+    assert_eq!(a.realm, "registry-guard");
+    assert_eq!(a.settings.cache_ttl, Duration::from_secs(300));
+    assert_eq!(a.settings.throttle.max_failures, 10);
+    assert_eq!(a.settings.throttle.max_failures_per_address, 100);
+    assert_eq!(a.settings.throttle.max_in_flight_per_address, 16);
+    assert_eq!(a.settings.throttle.max_in_flight_per_user, 4);
+    assert!(!a.settings.anonymous);
+    assert!(Config::from_yaml(MIN).unwrap().auth.is_none());
+}
+
+#[test]
+fn self_signed_defaults_its_names() {
+    let y = MIN.replace(
+        "  plaintext: true\n",
+        "  tls:\n    self_signed:\n      ca_out: ca.pem\n",
+    );
+    let c = Config::from_yaml(&y).unwrap();
+    match c.server.tls {
+        Tls::SelfSigned { names, .. } => assert_eq!(names, ["localhost", "127.0.0.1", "::1"]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let c = Config::from_yaml(include_str!("../../config/example.yaml")).unwrap();
+    assert!(matches!(c.server.tls, Tls::Files { .. }));
+    assert_eq!(c.limits.max_manifest_bytes, MIN_MANIFEST_BYTES);
+}
+
+/// The audit chain is keyed: a config without `audit.key_file` is refused, naming it;
+/// the new audit keys have defaults and are checked.
+#[test]
+fn audit_needs_a_key_file_and_checks_its_limits() {
+    let e = err(&format!("{MIN}audit:\n  file: a.jsonl\n"));
+    assert!(
+        e.contains("audit.key_file") && e.contains("audit keygen"),
+        "{e}"
+    );
+    let c = Config::from_yaml(&format!(
+        "{MIN}audit:\n  file: a.jsonl\n  key_file: a.key\n"
+    ))
+    .unwrap();
+    let s = &c.audit.unwrap().settings;
+    assert_eq!(
+        (
+            s.checkpoint_every,
+            s.checkpoint_interval,
+            s.max_denials_per_minute,
+            s.min_free_bytes
+        ),
+        (1000, Duration::from_secs(60), 60, 64 << 20)
+    );
+    let e = err(&format!(
+        "{MIN}audit:\n  file: a.jsonl\n  key_file: a.key\n  max_denials_per_minute: 0\n"
+    ));
+    assert!(e.contains("audit.max_denials_per_minute"), "{e}");
+    let e = err(&format!(
+        "{MIN}audit:\n  file: a.jsonl\n  key_file: a.key\n  checkpoint_interval: soon\n"
+    ));
+    assert!(e.contains("audit.checkpoint_interval"), "{e}");
+}
+
+#[test]
+fn origins_are_normalised() {
+    let (s, a, o) = parse_origin("HTTPS://Registry.Example:443/").unwrap();
+    assert_eq!(
+        (s, a.as_str(), o.as_str()),
+        (
+            UpstreamScheme::Https,
+            "Registry.Example:443",
+            "https://registry.example:443"
+        )
+    );
+    let (_, _, o) = parse_origin("http://[::1]").unwrap();
+    assert_eq!(o, "http://[::1]:80");
+}

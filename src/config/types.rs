@@ -1,0 +1,212 @@
+//! The checked configuration: what the rest of the proxy reads. Every value here has
+//! passed `validate.rs` (in range, parsed, defaults filled in), so users need no checks
+//! and no defaults of their own.
+
+use super::ConfigError;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub upstream: Upstream,
+    /// `None`: `auth.disabled: true`, no credential check at all.
+    pub auth: Option<Auth>,
+    /// The access rules (`None` exactly when auth is disabled).
+    pub access: Option<Access>,
+    /// The delete audit trail, if configured.
+    pub audit: Option<Audit>,
+    /// Address of the Prometheus metrics listener, if any.
+    pub metrics_listen: Option<SocketAddr>,
+    pub limits: Limits,
+    pub log: Log,
+}
+
+impl Config {
+    /// The realm of `WWW-Authenticate`: `auth.realm`, or the default when auth is disabled.
+    pub fn realm(&self) -> &str {
+        self.auth.as_ref().map_or(DEFAULT_REALM, |a| &a.realm)
+    }
+
+    /// Bytes of a refused request's body read and discarded (see
+    /// [`Auth::max_unauthenticated_body`]); the default when auth is disabled.
+    pub fn max_unauthenticated_body(&self) -> u64 {
+        self.auth
+            .as_ref()
+            .map_or(DEFAULT_MAX_UNAUTHENTICATED_BODY, |a| {
+                a.max_unauthenticated_body
+            })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Audit {
+    pub settings: crate::audit::AuditSettings,
+    /// Also audit manifest pushes (PUT), not only deletes.
+    pub manifest_pushes: bool,
+    /// Most tags examined to find those pointing at a deleted digest.
+    pub max_tags: usize,
+    /// Peers whose X-Forwarded-For is believed for the client address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// Compiled access rules plus what validation could not check without the user file.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub policy: crate::acl::Policy,
+    /// (key, group) for every group a rule names: checked against the user file.
+    pub groups_named: Vec<(String, String)>,
+    /// Rules that grant push or delete without pull: allowed, but worth a warning.
+    pub warnings: Vec<String>,
+}
+
+impl Access {
+    /// Refuses groups no user has: a typo there would silently grant nothing.
+    pub fn check_groups(&self, users: &crate::auth::users::Users) -> Result<(), ConfigError> {
+        let known: std::collections::HashSet<&str> = users.groups().collect();
+        for (key, g) in &self.groups_named {
+            if !known.contains(g.as_str()) {
+                return Err(ConfigError::new(
+                    key.clone(),
+                    format!("unknown group {g:?}: no user in the user file is in it"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub users_file: PathBuf,
+    pub realm: String,
+    pub settings: crate::auth::AuthSettings,
+    /// A request refused before forwarding whose body was sent without
+    /// `Expect: 100-continue` is read and discarded up to this many bytes, so the client
+    /// sees the refusal instead of a reset connection.
+    pub max_unauthenticated_body: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub tls: Tls,
+    /// Origin (`https://host[:port]`) clients use; `None`: taken from each request's Host.
+    pub public_origin: Option<String>,
+    /// Peers whose `X-Forwarded-For` is believed for the client address (load balancers).
+    /// The one client address (throttle, logs, audit, forwarded headers) comes from here.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Tls {
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    SelfSigned {
+        ca_out: PathBuf,
+        names: Vec<String>,
+    },
+    /// Plain HTTP, only when the config says `plaintext: true` (behind a TLS balancer).
+    Plaintext,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub scheme: UpstreamScheme,
+    /// `host[:port]` as written in the URL.
+    pub authority: String,
+    /// `scheme://authority` with the default port made explicit, lower-cased: what a
+    /// `Location` on the upstream's own origin starts with.
+    pub origin: String,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle: usize,
+    pub credentials: Option<Credentials>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamScheme {
+    Http,
+    Https,
+}
+
+impl UpstreamScheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamScheme::Http => "http",
+            UpstreamScheme::Https => "https",
+        }
+    }
+    pub fn default_port(self) -> u16 {
+        match self {
+            UpstreamScheme::Http => 80,
+            UpstreamScheme::Https => 443,
+        }
+    }
+}
+
+/// Where the proxy's own upstream password comes from. The password itself is read at
+/// start-up (`proxy::upstream`), never stored in this struct, never logged.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: SecretSource,
+}
+
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    File(PathBuf),
+    Env(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    /// Connections from one client address (IPv6 by /64) that have not carried an
+    /// authenticated request; a further one is closed right after accept. The default,
+    /// 128, leaves room for an office behind one NAT or a CI farm of anonymous pullers
+    /// (a few connections per pull each) while one address can take at most 1/32 of the
+    /// default `max_connections`. Peers in `server.trusted_proxies` are not capped: a
+    /// load balancer carries many clients whose addresses are known only per request.
+    pub max_connections_per_address: usize,
+    pub max_header_bytes: usize,
+    pub max_manifest_bytes: u64,
+    pub shutdown_grace: Duration,
+    /// Largest catalog page served (CVE-2023-2253 was an unbounded `n`).
+    pub catalog_max_n: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub format: LogFormat,
+}
+
+/// The manifest cap cannot be lower: registries accept manifests up to 4 MiB, and a proxy
+/// that refuses a push the registry would take breaks clients.
+pub const MIN_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
+/// `auth.realm` when the config names none.
+pub const DEFAULT_REALM: &str = "registry-guard";
+/// `auth.max_unauthenticated_body` when the config gives none: 1 MiB.
+pub const DEFAULT_MAX_UNAUTHENTICATED_BODY: u64 = 1024 * 1024;
+/// hyper's smallest read buffer; the header cap cannot be lower.
+pub const MIN_HEADER_BYTES: usize = 8192;
+/// A header cap above this is no cap.
+pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
+/// More connections than this is a typo (and more than a semaphore can count).
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+/// Longest timeout or period accepted: longer ones are typos, and overflow clocks.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
