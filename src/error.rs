@@ -44,6 +44,10 @@ pub enum ProxyError {
     /// An upload start with a body or a Content-Type that real clients never send.
     #[error("{0}")]
     UploadStartBody(&'static str),
+    /// A body on a request that has none (GET, HEAD, DELETE): the registry acts before
+    /// it reads such a body, so the outcome the proxy sees would not be what happened.
+    #[error("a {0} request carries no body")]
+    UnexpectedBody(http::Method),
     /// The audit intent of a delete could not be written: the delete is not forwarded.
     #[error("audit log unavailable: {0}")]
     AuditUnavailable(String),
@@ -107,6 +111,7 @@ impl ProxyError {
             | ProxyError::Denied(_)
             | ProxyError::FormBody
             | ProxyError::UploadStartBody(_)
+            | ProxyError::UnexpectedBody(_)
             | ProxyError::ManifestTooLarge { .. }
             | ProxyError::ClientBody { .. } => Fault::Client,
             ProxyError::UpstreamUnavailable { .. } | ProxyError::UpstreamTimeout(_) => {

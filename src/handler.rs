@@ -274,7 +274,9 @@ async fn serve(
 }
 
 /// Refuses what the upstream could read differently from what was decided: a body on
-/// an upload start, or a body it would parse as a form (see `proxy::form`).
+/// an upload start, a body it would parse as a form (see `proxy::form`), or any body on
+/// a GET, HEAD or DELETE (distribution deletes first and reads such a body after, so a
+/// client that never sends it turns a done delete into a failed one in the audit).
 fn check_body_headers(route: &Route, headers: &http::HeaderMap) -> Result<(), ProxyError> {
     if matches!(route.target, Target::UploadStart { .. }) {
         return form::check_upload_start(headers)
@@ -283,6 +285,14 @@ fn check_body_headers(route: &Route, headers: &http::HeaderMap) -> Result<(), Pr
     let has_body = matches!(route.method, Method::POST | Method::PUT | Method::PATCH);
     if has_body && form::is_form(headers) {
         return Err(ProxyError::FormBody);
+    }
+    let announced = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0");
+    if !has_body && announced {
+        return Err(ProxyError::UnexpectedBody(route.method.clone()));
     }
     Ok(())
 }
@@ -690,9 +700,17 @@ async fn forward(
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         Empty::new().map_err(|never| match never {}).boxed()
     } else if !matches!(route.method, Method::PUT | Method::PATCH) {
-        // GET, HEAD, DELETE: nothing for the upstream to parse a form from.
-        parts.headers.remove(header::CONTENT_TYPE);
-        body.map_err(Into::into).boxed()
+        // GET, HEAD, DELETE: no body (checked before), and nothing for the upstream to
+        // parse a form from.
+        drop(body);
+        for h in [
+            header::CONTENT_TYPE,
+            header::CONTENT_LENGTH,
+            header::TRANSFER_ENCODING,
+        ] {
+            parts.headers.remove(h);
+        }
+        Empty::new().map_err(|never| match never {}).boxed()
     } else if is_manifest_put(route) {
         // Refuse by the announced length before a byte is read; cap what is streamed.
         let announced = parts

@@ -32,7 +32,7 @@ pub fn status_and_code(e: &ProxyError) -> (StatusCode, &'static str) {
             AuthError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
         },
         ProxyError::Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
-        ProxyError::FormBody | ProxyError::UploadStartBody(_) => {
+        ProxyError::FormBody | ProxyError::UploadStartBody(_) | ProxyError::UnexpectedBody(_) => {
             (StatusCode::BAD_REQUEST, "UNSUPPORTED")
         }
         ProxyError::ManifestTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
@@ -116,7 +116,9 @@ pub fn closes_connection(e: &ProxyError, body_left: bool) -> bool {
     body_left
         || matches!(
             e,
-            ProxyError::ClientBody { .. } | ProxyError::ManifestTooLarge { .. }
+            ProxyError::ClientBody { .. }
+                | ProxyError::ManifestTooLarge { .. }
+                | ProxyError::UnexpectedBody(_)
         )
 }
 

@@ -642,6 +642,22 @@ fn a_form_body_is_refused_however_its_content_type_is_spelled() {
             assert!(fake.take().is_empty(), "{what} forwarded");
         }
     }
+    // GET, HEAD and DELETE carry no body: one announced is refused, nothing forwarded
+    // (distribution deletes before it reads a DELETE's body).
+    for method in ["GET", "DELETE"] {
+        let target = format!("/v2/alice/app/blobs/{DIGEST}");
+        let (status, resp) = h2_request(
+            proxy.addr,
+            &proxy.ca,
+            method,
+            &target,
+            &[("authorization", auth.as_bytes())],
+            "0123456789",
+        );
+        assert_eq!(status, 400, "{method} with a body: {resp}");
+        assert!(resp.contains("carries no body"), "{resp}");
+        assert!(fake.take().is_empty(), "{method} with a body forwarded");
+    }
     // Requests without a body reach the upstream without a Content-Type.
     for method in ["GET", "HEAD", "DELETE"] {
         let target = format!("/v2/alice/app/manifests/{DIGEST}");
