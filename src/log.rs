@@ -92,10 +92,11 @@ pub struct ConnActivity {
     pub head_started_ms: AtomicU64,
     /// Responses whose head is out and whose body is not done yet.
     pub sending: AtomicUsize,
-    /// Milliseconds since [`process_clock`] when a response head or body frame last
-    /// went out: a response the client stops taking (HTTP/2 flow control, a full TCP
-    /// window) makes no progress, and the watchdog closes it after `idle_timeout`.
-    pub last_sent_ms: AtomicU64,
+    /// For each of those, milliseconds since [`process_clock`] when its head or a body
+    /// frame last went out: a response the client stops taking (HTTP/2 flow control, a
+    /// full TCP window) makes no progress, and the watchdog closes the connection after
+    /// `idle_timeout`. Per response, so other streams that move cannot hide a stalled one.
+    pub responses: std::sync::Mutex<Vec<Arc<AtomicU64>>>,
 }
 
 impl ConnActivity {
@@ -110,7 +111,7 @@ impl ConnActivity {
             idle_since_ms: AtomicU64::new(now_ms()),
             head_started_ms: AtomicU64::new(Self::NO_HEAD),
             sending: AtomicUsize::new(0),
-            last_sent_ms: AtomicU64::new(now_ms()),
+            responses: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -146,8 +147,9 @@ pub fn now_ms() -> u64 {
 #[derive(Debug)]
 pub struct InFlight {
     conn: Arc<ConnActivity>,
-    /// The response head is out (counted in `sending`).
-    sending: bool,
+    /// Once the response head is out: when it last moved (registered in
+    /// `ConnActivity::responses`, counted in `sending`).
+    sent: Option<Arc<AtomicU64>>,
 }
 
 impl InFlight {
@@ -157,31 +159,46 @@ impl InFlight {
         // The head is complete: no header deadline while the request is served.
         conn.head_started_ms
             .store(ConnActivity::NO_HEAD, Ordering::Release);
-        InFlight {
-            conn,
-            sending: false,
-        }
+        InFlight { conn, sent: None }
     }
 
     /// The response head goes out: from now on the response must keep moving.
     pub fn head_sent(&mut self) {
-        if !self.sending {
-            self.sending = true;
-            self.conn.last_sent_ms.store(now_ms(), Ordering::Release);
+        if self.sent.is_none() {
+            let at = Arc::new(AtomicU64::new(now_ms()));
+            lock(&self.conn.responses).push(at.clone());
             self.conn.sending.fetch_add(1, Ordering::AcqRel);
+            self.sent = Some(at);
         }
     }
 
     /// A response body frame went out.
     pub fn frame_sent(&self) {
-        self.conn.last_sent_ms.store(now_ms(), Ordering::Release);
+        if let Some(at) = &self.sent {
+            at.store(now_ms(), Ordering::Release);
+        }
     }
+}
+
+impl ConnActivity {
+    /// When the response that moved least recently last moved, if one is being sent.
+    pub fn oldest_progress_ms(&self) -> Option<u64> {
+        lock(&self.responses)
+            .iter()
+            .map(|at| at.load(Ordering::Acquire))
+            .min()
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.conn.idle_since_ms.store(now_ms(), Ordering::Release);
-        if self.sending {
+        if let Some(at) = self.sent.take() {
+            lock(&self.conn.responses).retain(|r| !Arc::ptr_eq(r, &at));
             self.conn.sending.fetch_sub(1, Ordering::AcqRel);
         }
         self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);

@@ -355,7 +355,7 @@ fn expiry(a: &ConnActivity, limits: &Limits) -> Option<(u64, Expiry)> {
         if a.sending.load(Ordering::Acquire) == 0 {
             return None;
         }
-        let last = a.last_sent_ms.load(Ordering::Acquire);
+        let last = a.oldest_progress_ms()?;
         return Some((
             last.saturating_add(ms(limits.idle_timeout)),
             Expiry::Stalled,

@@ -264,6 +264,49 @@ async fn a_response_the_client_stops_taking_is_closed_after_idle_timeout() {
     );
     drop(resp);
 
+    // The same while other streams keep starting: their heads must not hide the stalled
+    // response (stall is counted per response, not per connection).
+    let tls = tls_connect(&proxy, &[b"h2"]).await;
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .expect("h2 handshake");
+    let mut conn = tokio::spawn(conn);
+    let started = Instant::now();
+    let mut heads = 0;
+    let mut held = Vec::new();
+    let ended = loop {
+        tokio::select! {
+            _ = &mut conn => break Some(started.elapsed()),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                if started.elapsed() > Duration::from_secs(15) {
+                    break None;
+                }
+                let Ok(mut s) = send.clone().ready().await else { continue };
+                let req = http::Request::get(format!("{}/v2/", proxy.base)).body(()).unwrap();
+                if let Ok((resp, _)) = s.send_request(req, true) {
+                    if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), resp).await {
+                        heads += 1;
+                        held.push(r);
+                    }
+                }
+            }
+        }
+    };
+    let ended = ended.unwrap_or_else(|| {
+        panic!("a stalled response was hidden by {heads} newer streams for 15 s (idle_timeout 2s)")
+    });
+    assert!(
+        heads >= 2,
+        "only {heads} response heads: the test proves nothing"
+    );
+    assert!(
+        ended < Duration::from_secs(8),
+        "closed only after {ended:?}"
+    );
+    drop(held);
+
     // HTTP/1.1: a 64 MiB blob, of which the client reads nothing after the head.
     let mut s = tls_connect(&proxy, &[b"http/1.1"]).await;
     let head = format!(
