@@ -68,6 +68,10 @@ pub enum ProxyError {
         #[source]
         source: Option<BoxError>,
     },
+    /// The user's credentials already hold `limits.max_connections_per_user`
+    /// connections: 429, and this connection closes.
+    #[error("this user already holds {max} connections (limits.max_connections_per_user)")]
+    UserConnections { max: usize },
     /// The upstream accepted the request but sent no response head in time.
     #[error("upstream sent no response within {0:?}")]
     UpstreamTimeout(Duration),
@@ -113,7 +117,8 @@ impl ProxyError {
             | ProxyError::UploadStartBody(_)
             | ProxyError::UnexpectedBody(_)
             | ProxyError::ManifestTooLarge { .. }
-            | ProxyError::ClientBody { .. } => Fault::Client,
+            | ProxyError::ClientBody { .. }
+            | ProxyError::UserConnections { .. } => Fault::Client,
             ProxyError::UpstreamUnavailable { .. } | ProxyError::UpstreamTimeout(_) => {
                 Fault::Upstream
             }

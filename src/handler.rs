@@ -58,6 +58,8 @@ pub struct State {
     pub local_addr: SocketAddr,
     /// Peers whose `X-Forwarded-For` gives the client address (`server.trusted_proxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Connections per user (`limits.max_connections_per_user`).
+    pub user_connections: Arc<UserConnections>,
 }
 
 /// The audit trail: the writer and the settings it was started with.
@@ -92,6 +94,66 @@ pub struct ConnInfo {
     /// Set once a request on this connection carried valid credentials: the server's
     /// per-address cap counts only connections that never did.
     pub authenticated: std::sync::atomic::AtomicBool,
+    /// The user the connection is counted for (`limits.max_connections_per_user`): the
+    /// first whose credentials it carried. Released when the connection ends.
+    pub user: std::sync::OnceLock<UserSlot>,
+}
+
+/// Connections per user, from any address (`limits.max_connections_per_user`): one
+/// account cannot take every connection slot once authenticated connections leave the
+/// per-address cap.
+#[derive(Debug)]
+pub struct UserConnections {
+    max: usize,
+    counts: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One connection counted for a user; dropping it gives the place back.
+#[derive(Debug)]
+pub struct UserSlot {
+    owner: Arc<UserConnections>,
+    user: String,
+}
+
+impl UserConnections {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(UserConnections {
+            max,
+            counts: Default::default(),
+        })
+    }
+
+    /// Counts one more connection for `user`; `None` when it already holds `max`.
+    pub fn claim(self: &Arc<Self>, user: &str) -> Option<UserSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(user.to_owned()).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(UserSlot {
+            owner: self.clone(),
+            user: user.to_owned(),
+        })
+    }
+
+    /// Connections counted for `user` now.
+    pub fn held(&self, user: &str) -> usize {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.get(user).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// Proof that a request may be forwarded: only [`permit`] makes one. It carries what
@@ -233,7 +295,17 @@ async fn serve(
     };
     if let Some(id) = &identity {
         record.user = Some(id.name().to_owned());
-        if matches!(id, Identity::User { .. }) {
+        if let Identity::User { name, .. } = id {
+            if conn.user.get().is_none() {
+                let slot =
+                    state
+                        .user_connections
+                        .claim(name)
+                        .ok_or(ProxyError::UserConnections {
+                            max: state.user_connections.max,
+                        })?;
+                let _ = conn.user.set(slot);
+            }
             conn.authenticated
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }

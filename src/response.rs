@@ -32,6 +32,7 @@ pub fn status_and_code(e: &ProxyError) -> (StatusCode, &'static str) {
             AuthError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
         },
         ProxyError::Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
+        ProxyError::UserConnections { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
         ProxyError::FormBody | ProxyError::UploadStartBody(_) | ProxyError::UnexpectedBody(_) => {
             (StatusCode::BAD_REQUEST, "UNSUPPORTED")
         }
@@ -119,6 +120,7 @@ pub fn closes_connection(e: &ProxyError, body_left: bool) -> bool {
             ProxyError::ClientBody { .. }
                 | ProxyError::ManifestTooLarge { .. }
                 | ProxyError::UnexpectedBody(_)
+                | ProxyError::UserConnections { .. }
         )
 }
 

@@ -125,6 +125,7 @@ impl Server {
             catalog_max_n: cfg.limits.catalog_max_n,
             realm: cfg.realm().to_owned(),
             max_unauthenticated_body: cfg.max_unauthenticated_body(),
+            user_connections: handler::UserConnections::new(cfg.limits.max_connections_per_user),
             metrics,
             public_origin: cfg.server.public_origin.clone(),
             scheme: if tls.is_some() {
@@ -209,6 +210,7 @@ impl Server {
                 peer,
                 activity: Arc::new(ConnActivity::new()),
                 authenticated: Default::default(),
+                user: Default::default(),
             });
             let Ok(slot) = per_address.admit(&conn) else {
                 // Closed before TLS: refusing costs the proxy no handshake.
@@ -731,6 +733,7 @@ mod tests {
             peer: SocketAddr::new(ip.parse().unwrap(), 40_000),
             activity: Arc::new(ConnActivity::new()),
             authenticated: Default::default(),
+            user: Default::default(),
         })
     }
 

@@ -337,6 +337,56 @@ async fn a_response_the_client_stops_taking_is_closed_after_idle_timeout() {
     );
 }
 
+/// One account cannot take every slot: its credentials hold at most
+/// `limits.max_connections_per_user` connections, from any address; one more gets 429
+/// and is closed, and a closed one gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_user_are_capped() {
+    let upstream = FakeUpstream::start(|_| Reply::new(200).body(TestBody::bytes("{}"))).await;
+    let proxy = Proxy::builder(&upstream.url)
+        .users(vec![user(USER, PASSWORD, &[]), user("bob", "bob-pw", &[])])
+        .extra_yaml("limits:\n  max_connections_per_user: 2\n")
+        .start();
+    let auth = basic(USER, PASSWORD);
+    let mut first = tls_connect(&proxy, &[b"http/1.1"]).await;
+    assert!(h1_get(&mut first, &proxy, Some(&auth))
+        .await
+        .contains(" 200"));
+    let mut second = tls_connect(&proxy, &[b"http/1.1"]).await;
+    assert!(h1_get(&mut second, &proxy, Some(&auth))
+        .await
+        .contains(" 200"));
+    // A third connection with the same credentials: refused and closed.
+    let mut third = tls_connect(&proxy, &[b"http/1.1"]).await;
+    let status = h1_get(&mut third, &proxy, Some(&auth)).await;
+    assert!(status.contains(" 429"), "{status}");
+    let (_, end) = time_to_close(&mut third, Duration::from_secs(5)).await;
+    assert!(closed(&end), "{end:?}");
+    // Another user is not affected, and the first two keep working.
+    let mut bob = tls_connect(&proxy, &[b"http/1.1"]).await;
+    assert!(h1_get(&mut bob, &proxy, Some(&basic("bob", "bob-pw")))
+        .await
+        .contains(" 200"));
+    assert!(h1_get(&mut first, &proxy, Some(&auth))
+        .await
+        .contains(" 200"));
+    // Closing one gives its place back.
+    drop(first);
+    let again = wait_for_async(Duration::from_secs(5), || async {
+        let mut c = tls_connect(&proxy, &[b"http/1.1"]).await;
+        h1_get(&mut c, &proxy, Some(&auth))
+            .await
+            .contains(" 200")
+            .then_some(c)
+    })
+    .await;
+    assert!(
+        again.is_some(),
+        "the closed connection's place was not given back"
+    );
+    drop(second);
+}
+
 // ---------------------------------------------------------------------------------------
 // Item 2: unauthenticated connections per address.
 

@@ -79,6 +79,7 @@ pub(super) struct RawLimits {
     pub(super) idle_timeout: Option<String>,
     pub(super) max_connections: Option<usize>,
     pub(super) max_connections_per_address: Option<usize>,
+    pub(super) max_connections_per_user: Option<usize>,
     pub(super) max_header_bytes: Option<usize>,
     pub(super) max_manifest_bytes: Option<u64>,
     pub(super) shutdown_grace: Option<String>,

@@ -19,6 +19,7 @@ fn minimal_config_has_defaults() {
     assert_eq!(c.limits.max_manifest_bytes, MIN_MANIFEST_BYTES);
     assert_eq!(c.limits.header_read_timeout, Duration::from_secs(10));
     assert_eq!(c.limits.max_connections_per_address, 128);
+    assert_eq!(c.limits.max_connections_per_user, 512);
     assert_eq!(c.log.format, LogFormat::Text);
 }
 
@@ -65,6 +66,10 @@ fn messages_name_the_key() {
         (
             format!("{MIN}limits:\n  max_connections_per_address: 0\n"),
             "limits.max_connections_per_address",
+        ),
+        (
+            format!("{MIN}limits:\n  max_connections_per_user: 0\n"),
+            "limits.max_connections_per_user",
         ),
         (format!("{MIN}log:\n  format: xml\n"), "log.format"),
         (MIN.replace("  plaintext: true\n", ""), "server.tls"),

@@ -177,6 +177,11 @@ pub struct Limits {
     /// default `max_connections`. Peers in `server.trusted_proxies` are not capped: a
     /// load balancer carries many clients whose addresses are known only per request.
     pub max_connections_per_address: usize,
+    /// Connections one user's credentials may hold at once, from any address: an
+    /// account (any account, even one no rule grants anything) cannot take every slot.
+    /// The default, 512, is an eighth of the default `max_connections`: room for a CI
+    /// farm sharing one robot account.
+    pub max_connections_per_user: usize,
     pub max_header_bytes: usize,
     pub max_manifest_bytes: u64,
     pub shutdown_grace: Duration,

@@ -672,6 +672,12 @@ impl TryFrom<RawLimits> for Limits {
                 128,
                 1..=MAX_CONNECTIONS,
             )?,
+            max_connections_per_user: ranged(
+                "limits.max_connections_per_user",
+                l.max_connections_per_user,
+                512,
+                1..=MAX_CONNECTIONS,
+            )?,
             max_header_bytes: ranged(
                 "limits.max_header_bytes",
                 l.max_header_bytes,
