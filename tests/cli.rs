@@ -1,10 +1,14 @@
 //! The command line and start-up errors: `check` accepts good configs and prints OK;
 //! every bad config exits 64 with a message naming the file and the key, from `check`
 //! and from `serve` alike, and `serve` then listens on nothing; a busy port exits 69;
-//! the self-signed CA is usable by curl; plaintext warns; garbage never panics.
+//! the self-signed CA is usable by curl; plaintext warns; garbage never panics. The user
+//! commands (`hash-password`, `user add/passwd/del/list`) write files `serve` and `check`
+//! accept, and bad user files are refused naming the user.
 mod common;
+use common::process::*;
 use common::*;
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -52,10 +56,6 @@ impl Case {
             Duration::from_secs(10),
         )
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn code(o: &Output) -> Option<i32> {
@@ -624,4 +624,278 @@ fn a_header_read_timeout_that_overflows_the_clock_is_refused_by_check() {
     }
     assert_eq!(code(&out), Some(64));
     assert!(text(&out.stderr).contains("limits.header_read_timeout: "));
+}
+
+// ---------------------------------------------------------------------------------------
+// The user commands (moved from tests/auth.rs).
+
+#[test]
+fn hash_password_reads_stdin_and_prints_an_argon2id_hash_verify_accepts() {
+    use registry_guard::auth::users::verify_password;
+    let out = cli_stdin(&["hash-password"], "s3cret pw:with colon\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let phc = stdout.trim_end_matches('\n');
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
+    assert!(verify_password(phc, "s3cret pw:with colon"));
+    assert!(!verify_password(phc, "s3cret pw:with colon\n"));
+    assert!(!verify_password(phc, "s3cret"));
+    assert!(!text(&out.stderr).contains("s3cret"));
+
+    // A new salt every time.
+    let again = cli_stdin(&["hash-password"], "s3cret pw:with colon\n");
+    assert_ne!(text(&again.stdout), stdout);
+
+    // Other parameters; a CRLF line end is not part of the password.
+    let out = cli_stdin(
+        &["hash-password", "--m-cost", "1024", "--t-cost", "1"],
+        "pw\r\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let phc = text(&out.stdout).trim_end().to_owned();
+    assert!(phc.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"), "{phc}");
+    assert!(verify_password(&phc, "pw"));
+
+    // An empty password (an empty line, or nothing at all) is refused with 64.
+    for input in ["\n", ""] {
+        let out = cli_stdin(&["hash-password"], input);
+        assert_eq!(out.status.code(), Some(64), "{input:?}");
+        assert!(out.stdout.is_empty(), "{input:?}");
+        assert!(
+            text(&out.stderr).contains("empty password"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+/// name → hash, from a user file.
+fn hashes(path: &Path) -> HashMap<String, String> {
+    let f: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    f["users"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["name"].as_str().unwrap().to_owned(),
+                u["hash"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+const CHEAP: [&str; 4] = ["--m-cost", "1024", "--t-cost", "1"];
+
+#[test]
+fn user_commands_edit_the_file_atomically_and_leave_other_users_untouched() {
+    use registry_guard::auth::users::{verify_password, Users};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.yaml");
+    let p = path.to_str().unwrap();
+    let user_cmd = |args: &[&str], stdin: &str| {
+        let mut all = vec!["user"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--users-file", p]);
+        cli_stdin(&all, stdin)
+    };
+
+    // add: the file is created, mode 0600.
+    let mut add_alice = vec!["add", "alice", "--groups", "a,b"];
+    add_alice.extend_from_slice(&CHEAP);
+    let out = user_cmd(&add_alice, "alice-pw\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(mode(&path), 0o600);
+    let mut add_bob = vec!["add", "bob"];
+    add_bob.extend_from_slice(&CHEAP);
+    let out = user_cmd(&add_bob, "bob-pw\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let users = Users::load(&path).unwrap();
+    let alice = users.get("alice").unwrap();
+    assert_eq!(alice.groups, ["a", "b"]);
+    assert!(verify_password(&alice.hash, "alice-pw"));
+    assert!(verify_password(&users.get("bob").unwrap().hash, "bob-pw"));
+    let h0 = hashes(&path);
+
+    // list: names, groups, never a hash.
+    let out = user_cmd(&["list"], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = text(&out.stdout);
+    assert_eq!(listed, "alice\ta,b\nbob\t-\n");
+    assert!(!listed.contains("argon2"));
+
+    // passwd: alice's hash changes, bob's stays byte-identical, the mode stays 0600.
+    let mut passwd = vec!["passwd", "alice"];
+    passwd.extend_from_slice(&CHEAP);
+    let out = user_cmd(&passwd, "alice-new\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let h1 = hashes(&path);
+    assert!(verify_password(&h1["alice"], "alice-new"));
+    assert!(!verify_password(&h1["alice"], "alice-pw"));
+    assert_eq!(h1["bob"], h0["bob"]);
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(
+        Users::load(&path).unwrap().get("alice").unwrap().groups,
+        ["a", "b"]
+    );
+
+    // A duplicate add: 64, naming the user, file unchanged.
+    let before = std::fs::read(&path).unwrap();
+    let out = user_cmd(&add_bob, "other-pw\n");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        text(&out.stderr).contains("\"bob\""),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+
+    // passwd / del of nobody: 64, naming the user, file unchanged.
+    let mut passwd_nobody = vec!["passwd", "nobody"];
+    passwd_nobody.extend_from_slice(&CHEAP);
+    for (args, stdin) in [(passwd_nobody, "pw\n"), (vec!["del", "nobody"], "")] {
+        let out = user_cmd(&args, stdin);
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("\"nobody\""),
+            "{}",
+            text(&out.stderr)
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+    // An empty password for passwd: 64, file unchanged.
+    let out = user_cmd(&passwd, "\n");
+    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+
+    // del: alice goes, bob's hash stays byte-identical, mode 0600, no temporary file left.
+    let out = user_cmd(&["del", "alice"], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let h2 = hashes(&path);
+    assert_eq!(h2.len(), 1);
+    assert_eq!(h2["bob"], h0["bob"]);
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(text(&user_cmd(&["list"], "").stdout), "bob\t-\n");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn user_add_refuses_group_names_the_user_file_would_not_load() {
+    use registry_guard::auth::users::Users;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.yaml");
+    let p = path.to_str().unwrap();
+    let mut add = vec!["user", "add", "alice", "--users-file", p];
+    add.extend_from_slice(&CHEAP);
+    let out = cli_stdin(&add, "pw\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let before = std::fs::read(&path).unwrap();
+    for groups in ["a b", "x:y", ""] {
+        let mut add = vec![
+            "user",
+            "add",
+            "carol",
+            "--groups",
+            groups,
+            "--users-file",
+            p,
+        ];
+        add.extend_from_slice(&CHEAP);
+        let out = cli_stdin(&add, "pw\n");
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "--groups {groups:?} accepted; the file now is:\n{}",
+            String::from_utf8_lossy(&std::fs::read(&path).unwrap())
+        );
+        assert!(
+            text(&out.stderr).contains("\"carol\"") && text(&out.stderr).contains("group"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), before, "--groups {groups:?}");
+        assert!(Users::load(&path).is_ok());
+        // Nothing may claim the user was added (src/cli.rs prints "added user" before
+        // the file is written).
+        assert!(
+            !text(&out.stderr).contains("added user"),
+            "--groups {groups:?}: refused, yet stderr says: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn bad_user_files_are_refused_by_check_and_serve_naming_the_user() {
+    let good = registry_guard::auth::users::hash_password("pw", 1024, 1, 1).unwrap();
+    let cases = [
+        (
+            format!("users:\n  - name: alice\n    hash: '{good}'\n  - name: carol\n    hash: hunter2\n"),
+            "carol",
+            "plaintext",
+        ),
+        (
+            "users:\n  - name: dave\n    hash: '$argon2id$v=19$m=19456,t=2,p=1$bm90LWEtc2FsdA$'\n".to_owned(),
+            "dave",
+            "hash",
+        ),
+        (
+            "users:\n  - name: erin\n    hash: '$argon2id$v=19$m=0,t=0,p=0$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA'\n".to_owned(),
+            "erin",
+            "hash",
+        ),
+        (
+            format!("users:\n  - name: frank\n    hash: '{good}'\n  - name: frank\n    hash: '{good}'\n"),
+            "frank",
+            "more than once",
+        ),
+    ];
+    for (users, who, words) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("users.yaml"), &users).unwrap();
+        let config = dir.path().join("registry-guard.yaml");
+        std::fs::write(
+            &config,
+            "server:\n  listen: 127.0.0.1:0\n  plaintext: true\nupstream:\n  url: http://127.0.0.1:5000\n\
+             auth:\n  users_file: users.yaml\naccess:\n  rules:\n    - repos: ['**']\n      users: ['*']\n      actions: [pull]\n",
+        )
+        .unwrap();
+        let c = config.to_str().unwrap();
+        let out = run_cli(&["check", "--config", c], dir.path());
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "check, {who}: {err}");
+        assert!(
+            err.contains(&format!("user \"{who}\"")) && err.contains(words),
+            "check, {who}: {err}"
+        );
+        assert!(err.contains("users.yaml"), "check, {who}: {err}");
+
+        let addr_file = dir.path().join("addr");
+        let (out, exited) = run_cli_for(
+            &[
+                "serve",
+                "--config",
+                c,
+                "--addr-file",
+                addr_file.to_str().unwrap(),
+            ],
+            dir.path(),
+            Duration::from_secs(10),
+        );
+        let err = text(&out.stderr);
+        assert!(exited, "serve kept running with {who}'s entry: {err}");
+        assert_eq!(out.status.code(), Some(64), "serve, {who}: {err}");
+        assert!(
+            err.contains(&format!("user \"{who}\"")) && err.contains(words),
+            "serve, {who}: {err}"
+        );
+        assert!(!addr_file.exists(), "serve listened with {who}'s entry");
+    }
 }

@@ -15,7 +15,9 @@
 //! under `RG_REQUIRE_REAL=1` / `CI=true`.
 mod common;
 use base64::Engine;
+use common::curl::*;
 use common::e2e::*;
+use common::process::*;
 use common::*;
 use std::path::Path;
 use std::process::Command;
@@ -802,4 +804,27 @@ fn silent_upstream_is_504_within_the_header_timeout() {
     );
     assert!(running(proxy.pid()));
     drop(silent);
+}
+
+// ---- smoke (was tests/smoke.rs) --------------------------------------------------------
+
+/// The smallest end-to-end check: the binary starts with a self-signed certificate in
+/// front of a real registry and answers `/v2/` through it.
+#[test]
+fn proxies_the_base_route_over_tls() {
+    let Some(reg) = Registry::start() else { return };
+    let proxy = Proxy::start(&reg.url);
+    let out = proxy.curl(&["-i", &format!("{}/v2/", proxy.base)]);
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("http/2 200"), "{text}");
+    assert!(
+        text.contains("docker-distribution-api-version: registry/2.0"),
+        "{text}"
+    );
+    assert!(text.contains("x-request-id: "), "{text}");
 }

@@ -1,31 +1,28 @@
-//! An in-process fake upstream that records every request it receives and answers with a
-//! scripted response, plus the clients the integration tests talk to the proxy with:
-//! hyper (HTTP/1.1 through hyper-util's legacy client, HTTP/2 through a direct
-//! connection) and, where exact bytes matter, raw TLS sockets.
+//! The one fake upstream of the integration tests: an in-process HTTP/1.1 server (plain or
+//! TLS) on 127.0.0.1:0 that records every request it receives ([`Seen`]) and answers from a
+//! script ([`Reply`]). Async tests start it on their own runtime ([`FakeUpstream::start`]);
+//! synchronous tests that drive curl start it on a thread of its own
+//! ([`FakeUpstream::on_thread`]), stopped and joined when it is dropped.
+//!
+//! Bodies are counted whole but kept only up to [`BODY_KEPT`] bytes, so the streaming
+//! tests can push gigabytes through it in bounded memory.
 
-use super::Proxy;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::client::TlsStream;
+use tokio::net::TcpListener;
 
 // ---------------------------------------------------------------------------------------
 // Bodies: small buffers, zeros streamed 64 KiB at a time, or slow chunks.
@@ -136,6 +133,9 @@ impl Body for TestBody {
 // ---------------------------------------------------------------------------------------
 // The fake upstream.
 
+/// How much of a request body [`Seen::body`] keeps (the length is always counted whole).
+pub const BODY_KEPT: usize = 1 << 20;
+
 /// One request as the upstream received it.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -144,6 +144,8 @@ pub struct Seen {
     pub target: String,
     pub version: Version,
     pub headers: HeaderMap,
+    /// The body's first [`BODY_KEPT`] bytes.
+    pub body: Vec<u8>,
     pub body_len: u64,
     /// Whether the body ended cleanly (false: the connection broke mid-body).
     pub body_complete: bool,
@@ -160,6 +162,13 @@ impl Seen {
     }
     pub fn has(&self, name: &str) -> bool {
         self.headers.contains_key(name)
+    }
+    /// The path, without the query.
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+    pub fn query(&self) -> Option<&str> {
+        self.target.split_once('?').map(|(_, q)| q)
     }
 }
 
@@ -189,6 +198,11 @@ impl Reply {
         self.body = b;
         self
     }
+    /// A JSON body, with its Content-Type.
+    pub fn json(mut self, v: serde_json::Value) -> Self {
+        self.body = TestBody::bytes(v.to_string());
+        self.header("content-type", "application/json; charset=utf-8")
+    }
     pub fn delay(mut self, d: Duration) -> Self {
         self.delay = d;
         self
@@ -203,11 +217,49 @@ pub struct FakeUpstream {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     /// Request heads received (a request is counted here before its body is read).
     pub started: Arc<AtomicUsize>,
+    /// Set by [`FakeUpstream::on_thread`]: the thread serving, and what stops it.
+    thread: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<()>,
+    )>,
 }
 
 impl FakeUpstream {
+    /// Serves on the caller's tokio runtime, for as long as that runtime runs.
     pub async fn start(script: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> FakeUpstream {
-        FakeUpstream::serve(script, None).await
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        FakeUpstream::serve(listener, Arc::new(script), None)
+    }
+
+    /// Serves on a thread and runtime of its own, for synchronous tests; stopped and
+    /// joined on drop.
+    pub fn on_thread(script: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> FakeUpstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let script: Script = Arc::new(script);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (made, made_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(listener).unwrap();
+                let fake = FakeUpstream::serve(listener, script, None);
+                let _ = made.send((fake.addr, fake.seen.clone(), fake.started.clone()));
+                // Dropping the runtime at the end of the thread ends every task it serves.
+                let _ = stopped.await;
+            });
+        });
+        let (addr, seen, started) = made_rx.recv().unwrap();
+        FakeUpstream {
+            addr,
+            url: format!("http://{addr}"),
+            seen,
+            started,
+            thread: Some((stop, thread)),
+        }
     }
 
     /// The same over TLS, with a certificate for 127.0.0.1 signed by a throw-away CA;
@@ -223,22 +275,23 @@ impl FakeUpstream {
             .with_single_cert(made.chain, made.key)
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         (
-            FakeUpstream::serve(script, Some(acceptor)).await,
+            FakeUpstream::serve(listener, Arc::new(script), Some(acceptor)),
             made.ca_pem,
         )
     }
 
-    async fn serve(
-        script: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    /// Spawns the accept loop on the current runtime.
+    fn serve(
+        listener: TcpListener,
+        script: Script,
         tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> FakeUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let scheme = if tls.is_some() { "https" } else { "http" };
         let seen = Arc::new(Mutex::new(Vec::new()));
         let started = Arc::new(AtomicUsize::new(0));
-        let script: Script = Arc::new(script);
         let (seen2, started2) = (seen.clone(), started.clone());
         tokio::spawn(async move {
             loop {
@@ -254,10 +307,17 @@ impl FakeUpstream {
                         async move {
                             started.fetch_add(1, Ordering::SeqCst);
                             let (parts, mut body) = req.into_parts();
-                            let (mut body_len, mut body_complete) = (0u64, true);
+                            let (mut kept, mut body_len, mut body_complete) =
+                                (Vec::new(), 0u64, true);
                             while let Some(frame) = body.frame().await {
                                 match frame {
-                                    Ok(f) => body_len += f.data_ref().map_or(0, |d| d.len() as u64),
+                                    Ok(f) => {
+                                        if let Some(d) = f.data_ref() {
+                                            body_len += d.len() as u64;
+                                            let room = BODY_KEPT.saturating_sub(kept.len());
+                                            kept.extend_from_slice(&d[..d.len().min(room)]);
+                                        }
+                                    }
                                     Err(_) => {
                                         body_complete = false;
                                         break;
@@ -272,6 +332,7 @@ impl FakeUpstream {
                                     .map_or(String::new(), |p| p.as_str().to_owned()),
                                 version: parts.version,
                                 headers: parts.headers,
+                                body: kept,
                                 body_len,
                                 body_complete,
                             };
@@ -308,6 +369,7 @@ impl FakeUpstream {
             url: format!("{scheme}://{addr}"),
             seen,
             started,
+            thread: None,
         }
     }
 
@@ -318,6 +380,11 @@ impl FakeUpstream {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// Forgets what was seen so far; returns it.
+    pub fn take(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
     }
 
     pub fn started(&self) -> usize {
@@ -344,181 +411,11 @@ impl FakeUpstream {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Clients.
-
-pub fn roots(ca: &Path) -> rustls::RootCertStore {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    roots
-}
-
-pub fn tls_config(ca: &Path, alpn: &[&[u8]]) -> rustls::ClientConfig {
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots(ca))
-    .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    cfg
-}
-
-pub type LegacyClient =
-    hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, TestBody>;
-
-/// hyper-util's pooled client over HTTP/1.1, trusting the proxy's CA.
-pub fn h1_client(proxy: &Proxy) -> LegacyClient {
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config(&proxy.ca, &[]))
-        .https_only()
-        .enable_http1()
-        .build();
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(https)
-}
-
-/// A TLS connection to the proxy offering `alpn`.
-pub async fn tls_connect(proxy: &Proxy, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(tls_config(&proxy.ca, alpn)))
-        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
-        .await
-        .unwrap()
-}
-
-/// Sends one request over HTTP/1.1 (legacy client) or HTTP/2 (ALPN h2, one connection).
-pub async fn send(
-    proxy: &Proxy,
-    version: Version,
-    req: Request<TestBody>,
-) -> Result<Response<Incoming>, String> {
-    if version == Version::HTTP_2 {
-        let tls = tls_connect(proxy, &[b"h2"]).await;
-        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .map_err(|e| format!("h2 handshake: {e:?}"))?;
-        tokio::spawn(conn);
-        sender.send_request(req).await.map_err(|e| format!("{e:?}"))
-    } else {
-        h1_client(proxy)
-            .request(req)
-            .await
-            .map_err(|e| format!("{e:?}"))
-    }
-}
-
-pub fn request(proxy: &Proxy, method: &str, path: &str) -> http::request::Builder {
-    Request::builder()
-        .method(method)
-        .uri(format!("{}{path}", proxy.base))
-}
-
-/// Status, headers and the whole body.
-pub async fn collect(resp: Response<Incoming>) -> (StatusCode, HeaderMap, Bytes) {
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    (parts.status, parts.headers, body)
-}
-
-pub fn header<'a>(h: &'a HeaderMap, name: &str) -> Vec<&'a str> {
-    h.get_all(name)
-        .iter()
-        .map(|v| v.to_str().unwrap())
-        .collect()
-}
-
-/// Asserts a registry JSON error made by the proxy.
-pub fn assert_registry_error(
-    status: StatusCode,
-    h: &HeaderMap,
-    body: &[u8],
-    want: u16,
-    code: &str,
-) {
-    assert_eq!(status.as_u16(), want, "{}", String::from_utf8_lossy(body));
-    assert_eq!(
-        header(h, "docker-distribution-api-version"),
-        ["registry/2.0"]
-    );
-    assert_eq!(
-        header(h, "content-type"),
-        ["application/json; charset=utf-8"]
-    );
-    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
-    assert_eq!(v["errors"].as_array().unwrap().len(), 1, "{v}");
-    assert_eq!(v["errors"][0]["code"], code, "{v}");
-    assert!(v["errors"][0]["detail"].is_null(), "{v}");
-}
-
-/// How a [`read_until`] ended.
-#[derive(Debug, PartialEq)]
-pub enum End {
-    Done,
-    Eof,
-    Error(std::io::ErrorKind),
-    Timeout,
-}
-
-/// Reads from a raw stream until `done(bytes so far)`, EOF, an error or `limit`.
-/// Returns the bytes and how the reading ended.
-pub async fn read_until<S: AsyncRead + Unpin>(
-    s: &mut S,
-    limit: Duration,
-    done: impl Fn(&[u8]) -> bool,
-) -> (Vec<u8>, End) {
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        if done(&out) {
-            return (out, End::Done);
-        }
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return (out, End::Timeout),
-            Ok(Ok(0)) => return (out, End::Eof),
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Ok(Err(e)) => return (out, End::Error(e.kind())),
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        if let Some((stop, thread)) = self.thread.take() {
+            let _ = stop.send(());
+            let _ = thread.join();
         }
     }
-}
-
-/// Whether `b` holds a complete HTTP/1.1 response with a Content-Length body.
-pub fn complete_response(b: &[u8]) -> bool {
-    let Some(end) = b.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return false;
-    };
-    let head = String::from_utf8_lossy(&b[..end]).to_ascii_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map_or(0, |v| v.trim().parse().unwrap());
-    b.len() >= end + 4 + len
-}
-
-/// The first line of a raw response.
-pub fn status_line(b: &[u8]) -> String {
-    String::from_utf8_lossy(b)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-/// A raw HTTP/1.1 exchange on a fresh TLS connection: writes `head`, reads one response.
-pub async fn raw_exchange(proxy: &Proxy, head: &str) -> Vec<u8> {
-    let mut tls = tls_connect(proxy, &[b"http/1.1"]).await;
-    tls.write_all(head.as_bytes()).await.unwrap();
-    let (out, end) = read_until(&mut tls, Duration::from_secs(10), complete_response).await;
-    assert_eq!(end, End::Done, "{}", String::from_utf8_lossy(&out));
-    out
-}
-
-pub fn b64(s: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(s)
 }

@@ -1,18 +1,30 @@
-//! Test harness: real processes (the registry-guard binary, Debian's docker-registry)
-//! on ephemeral loopback ports, each stopped by its PID when its handle is dropped, and
-//! small clients to talk to them.
+//! The one test harness of the integration tests (`tests/<topic>/main.rs` include it with
+//! `#[path = "../common/mod.rs"] mod common;`): real processes (the registry-guard binary,
+//! Debian's docker-registry) on ephemeral loopback ports, each stopped by its PID when its
+//! handle is dropped, the fake upstream, and the clients to talk to them.
+//!
+//! - this file: the processes ([`Proxy`] and its builder, [`Registry`]), users, waiting;
+//! - [`fake`]: the fake upstream that records requests and answers from a script;
+//! - [`client`]: hyper and raw TLS clients; [`curl`]: curl with its answer parsed;
+//! - [`metrics`]: the metrics listener read; [`process`]: bounded external commands;
+//! - [`e2e`]: skopeo, images made by `tests/e2e/mkimage.py`, digests.
 //!
 //! Real parts are required: when `RG_REQUIRE_REAL=1` or `CI=true` (scripts/test and
 //! .ci/run set them) a missing docker-registry or skopeo fails the test instead of
 //! skipping it.
+// Every test binary compiles the whole harness and uses a part of it.
 #![allow(dead_code)]
 
+pub mod client;
+pub mod curl;
 pub mod e2e;
 pub mod fake;
+pub mod metrics;
+pub mod process;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -472,31 +484,4 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-/// Like [`run_cli`], for commands that might not exit by themselves (`serve`): the
-/// process is killed after `limit`. Returns the output and whether it exited by itself.
-pub fn run_cli_for(args: &[&str], cwd: &Path, limit: Duration) -> (std::process::Output, bool) {
-    let mut child = Command::new(bin())
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run registry-guard");
-    let exited = wait_for(limit, || child.try_wait().ok().flatten()).is_some();
-    if !exited {
-        let _ = child.kill();
-    }
-    (child.wait_with_output().expect("collect output"), exited)
-}
-
-/// Runs `registry-guard` with arguments, returning its output.
-pub fn run_cli(args: &[&str], cwd: &Path) -> std::process::Output {
-    Command::new(bin())
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run registry-guard")
 }

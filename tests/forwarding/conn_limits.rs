@@ -7,19 +7,8 @@
 //!   address; a connection that authenticated stops counting.
 //! - A kept-alive HTTP/1.1 connection waits `idle_timeout` for the next request (not
 //!   `header_read_timeout`), and a trickled head is still cut after `header_read_timeout`.
-mod common;
-use common::fake::*;
-use common::*;
 
-use bytes::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls_pki_types::ServerName;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
+use super::*;
 
 const USER: &str = "alice";
 const PASSWORD: &str = "alice-pw";
@@ -105,17 +94,6 @@ impl H2 {
     }
 }
 
-/// How long until the server closes `s`, and whether it did within `limit`.
-async fn time_to_close<S: AsyncRead + Unpin>(s: &mut S, limit: Duration) -> (Duration, End) {
-    let started = Instant::now();
-    let (_, end) = read_until(s, limit, |_| false).await;
-    (started.elapsed(), end)
-}
-
-fn closed(end: &End) -> bool {
-    matches!(end, End::Eof | End::Error(_))
-}
-
 fn get_head(proxy: &Proxy, auth: Option<&str>) -> String {
     let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
     format!("GET /v2/ HTTP/1.1\r\nHost: {}\r\n{auth}\r\n", proxy.addr)
@@ -130,20 +108,6 @@ where
     let (out, end) = read_until(s, Duration::from_secs(10), complete_response).await;
     assert_eq!(end, End::Done, "{}", String::from_utf8_lossy(&out));
     status_line(&out)
-}
-
-/// A counter of the metrics listener.
-async fn metric(metrics: SocketAddr, name: &str) -> u64 {
-    let mut s = TcpStream::connect(metrics).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: metrics\r\n\r\n")
-        .await
-        .unwrap();
-    let (out, end) = read_until(&mut s, Duration::from_secs(5), |_| false).await;
-    assert_eq!(end, End::Eof);
-    let text = String::from_utf8(out).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -3,16 +3,12 @@
 //! rules; the catalog lists what a user may pull; protected tags hold against overwrite
 //! and delete (by tag and by digest) except for the exempt group; anonymous pulls work
 //! only where a rule allows them. What is stored is checked on the registry directly.
-mod access_support;
-mod common;
-use access_support::*;
-use common::e2e::{mkimage, Image};
-use common::*;
 
-use std::path::{Path, PathBuf};
+use super::*;
+use common::e2e::{mkimage, Image};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 const SKOPEO_LIMIT: Duration = Duration::from_secs(120);
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";

@@ -2,20 +2,14 @@
 //! behind the registry-guard binary, skopeo pushing and pulling an image made by
 //! tests/e2e/mkimage.py, curl, and the seed document's flows (tests/e2e/seed_flows.py),
 //! with good, wrong and no credentials.
-mod common;
-use common::e2e::*;
-use common::*;
 
+use super::*;
+use common::e2e::*;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
 
 const USER: &str = "alice";
 const PASSWORD: &str = "e2e-Pw:with colon";
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// skopeo with no ambient credentials (its own HOME, XDG_RUNTIME_DIR and auth file).
 fn skopeo(home: &Path, args: &[&str]) -> Output {
@@ -290,17 +284,7 @@ fn curl_and_the_seed_flows_with_preemptive_basic_credentials() {
 
 /// `registry_guard_auth_argon2_runs_total` from the metrics listener at `metrics`.
 fn argon2_runs(metrics: std::net::SocketAddr) -> u64 {
-    let out = run(
-        Command::new("curl")
-            .args(["-sS", "--max-time", "10"])
-            .arg(format!("http://{metrics}/metrics")),
-        Duration::from_secs(20),
-    );
-    let body = text(&out.stdout);
-    body.lines()
-        .find_map(|l| l.strip_prefix("registry_guard_auth_argon2_runs_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no argon2 counter in: {body}"))
+    common::metrics::scrape(metrics).get("registry_guard_auth_argon2_runs_total")
 }
 
 /// curl `GET /v2/` as `user:password`; `max_time` cuts the request short (curl then
