@@ -195,6 +195,20 @@ pub fn check_hash(phc: &str) -> Result<Params, String> {
     if parsed.salt.is_none() || parsed.hash.is_none() {
         return Err("hash has no salt or no output".into());
     }
+    // The limits are checked on the numbers as written, before argon2 builds its
+    // parameters: it multiplies them (p × 8 blocks) and overflows on a huge `p`.
+    for (name, limit) in [("m", MAX_M_COST), ("t", MAX_T_COST), ("p", MAX_P_COST)] {
+        let value = parsed
+            .params
+            .get_decimal(name)
+            .or_else(|| parsed.params.get_str(name).and_then(|v| v.parse().ok()));
+        if value.is_some_and(|v: u32| v > limit) {
+            return Err(format!(
+                "hash parameter {name}={} is over the limit {name}={limit} (limits: m={MAX_M_COST} (1 GiB), t={MAX_T_COST}, p={MAX_P_COST})",
+                value.unwrap_or_default()
+            ));
+        }
+    }
     let params =
         Params::try_from(&parsed).map_err(|e| format!("hash parameters are not usable: {e}"))?;
     // Every verification of this user, and of unknown names if most users share these
@@ -422,6 +436,17 @@ pub fn save(path: &Path, file: &UserFile) -> Result<(), UsersError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_parameters_are_refused_before_argon2_builds_them() {
+        // fuzz/corpus/users/huge-p-overflows-argon2-params: argon2's Params::new
+        // multiplied p = 3,333,333,331 by 8 and overflowed (a panic in debug builds).
+        for params in ["m=19645,t=2,p=3333333331", "m=4294967295,t=2,p=1", "m=19456,t=4294967295,p=1"] {
+            let phc = format!("$argon2id$v=19${params}$nYUgZkGo7jPw6n9Xm5mRlw$h+scoS9SbYD/wxAlL+Kh4oFxszJVLhXIyIsisU9SaC4");
+            let e = check_hash(&phc).unwrap_err();
+            assert!(e.contains("over the limit"), "{params}: {e}");
+        }
+    }
 
     // Cheap parameters keep the tests fast; the code paths are the same.
     fn h(pw: &str) -> String {
