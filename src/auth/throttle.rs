@@ -402,6 +402,11 @@ impl Attempt<'_> {
         self.known_good
     }
 
+    /// The client address as the throttle counts it (IPv6 by /64).
+    pub fn address(&self) -> IpAddr {
+        self.pair.0
+    }
+
     /// The password was right: the pair's count is cleared and the pair is known good;
     /// the address gets this attempt's reservation back.
     pub fn succeeded(self) {
