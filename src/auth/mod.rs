@@ -204,9 +204,14 @@ impl Authenticator {
         let hash = user
             .as_ref()
             .map_or_else(|| snapshot.dummy_hash.clone(), |u| u.hash.clone());
+        let lane = if attempt.known_good() {
+            Lane::KnownGood
+        } else {
+            Lane::Address(attempt.address())
+        };
         let Some(verified) = self
             .argon2
-            .verify(hash, creds.password.expose().to_owned())
+            .verify(hash, creds.password.expose().to_owned(), lane)
             .await
         else {
             attempt.withdrawn();
@@ -297,20 +302,96 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// How long a verification thread keeps its working memory without work.
 const IDLE_RELEASE: Duration = Duration::from_secs(5);
-/// Verifications waiting for a thread, at most; more are refused (429, retry in 1 s).
+/// Verifications waiting for a thread, at most, per lane ([`Lane`]); more are refused
+/// (429, retry in 1 s).
 const QUEUE_MAX: usize = 1024;
 
 type Job = (String, String, tokio::sync::oneshot::Sender<bool>);
 
-#[derive(Debug, Default)]
-struct Queue {
-    jobs: std::collections::VecDeque<Job>,
+/// Where a verification waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// A pair that logged in from its address lately (`throttle::Attempt::known_good`):
+    /// served before anyone else, so a flood of strangers' guesses cannot starve the
+    /// users who work there. Only a right password puts a pair here, and each pair's
+    /// own limits still hold.
+    KnownGood,
+    /// Everyone else, one line per client address (as the throttle keys it), the lines
+    /// served in turn: an address waits behind one job of each other address with work,
+    /// not behind everything a busy address queued.
+    Address(IpAddr),
+}
+
+/// The verifications waiting for a thread.
+#[derive(Debug)]
+struct Queue<T> {
+    known_good: std::collections::VecDeque<T>,
+    lines: HashMap<IpAddr, std::collections::VecDeque<T>>,
+    /// Addresses with a non-empty line, in the order of their next turn.
+    turns: std::collections::VecDeque<IpAddr>,
+    waiting: usize,
     closed: bool,
+}
+
+impl<T> Default for Queue<T> {
+    fn default() -> Self {
+        Queue {
+            known_good: Default::default(),
+            lines: HashMap::new(),
+            turns: Default::default(),
+            waiting: 0,
+            closed: false,
+        }
+    }
+}
+
+impl<T> Queue<T> {
+    /// Queues `job`; gives it back when its lane is full.
+    fn push(&mut self, job: T, lane: Lane) -> Result<(), T> {
+        match lane {
+            Lane::KnownGood if self.known_good.len() >= QUEUE_MAX => Err(job),
+            Lane::KnownGood => {
+                self.known_good.push_back(job);
+                Ok(())
+            }
+            Lane::Address(_) if self.waiting >= QUEUE_MAX => Err(job),
+            Lane::Address(addr) => {
+                let line = self.lines.entry(addr).or_default();
+                if line.is_empty() {
+                    self.turns.push_back(addr);
+                }
+                line.push_back(job);
+                self.waiting += 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// The next job: known good first, then the next address in turn.
+    fn pop(&mut self) -> Option<T> {
+        if let Some(job) = self.known_good.pop_front() {
+            return Some(job);
+        }
+        let addr = self.turns.pop_front()?;
+        let line = self.lines.get_mut(&addr)?;
+        let job = line.pop_front();
+        if line.is_empty() {
+            self.lines.remove(&addr);
+        } else {
+            self.turns.push_back(addr);
+        }
+        self.waiting -= usize::from(job.is_some());
+        job
+    }
+
+    fn is_empty(&self) -> bool {
+        self.known_good.is_empty() && self.waiting == 0
+    }
 }
 
 #[derive(Debug, Default)]
 struct Shared {
-    queue: std::sync::Mutex<Queue>,
+    queue: std::sync::Mutex<Queue<Job>>,
     ready: std::sync::Condvar,
 }
 
@@ -320,7 +401,8 @@ struct Shared {
 /// it verified, reused from run to run and given back after [`IDLE_RELEASE`] without
 /// work. So argon2 holds at most `verify_concurrency` × `m_cost` KiB at any moment (the
 /// dummy hash made at start and at each reload adds one more set, briefly), and nothing
-/// once idle. A job whose request was cancelled before its turn is skipped.
+/// once idle. A job whose request was cancelled before its turn is skipped. Order: known-
+/// good pairs first, then one job per address in turn ([`Lane`]).
 #[derive(Debug)]
 struct Argon2Pool {
     shared: Arc<Shared>,
@@ -343,14 +425,13 @@ impl Argon2Pool {
     }
 
     /// The verdict, or None when the queue is full (nothing was verified).
-    async fn verify(&self, hash: String, password: String) -> Option<bool> {
+    async fn verify(&self, hash: String, password: String, lane: Lane) -> Option<bool> {
         let (done, answer) = tokio::sync::oneshot::channel();
+        if lock(&self.shared.queue)
+            .push((hash, password, done), lane)
+            .is_err()
         {
-            let mut q = lock(&self.shared.queue);
-            if q.jobs.len() >= QUEUE_MAX {
-                return None;
-            }
-            q.jobs.push_back((hash, password, done));
+            return None;
         }
         self.shared.ready.notify_one();
         Some(answer.await.unwrap_or(false))
@@ -374,7 +455,7 @@ fn work(shared: &Shared, metrics: &Metrics) {
                 if q.closed {
                     return;
                 }
-                if let Some(job) = q.jobs.pop_front() {
+                if let Some(job) = q.pop() {
                     break Some(job);
                 }
                 if memory.resident_kib() == 0 {
@@ -386,7 +467,7 @@ fn work(shared: &Shared, metrics: &Metrics) {
                     .wait_timeout(q, IDLE_RELEASE)
                     .unwrap_or_else(|p| p.into_inner());
                 q = guard;
-                if waited.timed_out() && q.jobs.is_empty() {
+                if waited.timed_out() && q.is_empty() {
                     break None;
                 }
             }
@@ -462,6 +543,46 @@ mod tests {
         tokio::time::sleep(after).await;
         set.abort_all();
         while set.join_next().await.is_some() {}
+    }
+
+    #[test]
+    fn known_good_pairs_go_first_and_addresses_take_turns() {
+        // Review of issue 8: a flood from 20 addresses made every uncached login wait
+        // behind all of it (bob waited 6-35 s) in one FIFO queue.
+        let flood: Vec<IpAddr> = (1..=20u8).map(|i| IpAddr::from([203, 0, 113, i])).collect();
+        let bob: IpAddr = [192, 0, 2, 7].into();
+        let mut q = Queue::default();
+        for round in 0..16 {
+            for &a in &flood {
+                q.push(format!("flood {a} {round}"), Lane::Address(a))
+                    .unwrap();
+            }
+        }
+        q.push("bob".to_owned(), Lane::Address(bob)).unwrap();
+        q.push("alice".to_owned(), Lane::KnownGood).unwrap();
+        assert_eq!(q.pop().as_deref(), Some("alice"));
+        // bob waits for one job of each flooding address, not for all 320.
+        let before_bob = std::iter::from_fn(|| q.pop())
+            .take_while(|j| j != "bob")
+            .count();
+        assert_eq!(before_bob, 20);
+        let rest = std::iter::from_fn(|| q.pop()).count();
+        assert_eq!(rest, 20 * 15);
+        assert!(q.is_empty());
+        assert!(q.lines.is_empty() && q.turns.is_empty());
+    }
+
+    #[test]
+    fn each_lane_is_bounded() {
+        let mut q = Queue::default();
+        for i in 0..QUEUE_MAX {
+            let a = IpAddr::from([10, 0, (i / 256) as u8, (i % 256) as u8]);
+            q.push(i, Lane::Address(a)).unwrap();
+        }
+        assert_eq!(q.push(0, Lane::Address([10, 9, 9, 9].into())), Err(0));
+        // A full line for strangers leaves the known-good lane open.
+        assert_eq!(q.push(1, Lane::KnownGood), Ok(()));
+        assert_eq!(q.pop(), Some(1));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

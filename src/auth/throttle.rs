@@ -7,29 +7,45 @@
 //!   place, and the only one a user name takes part in: a name alone never blocks its
 //!   owner, who logs in from another address (or from the same shared address, see next).
 //! - per client address (IPv6 by /64): at most `max_failures_per_address` attempts, across
-//!   every name, within `window`. Much higher than the pair's limit: an office NAT, a CI
-//!   farm or a load balancer puts many users behind one address, and one misconfigured
-//!   client there must not lock out the others; a guesser spraying many names from one
-//!   address still stops here.
-//! - in flight: at most `max_in_flight_per_address` and `max_in_flight_per_user` attempts
-//!   reserved and not yet settled at once; more get 429 without counting a failure. They
-//!   keep one address or one name from filling the argon2 queue.
+//!   every name, within `window`: a guesser spraying many names from one address stops
+//!   here. A pair that logged in from that address within [`KNOWN_GOOD_FOR`] ("known
+//!   good") is exempt, so one bad client behind an office NAT, a CI farm or a load
+//!   balancer never locks out the users who work there. Only a right password makes a
+//!   pair known good, so the exemption gives a guesser nothing; a pair still counts its
+//!   own failures. Trade-off: a name that has not logged in from an address lately (a new
+//!   user, or one back after a day) waits for the window when that address is over its
+//!   limit: letting unknown pairs through would let a sprayer through too.
+//! - in flight: at most `max_in_flight_per_address` attempts of one address and
+//!   `max_in_flight_per_user` of one (address, name) reserved and not yet settled at once;
+//!   more get 429 without counting a failure. Never per name alone: attempts queued for
+//!   a name from elsewhere must not keep its owner out. Known-good pairs skip the
+//!   address's cap (their pair's cap still holds) and are verified first (see
+//!   [`Attempt::known_good`]).
 //!
-//! An [`Attempt`] that ends in [`Attempt::succeeded`] clears its pair's count and gives
-//! its reservation back to the address (one good password from an address does not excuse
-//! the other guesses made from it). Every other end — a wrong password, an unknown name,
-//! a request dropped while argon2 runs — leaves the failure counted: the count is in the
-//! table before argon2 starts and no `Drop` can take it away.
+//! An [`Attempt`] that ends in [`Attempt::succeeded`] clears its pair's count, marks the
+//! pair known good and gives its reservation back to the address (one good password from
+//! an address does not excuse the other guesses made from it). Every other end — a wrong
+//! password, an unknown name, a request dropped while argon2 runs — leaves the failure
+//! counted: the count is in the table before argon2 starts and no `Drop` can take it away.
 //!
 //! So, for one (address, name), at most `max_failures` argon2 runs per window whatever the
-//! concurrency and cancellation. The tables are bounded by `max_tracked` each: under a
-//! flood of distinct keys the oldest windows are dropped first.
+//! concurrency and cancellation. Memory: each table (pairs, addresses, known-good pairs)
+//! holds at most `max_tracked` keys; the in-flight gauges hold only keys with an attempt
+//! under way. A full failure table first drops ended windows, then the entries with the
+//! fewest failures (oldest first), never a window that is blocking; when every entry
+//! blocks, a new key is refused until one ends (fail closed). Failures counted without
+//! argon2 ([`Throttle::fail_now`]) never evict anything: requests that cost nothing must
+//! not be able to flush the state that protects argon2. The known-good table drops its
+//! oldest entries; only right passwords add to it.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// How long a pair (address, name) stays known good after its last right password.
+pub const KNOWN_GOOD_FOR: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The limits (from `auth.throttle` in the config).
 #[derive(Debug, Clone)]
@@ -39,15 +55,17 @@ pub struct Limits {
     pub window: Duration,
     pub max_tracked: usize,
     pub max_in_flight_per_address: u32,
+    /// Per (address, user name), despite the name (it is the config key's).
     pub max_in_flight_per_user: u32,
 }
 
 /// Why an attempt may not run argon2 now. Either way: 429 with Retry-After.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// The pair or the address reached its failure limit; retry after this long.
+    /// The pair or the address reached its failure limit, or the table is full of
+    /// blocking windows; retry after this long.
     Throttled(Duration),
-    /// Too many attempts of this address or name are being verified at once.
+    /// Too many attempts of this address or pair are being verified at once.
     Busy,
 }
 
@@ -66,38 +84,79 @@ struct Window {
     failures: u32,
 }
 
+/// Failure windows per key, for one limit (`max` failures per `window`).
 #[derive(Debug)]
 struct Table<K> {
     map: HashMap<K, Window>,
+    max: u32,
 }
 
 impl<K: Hash + Eq + Clone> Table<K> {
-    fn new() -> Self {
+    fn new(max: u32) -> Self {
         Table {
             map: HashMap::new(),
+            max,
         }
     }
 
     /// When `k`'s window ends, if `k` is at `max` failures in it.
-    fn blocked_until(&self, k: &K, max: u32, window: Duration, now: Instant) -> Option<Instant> {
+    fn blocked_until(&self, k: &K, window: Duration, now: Instant) -> Option<Instant> {
         let w = self.map.get(k)?;
         let end = w.start + window;
-        (now < end && w.failures >= max).then_some(end)
+        (now < end && w.failures >= self.max).then_some(end)
     }
 
-    /// Counts one failure of `k`; returns the start of the window it was counted in.
-    fn fail(&mut self, k: K, window: Duration, cap: usize, now: Instant) -> Instant {
-        if self.map.len() >= cap && !self.map.contains_key(&k) {
-            self.map.retain(|_, w| now < w.start + window);
-            if self.map.len() >= cap {
-                // Evict the oldest windows: they are the closest to expiring anyway.
-                let mut starts: Vec<(Instant, K)> =
-                    self.map.iter().map(|(k, w)| (w.start, k.clone())).collect();
-                starts.sort_by_key(|(s, _)| *s);
-                for (_, k) in starts.into_iter().take(cap / 10 + 1) {
-                    self.map.remove(&k);
-                }
-            }
+    /// Makes room for one more key, or says when the first blocking window ends. Ended
+    /// windows go first; then, if `evict`, the entries with the fewest failures, oldest
+    /// first, but never one that is blocking: those are what stops a guesser, and a
+    /// flood of new keys must not wash them out.
+    fn make_room(
+        &mut self,
+        window: Duration,
+        cap: usize,
+        now: Instant,
+        evict: bool,
+    ) -> Result<(), Instant> {
+        if self.map.len() < cap {
+            return Ok(());
+        }
+        self.map.retain(|_, w| now < w.start + window);
+        if self.map.len() < cap {
+            return Ok(());
+        }
+        let max = self.max;
+        let mut open: Vec<(u32, Instant, K)> = self
+            .map
+            .iter()
+            .filter(|(_, w)| w.failures < max)
+            .map(|(k, w)| (w.failures, w.start, k.clone()))
+            .collect();
+        if !evict || open.is_empty() {
+            // Full of blocking windows (or a cheap failure that may not evict): the
+            // earliest end is when a key can come in.
+            let first_end = self.map.values().map(|w| w.start + window).min();
+            return Err(first_end.unwrap_or(now));
+        }
+        // A tenth at once, so a full table is sorted once per cap/10 new keys, not per key.
+        open.sort_by_key(|(failures, start, _)| (*failures, *start));
+        for (_, _, k) in open.into_iter().take(cap / 10 + 1) {
+            self.map.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Counts one failure of `k` (which is not blocked); returns the start of the window
+    /// it was counted in, or when to retry if there is no room for `k`.
+    fn fail(
+        &mut self,
+        k: K,
+        window: Duration,
+        cap: usize,
+        now: Instant,
+        evict: bool,
+    ) -> Result<Instant, Instant> {
+        if !self.map.contains_key(&k) {
+            self.make_room(window, cap, now, evict)?;
         }
         let w = self.map.entry(k).or_insert(Window {
             start: now,
@@ -110,7 +169,7 @@ impl<K: Hash + Eq + Clone> Table<K> {
             };
         }
         w.failures = w.failures.saturating_add(1);
-        w.start
+        Ok(w.start)
     }
 
     /// Takes back one failure of `k` counted in the window that started at `start`.
@@ -120,6 +179,37 @@ impl<K: Hash + Eq + Clone> Table<K> {
                 w.failures = w.failures.saturating_sub(1);
             }
         }
+    }
+}
+
+/// Pairs with a right password lately: when, last.
+#[derive(Debug)]
+struct KnownGood {
+    map: HashMap<(IpAddr, String), Instant>,
+}
+
+impl KnownGood {
+    fn contains(&self, pair: &(IpAddr, String), now: Instant) -> bool {
+        self.map
+            .get(pair)
+            .is_some_and(|&at| now < at + KNOWN_GOOD_FOR)
+    }
+
+    fn insert(&mut self, pair: (IpAddr, String), cap: usize, now: Instant) {
+        if self.map.len() >= cap && !self.map.contains_key(&pair) {
+            self.map.retain(|_, &mut at| now < at + KNOWN_GOOD_FOR);
+            if self.map.len() >= cap {
+                // Only right passwords get here, so no stranger can push anyone out;
+                // the pairs seen longest ago go.
+                let mut ats: Vec<(Instant, (IpAddr, String))> =
+                    self.map.iter().map(|(k, at)| (*at, k.clone())).collect();
+                ats.sort_by_key(|(at, _)| *at);
+                for (_, k) in ats.into_iter().take(cap / 10 + 1) {
+                    self.map.remove(&k);
+                }
+            }
+        }
+        self.map.insert(pair, now);
     }
 }
 
@@ -166,8 +256,9 @@ fn addr_key(ip: IpAddr) -> IpAddr {
 struct State {
     pairs: Table<(IpAddr, String)>,
     addrs: Table<IpAddr>,
+    known_good: KnownGood,
     addrs_in_flight: Gauge<IpAddr>,
-    users_in_flight: Gauge<String>,
+    pairs_in_flight: Gauge<(IpAddr, String)>,
 }
 
 #[derive(Debug)]
@@ -189,13 +280,16 @@ impl Throttle {
             ..limits
         };
         Throttle {
-            limits,
             state: Mutex::new(State {
-                pairs: Table::new(),
-                addrs: Table::new(),
+                pairs: Table::new(limits.max_failures),
+                addrs: Table::new(limits.max_failures_per_address),
+                known_good: KnownGood {
+                    map: HashMap::new(),
+                },
                 addrs_in_flight: Gauge::new(),
-                users_in_flight: Gauge::new(),
+                pairs_in_flight: Gauge::new(),
             }),
+            limits,
         }
     }
 
@@ -210,37 +304,66 @@ impl Throttle {
         let addr = addr_key(ip);
         let pair = (addr, user.to_owned());
         let mut s = self.lock();
-        let blocked = s
-            .pairs
-            .blocked_until(&pair, l.max_failures, l.window, now)
-            .max(
-                s.addrs
-                    .blocked_until(&addr, l.max_failures_per_address, l.window, now),
-            );
-        if let Some(until) = blocked {
-            return Err(Refusal::Throttled(until - now));
-        }
-        if s.addrs_in_flight.get(&addr) >= l.max_in_flight_per_address
-            || s.users_in_flight.get(&pair.1) >= l.max_in_flight_per_user
+        let known_good = self.check(&s, &pair, now)?;
+        if s.pairs_in_flight.get(&pair) >= l.max_in_flight_per_user
+            || (!known_good && s.addrs_in_flight.get(&addr) >= l.max_in_flight_per_address)
         {
             return Err(Refusal::Busy);
         }
-        let pair_window = s.pairs.fail(pair.clone(), l.window, l.max_tracked, now);
-        let addr_window = s.addrs.fail(addr, l.window, l.max_tracked, now);
+        let full = |until: Instant| Refusal::Throttled(until.saturating_duration_since(now));
+        let pair_window = s
+            .pairs
+            .fail(pair.clone(), l.window, l.max_tracked, now, true)
+            .map_err(full)?;
+        let addr_window = match s.addrs.fail(addr, l.window, l.max_tracked, now, true) {
+            Ok(start) => Some(start),
+            // A known-good pair is not held by its address's limit, so neither by the
+            // address table having no room; its own pair was counted.
+            Err(_) if known_good => None,
+            Err(until) => {
+                s.pairs.give_back(&pair, pair_window);
+                return Err(full(until));
+            }
+        };
         s.addrs_in_flight.up(addr);
-        s.users_in_flight.up(pair.1.clone());
+        s.pairs_in_flight.up(pair.clone());
         Ok(Attempt {
             throttle: self,
             pair,
             pair_window,
             addr_window,
+            known_good,
+            reserved_at: now,
         })
     }
 
     /// Counts a failure that needs no verification (a malformed user name): the same
-    /// limits apply, nothing stays in flight.
+    /// limits apply and nothing stays in flight. It never evicts: when a table is full,
+    /// it is not remembered there (it ran nothing to protect).
     pub fn fail_now(&self, ip: IpAddr, user: &str, now: Instant) -> Result<(), Refusal> {
-        self.reserve(ip, user, now).map(drop)
+        let l = &self.limits;
+        let addr = addr_key(ip);
+        let pair = (addr, user.to_owned());
+        let mut s = self.lock();
+        self.check(&s, &pair, now)?;
+        let _ = s.pairs.fail(pair, l.window, l.max_tracked, now, false);
+        let _ = s.addrs.fail(addr, l.window, l.max_tracked, now, false);
+        Ok(())
+    }
+
+    /// Whether `pair` may try now: not if it or (unless it is known good) its address is
+    /// at its failure limit. Ok says whether it is known good.
+    fn check(&self, s: &State, pair: &(IpAddr, String), now: Instant) -> Result<bool, Refusal> {
+        let window = self.limits.window;
+        let known_good = s.known_good.contains(pair, now);
+        let mut blocked = s.pairs.blocked_until(pair, window, now);
+        if !known_good {
+            blocked = blocked.max(s.addrs.blocked_until(&pair.0, window, now));
+        }
+        match blocked {
+            Some(until) => Err(Refusal::Throttled(until - now)),
+            None => Ok(known_good),
+        }
     }
 
     /// Keys remembered: (pairs, addresses).
@@ -249,10 +372,10 @@ impl Throttle {
         (s.pairs.map.len(), s.addrs.map.len())
     }
 
-    /// Attempts in flight: (addresses, names) with at least one.
+    /// Attempts in flight: (addresses, pairs) with at least one.
     pub fn in_flight(&self) -> (usize, usize) {
         let s = self.lock();
-        (s.addrs_in_flight.map.len(), s.users_in_flight.map.len())
+        (s.addrs_in_flight.map.len(), s.pairs_in_flight.map.len())
     }
 }
 
@@ -265,16 +388,36 @@ pub struct Attempt<'a> {
     throttle: &'a Throttle,
     pair: (IpAddr, String),
     pair_window: Instant,
-    addr_window: Instant,
+    addr_window: Option<Instant>,
+    known_good: bool,
+    /// When it was reserved: what a success records as the pair's last good login
+    /// (argon2 takes well under a second; the table counts in hours).
+    reserved_at: Instant,
 }
 
 impl Attempt<'_> {
-    /// The password was right: the pair's count is cleared, the address gets this
-    /// attempt's reservation back.
+    /// Whether this pair logged in from this address lately: its verification may go
+    /// ahead of the others (a flood of strangers' guesses must not starve it).
+    pub fn known_good(&self) -> bool {
+        self.known_good
+    }
+
+    /// The client address as the throttle counts it (IPv6 by /64).
+    pub fn address(&self) -> IpAddr {
+        self.pair.0
+    }
+
+    /// The password was right: the pair's count is cleared and the pair is known good;
+    /// the address gets this attempt's reservation back.
     pub fn succeeded(self) {
+        let cap = self.throttle.limits.max_tracked;
         let mut s = self.throttle.lock();
         s.pairs.map.remove(&self.pair);
-        s.addrs.give_back(&self.pair.0, self.addr_window);
+        if let Some(start) = self.addr_window {
+            s.addrs.give_back(&self.pair.0, start);
+        }
+        s.known_good
+            .insert(self.pair.clone(), cap, self.reserved_at);
     }
 
     /// Nothing was verified (the argon2 queue was full): the reservation is given back
@@ -282,7 +425,9 @@ impl Attempt<'_> {
     pub fn withdrawn(self) {
         let mut s = self.throttle.lock();
         s.pairs.give_back(&self.pair, self.pair_window);
-        s.addrs.give_back(&self.pair.0, self.addr_window);
+        if let Some(start) = self.addr_window {
+            s.addrs.give_back(&self.pair.0, start);
+        }
     }
 }
 
@@ -290,7 +435,7 @@ impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         let mut s = self.throttle.lock();
         s.addrs_in_flight.down(&self.pair.0);
-        s.users_in_flight.down(&self.pair.1);
+        s.pairs_in_flight.down(&self.pair);
     }
 }
 
@@ -416,28 +561,95 @@ mod tests {
     }
 
     #[test]
-    fn in_flight_caps_refuse_without_counting_a_failure() {
+    fn in_flight_caps_are_per_address_and_per_pair_and_refuse_without_counting_a_failure() {
         let t = Throttle::new(Limits {
-            max_in_flight_per_address: 2,
-            max_in_flight_per_user: 3,
+            max_in_flight_per_address: 3,
+            max_in_flight_per_user: 2,
             ..limits(100, 1000)
         });
         let now = Instant::now();
         let a1 = t.reserve(ip(IP), "alice", now).unwrap();
-        let a2 = t.reserve(ip(IP), "bob", now).unwrap();
+        let a2 = t.reserve(ip(IP), "alice", now).unwrap();
+        assert_eq!(t.reserve(ip(IP), "alice", now).unwrap_err(), Refusal::Busy);
+        let a3 = t.reserve(ip(IP), "bob", now).unwrap();
         assert_eq!(t.reserve(ip(IP), "carol", now).unwrap_err(), Refusal::Busy);
-        let b1 = t.reserve(ip("192.0.2.2"), "alice", now).unwrap();
-        let b2 = t.reserve(ip("192.0.2.3"), "alice", now).unwrap();
-        assert_eq!(
-            t.reserve(ip("192.0.2.4"), "alice", now).unwrap_err(),
-            Refusal::Busy
-        );
-        drop((a1, a2, b1, b2));
+        drop((a1, a2, a3));
         assert_eq!(t.in_flight(), (0, 0));
-        // The refusals counted nothing: the address has exactly its two failures.
+        // The refusals counted nothing: the address has exactly its three failures.
         let s = t.lock();
-        assert_eq!(s.addrs.map[&ip(IP)].failures, 2);
-        assert!(!s.addrs.map.contains_key(&ip("192.0.2.4")));
+        assert_eq!(s.addrs.map[&ip(IP)].failures, 3);
+        assert!(!s.pairs.map.contains_key(&(ip(IP), "carol".to_owned())));
+    }
+
+    #[test]
+    fn attempts_in_flight_for_a_name_from_elsewhere_never_keep_its_owner_out() {
+        // Review of issue 8: four different wrong passwords for alice from two addresses,
+        // queued behind a flood, made alice's right password from a third address 429
+        // ("too many attempts in flight"): the cap counted the name alone.
+        let t = Throttle::new(Limits {
+            max_in_flight_per_user: 4,
+            ..limits(100, 1000)
+        });
+        let now = Instant::now();
+        let held: Vec<_> = ["192.0.2.1", "192.0.2.2"]
+            .iter()
+            .flat_map(|a| {
+                [
+                    t.reserve(ip(a), "alice", now),
+                    t.reserve(ip(a), "alice", now),
+                ]
+            })
+            .map(Result::unwrap)
+            .collect();
+        t.reserve(ip(OTHER), "alice", now)
+            .expect("alice from her own address")
+            .succeeded();
+        drop(held);
+    }
+
+    #[test]
+    fn a_pair_known_good_at_an_address_is_not_held_by_that_addresses_limit() {
+        // Review of issue 8: 110 made-up names from 127.0.0.1 spent the address, and then
+        // alice's and bob's right passwords from there got 429.
+        let t = Throttle::new(limits(3, 20));
+        let t0 = Instant::now();
+        t.reserve(ip(IP), "alice", t0).unwrap().succeeded();
+        let t1 = t0 + Duration::from_secs(3600);
+        for i in 0..30 {
+            let _ = t.reserve(ip(IP), &format!("junk{i}"), t1);
+        }
+        assert!(matches!(
+            t.reserve(ip(IP), "junk99", t1),
+            Err(Refusal::Throttled(_))
+        ));
+        // alice logged in from here an hour ago: the sprayer does not hold her back, and
+        // she skips the address's in-flight cap too.
+        let a = t.reserve(ip(IP), "alice", t1).unwrap();
+        assert!(a.known_good());
+        a.succeeded();
+        // Her own pair still counts: a guesser behind the same NAT gets max_failures.
+        for _ in 0..3 {
+            drop(t.reserve(ip(IP), "alice", t1).unwrap());
+        }
+        assert!(matches!(
+            t.reserve(ip(IP), "alice", t1),
+            Err(Refusal::Throttled(_))
+        ));
+        // The trade-off: a name that never logged in from here waits for the window.
+        assert!(matches!(
+            t.reserve(ip(IP), "carol", t1),
+            Err(Refusal::Throttled(_))
+        ));
+        assert!(!t.reserve(ip(OTHER), "carol", t1).unwrap().known_good());
+        // Known good lasts KNOWN_GOOD_FOR after the last success (at t1).
+        let t2 = t1 + KNOWN_GOOD_FOR + Duration::from_secs(1);
+        for i in 0..20 {
+            drop(t.reserve(ip(IP), &format!("junk{i}"), t2).unwrap());
+        }
+        assert!(matches!(
+            t.reserve(ip(IP), "alice", t2),
+            Err(Refusal::Throttled(_))
+        ));
     }
 
     #[test]
@@ -457,6 +669,80 @@ mod tests {
         assert!(t.reserve(ip("2001:db8:1:2:ffff::9"), "x", now).is_err());
         assert!(t.reserve(ip("2001:db8:1:2:ffff::9"), "y", now).is_err());
         assert!(t.reserve(ip("2001:db8:1:3::1"), "x", now).is_ok());
+    }
+
+    #[test]
+    fn free_failures_from_many_addresses_never_flush_a_blocking_window() {
+        // Review of issue 8: with max_tracked 300, a user name with a control character
+        // from 330 addresses (401, no argon2) pushed the blocked pair out of the table,
+        // and the guesser got max_failures more argon2 runs in the same window.
+        let t = Throttle::new(Limits {
+            max_tracked: 300,
+            ..limits(3, 100)
+        });
+        let now = Instant::now();
+        for _ in 0..3 {
+            drop(t.reserve(ip(IP), "alice", now).unwrap());
+        }
+        for i in 0..330u32 {
+            let a = IpAddr::from((0x0a00_0000 + i).to_be_bytes());
+            t.fail_now(a, "", now + Duration::from_millis(u64::from(i) + 1))
+                .unwrap();
+        }
+        assert!(matches!(
+            t.reserve(ip(IP), "alice", now + Duration::from_secs(1)),
+            Err(Refusal::Throttled(_))
+        ));
+        let (p, a) = t.tracked();
+        assert!(p <= 300 && a <= 300, "{p} {a}");
+    }
+
+    #[test]
+    fn a_flood_of_new_keys_evicts_the_fewest_failures_first_and_never_a_blocking_window() {
+        let t = Throttle::new(Limits {
+            max_tracked: 300,
+            ..limits(3, 100)
+        });
+        let now = Instant::now();
+        // One pair blocked, one two failures in.
+        for _ in 0..3 {
+            drop(t.reserve(ip(IP), "alice", now).unwrap());
+        }
+        for _ in 0..2 {
+            drop(t.reserve(ip(OTHER), "alice", now).unwrap());
+        }
+        // Each of these costs argon2 and may evict, but only single-failure keys go.
+        for i in 0..1000u32 {
+            let a = IpAddr::from((0x0a00_0000 + i).to_be_bytes());
+            let later = now + Duration::from_millis(u64::from(i) + 1);
+            drop(t.reserve(a, &format!("user{i}"), later).unwrap());
+            let (p, a) = t.tracked();
+            assert!(p <= 300 && a <= 300, "{p} {a}");
+        }
+        assert!(t.reserve(ip(IP), "alice", now).is_err());
+        drop(t.reserve(ip(OTHER), "alice", now).unwrap());
+        assert!(t.reserve(ip(OTHER), "alice", now).is_err());
+    }
+
+    #[test]
+    fn a_table_full_of_blocking_windows_refuses_new_keys_until_one_ends() {
+        let t = Throttle::new(Limits {
+            max_tracked: 10,
+            ..limits(1, 100)
+        });
+        let t0 = Instant::now();
+        for i in 0..10u8 {
+            drop(t.reserve(IpAddr::from([10, 0, 0, i]), "x", t0).unwrap());
+        }
+        // Fail closed: no window is dropped to let a new key in.
+        assert_eq!(
+            t.reserve(ip(IP), "alice", t0 + Duration::from_secs(10))
+                .unwrap_err(),
+            Refusal::Throttled(Duration::from_secs(50))
+        );
+        assert!(t
+            .reserve(ip(IP), "alice", t0 + Duration::from_secs(60))
+            .is_ok());
     }
 
     #[test]

@@ -441,7 +441,11 @@ mod tests {
     fn huge_parameters_are_refused_before_argon2_builds_them() {
         // fuzz/corpus/users/huge-p-overflows-argon2-params: argon2's Params::new
         // multiplied p = 3,333,333,331 by 8 and overflowed (a panic in debug builds).
-        for params in ["m=19645,t=2,p=3333333331", "m=4294967295,t=2,p=1", "m=19456,t=4294967295,p=1"] {
+        for params in [
+            "m=19645,t=2,p=3333333331",
+            "m=4294967295,t=2,p=1",
+            "m=19456,t=4294967295,p=1",
+        ] {
             let phc = format!("$argon2id$v=19${params}$nYUgZkGo7jPw6n9Xm5mRlw$h+scoS9SbYD/wxAlL+Kh4oFxszJVLhXIyIsisU9SaC4");
             let e = check_hash(&phc).unwrap_err();
             assert!(e.contains("over the limit"), "{params}: {e}");
