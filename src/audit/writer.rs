@@ -19,8 +19,11 @@
 //! - Every `checkpoint_every` records or `checkpoint_interval` (when anything was written
 //!   since the last one) a `checkpoint` record is written and its position `SEQ:HASH`
 //!   logged, so an outside copy of the log proves that nothing was cut from the end.
-//! - Denied records are limited per user (`max_denials_per_minute`, a token bucket); the
-//!   ones dropped are written as one `denials_summary` record a minute later.
+//! - Denied records are limited per user (`max_denials_per_minute`, a token bucket). The
+//!   first denial over the limit in a window is written, as a `denials_summary` of one,
+//!   before it is acknowledged: a crash never hides that denials were suppressed. The
+//!   ones after it are counted into one `denials_summary` at the end of the window (a
+//!   minute), and the count is kept until that record is on disk.
 //! - The free space of the audit folder is checked every few seconds
 //!   (`min_free_bytes`): the gauges feed the metrics and `GET /ready`.
 //!
@@ -560,8 +563,11 @@ impl Writer {
             return;
         }
         let n = summaries.len();
-        if let Err(e) = self.write_batch(summaries, by_time || self.failing) {
-            tracing::warn!(error = %e, summaries = n, "audit write failed (checkpoint or denial summaries)");
+        match self.write_batch(summaries.clone(), by_time || self.failing) {
+            Ok(()) => self.denials.settle(&summaries),
+            Err(e) => {
+                tracing::warn!(error = %e, summaries = n, "audit write failed (checkpoint or denial summaries): the summaries are kept for the next tick");
+            }
         }
     }
 
@@ -578,9 +584,11 @@ impl Writer {
             return Ok(());
         }
         let n = last.len();
-        self.write_batch(last, true).inspect_err(|e| {
-            tracing::error!(error = %e, summaries = n, "audit: last checkpoint and denial summaries not written");
-        })
+        self.write_batch(last.clone(), true)
+            .inspect(|()| self.denials.settle(&last))
+            .inspect_err(|e| {
+                tracing::error!(error = %e, summaries = n, "audit: last checkpoint and denial summaries not written");
+            })
     }
 
     /// Renames the full file aside; the next batch creates a new one continuing the chain.
@@ -694,9 +702,25 @@ struct Denials {
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// Denials counted but not yet in any record on disk.
     dropped: u64,
+    /// The window's first suppressed denial (the start of the window), and its last.
     first: Option<(Instant, String)>,
     last: Option<(Instant, String)>,
+    /// The window's first suppressed denial is on disk (its own summary, count 1).
+    announced: bool,
+}
+
+/// What becomes of one denial.
+#[derive(Debug)]
+enum Admit {
+    /// Under the limit: its own record.
+    Write,
+    /// The first one over the limit in its window: written as a summary of one, before
+    /// it is acknowledged, so that a crash never leaves the suppression without a trace.
+    Announce(Box<Event>),
+    /// Counted into the summary at the end of the window.
+    Count,
 }
 
 /// How long the dropped denials of one user are gathered into one summary.
@@ -710,31 +734,60 @@ impl Denials {
         b.at = now;
     }
 
-    /// Whether `user`'s denial at `now` (record time `time`) is written.
-    fn admit(&mut self, user: &str, now: Instant, time: &str) -> bool {
+    /// What becomes of `user`'s denial at `now` (record time `time`).
+    fn admit(&mut self, user: &str, now: Instant, time: &str) -> Admit {
         let cap = f64::from(self.per_minute);
+        let per_minute = self.per_minute;
         let mut b = self.users.remove(user).unwrap_or(Bucket {
             tokens: cap,
             at: now,
             dropped: 0,
             first: None,
             last: None,
+            announced: false,
         });
         self.refill(&mut b, now);
-        let admitted = b.tokens >= 1.0;
-        if admitted {
+        let admit = if b.tokens >= 1.0 {
             b.tokens -= 1.0;
+            Admit::Write
         } else {
-            b.dropped += 1;
             b.first.get_or_insert_with(|| (now, time.to_owned()));
             b.last = Some((now, time.to_owned()));
-        }
+            if b.announced {
+                b.dropped += 1;
+                Admit::Count
+            } else {
+                b.announced = true;
+                let mut e = Event::new(
+                    Phase::DenialsSummary,
+                    format!(
+                        "1 denial of {user} over audit.max_denials_per_minute ({per_minute}): it and the next ones are counted, not recorded one by one, into a summary within {} s",
+                        SUMMARY_WINDOW.as_secs()
+                    ),
+                );
+                e.user = Some(user.to_owned());
+                e.count = Some(1);
+                e.first = Some(time.to_owned());
+                e.last = Some(time.to_owned());
+                Admit::Announce(Box::new(e))
+            }
+        };
         self.users.insert(user.to_owned(), b);
-        admitted
+        admit
     }
 
-    /// The summaries due at `now` (all of them with `all`), oldest user first; forgets
-    /// users whose bucket is full again.
+    /// The announcement of `user`'s suppression was not written: the denial is counted
+    /// into the window's summary instead, and the next one announces again.
+    fn announce_failed(&mut self, user: &str) {
+        if let Some(b) = self.users.get_mut(user) {
+            b.announced = false;
+            b.dropped += 1;
+        }
+    }
+
+    /// The summaries due at `now` (all of them with `all`), oldest user first. Nothing
+    /// is forgotten until [`Denials::settle`] says they are on disk: a summary whose
+    /// write fails is due again on the next tick. Forgets users whose bucket is full again.
     fn due(&mut self, now: Instant, all: bool) -> Vec<Event> {
         let mut out = Vec::new();
         let per_minute = self.per_minute;
@@ -749,29 +802,49 @@ impl Denials {
                 .first
                 .as_ref()
                 .is_some_and(|(t, _)| all || now.saturating_duration_since(*t) >= SUMMARY_WINDOW);
-            if ripe {
-                if let (Some((t0, first)), Some((t1, last))) = (b.first.take(), b.last.take()) {
-                    let secs = t1.saturating_duration_since(t0).as_secs();
-                    let mut e = Event::new(
-                        Phase::DenialsSummary,
-                        format!(
-                            "{} more denials of {user} in {secs} s, not recorded one by one (audit.max_denials_per_minute: {per_minute})",
-                            b.dropped
-                        ),
-                    );
-                    e.user = Some(user.clone());
-                    e.count = Some(b.dropped);
-                    e.first = Some(first);
-                    e.last = Some(last);
-                    out.push(e);
-                    b.dropped = 0;
-                }
+            if ripe && b.dropped == 0 {
+                // Only the announcement: nothing left to write; the window ends.
+                (b.first, b.last, b.announced) = (None, None, false);
             }
-            if b.dropped > 0 || b.tokens < f64::from(per_minute) {
+            if let (true, Some((t0, first)), Some((t1, last))) = (ripe, &b.first, &b.last) {
+                let secs = t1.saturating_duration_since(*t0).as_secs();
+                let mut e = Event::new(
+                    Phase::DenialsSummary,
+                    format!(
+                        "{} more denials of {user} in {secs} s, not recorded one by one (audit.max_denials_per_minute: {per_minute})",
+                        b.dropped
+                    ),
+                );
+                e.user = Some(user.clone());
+                e.count = Some(b.dropped);
+                e.first = Some(first.clone());
+                e.last = Some(last.clone());
+                out.push(e);
+            }
+            if b.dropped > 0 || b.first.is_some() || b.tokens < f64::from(per_minute) {
                 self.users.insert(user, b);
             }
         }
         out
+    }
+
+    /// `summaries` (from [`Denials::due`]) are on disk: their counts end their windows.
+    fn settle(&mut self, summaries: &[Entry]) {
+        let cap = f64::from(self.per_minute);
+        for s in summaries {
+            let Entry::Event(e) = s else { continue };
+            let (Some(user), Some(count)) = (&e.user, e.count) else {
+                continue;
+            };
+            let Some(b) = self.users.get_mut(user) else {
+                continue;
+            };
+            b.dropped = b.dropped.saturating_sub(count);
+            (b.first, b.last, b.announced) = (None, None, false);
+            if b.dropped == 0 && b.tokens >= cap {
+                self.users.remove(user);
+            }
+        }
     }
 }
 
@@ -797,6 +870,7 @@ impl AuditLog {
                 while let Some(first) = rx.blocking_recv() {
                     let mut entries: Vec<Entry> = Vec::new();
                     let mut acks: Vec<Ack> = Vec::new();
+                    let mut announced: Vec<String> = Vec::new();
                     let mut tick = false;
                     let mut close = None;
                     let mut handle = |m: Msg, w: &mut Writer| match m {
@@ -805,13 +879,20 @@ impl AuditLog {
                             acks.push(ack);
                         }
                         Msg::Denial(r, ack) => {
-                            if w.denials.admit(&r.user, Instant::now(), &r.time) {
-                                entries.push(Entry::Request(*r));
-                                acks.push(ack);
-                            } else {
-                                w.metrics.audit_denials_suppressed.inc();
-                                let _ = ack.send(Ok(()));
+                            match w.denials.admit(&r.user, Instant::now(), &r.time) {
+                                Admit::Write => entries.push(Entry::Request(*r)),
+                                Admit::Announce(e) => {
+                                    w.metrics.audit_denials_suppressed.inc();
+                                    announced.push(r.user);
+                                    entries.push(Entry::Event(*e));
+                                }
+                                Admit::Count => {
+                                    w.metrics.audit_denials_suppressed.inc();
+                                    let _ = ack.send(Ok(()));
+                                    return;
+                                }
                             }
+                            acks.push(ack);
                         }
                         Msg::Reopen => w.create_next = true,
                         Msg::Tick => tick = true,
@@ -829,6 +910,9 @@ impl AuditLog {
                         let result = writer.write_batch(entries, false);
                         if let Err(e) = &result {
                             tracing::error!(error = %e, records = n, "audit write failed");
+                            for user in &announced {
+                                writer.denials.announce_failed(user);
+                            }
                         }
                         for ack in acks {
                             let _ = ack.send(result.clone());
@@ -1322,13 +1406,26 @@ mod tests {
             ..Denials::default()
         };
         let t0 = Instant::now();
-        let admitted: Vec<bool> = (0..5).map(|_| d.admit("bob", t0, "T0")).collect();
-        assert_eq!(admitted, [true, true, true, false, false]);
-        assert!(d.admit("alice", t0, "T0"), "bob's flood limited alice");
+        let kinds = |d: &mut Denials, user: &str, at: u64, time: &str| match d.admit(
+            user,
+            t0 + Duration::from_secs(at),
+            time,
+        ) {
+            Admit::Write => "write",
+            Admit::Announce(_) => "announce",
+            Admit::Count => "count",
+        };
+        let first: Vec<&str> = (0..5).map(|_| kinds(&mut d, "bob", 0, "T0")).collect();
+        assert_eq!(first, ["write", "write", "write", "announce", "count"]);
+        assert_eq!(
+            kinds(&mut d, "alice", 0, "T0"),
+            "write",
+            "bob's flood limited alice"
+        );
         assert!(d.due(t0 + Duration::from_secs(30), false).is_empty());
         // 20 s give bob one record back.
-        assert!(d.admit("bob", t0 + Duration::from_secs(20), "T20"));
-        assert!(!d.admit("bob", t0 + Duration::from_secs(21), "T21"));
+        assert_eq!(kinds(&mut d, "bob", 20, "T20"), "write");
+        assert_eq!(kinds(&mut d, "bob", 21, "T21"), "count");
         let due = d.due(t0 + SUMMARY_WINDOW, false);
         assert_eq!(due.len(), 1, "{due:?}");
         let s = &due[0];
@@ -1343,16 +1440,20 @@ mod tests {
             (
                 Phase::DenialsSummary,
                 Some("bob"),
-                Some(3),
+                Some(2),
                 Some("T0"),
                 Some("T21")
             )
         );
         assert!(
-            s.reason.starts_with("3 more denials of bob in 21 s"),
+            s.reason.starts_with("2 more denials of bob in 21 s"),
             "{}",
             s.reason
         );
+        // Not on disk yet (a failed write): due again, with the same count.
+        let again = d.due(t0 + SUMMARY_WINDOW + Duration::from_secs(5), false);
+        assert_eq!(again.iter().map(|e| e.count).collect::<Vec<_>>(), [Some(2)]);
+        d.settle(&again.into_iter().map(Entry::Event).collect::<Vec<_>>());
         assert!(d.due(t0 + SUMMARY_WINDOW * 2, false).is_empty());
         assert!(
             d.users.is_empty(),
@@ -1361,8 +1462,28 @@ mod tests {
         );
     }
 
-    /// Through the writer thread: over the limit, denials are acknowledged without a
-    /// record, and the summary is written when the log closes.
+    /// An announcement that was not written is counted into the window's summary, and
+    /// the next suppressed denial announces again.
+    #[test]
+    fn a_failed_announcement_is_counted_and_repeated() {
+        let mut d = Denials {
+            per_minute: 1,
+            ..Denials::default()
+        };
+        let t0 = Instant::now();
+        assert!(matches!(d.admit("bob", t0, "T0"), Admit::Write));
+        assert!(matches!(d.admit("bob", t0, "T0"), Admit::Announce(_)));
+        d.announce_failed("bob");
+        assert!(matches!(d.admit("bob", t0, "T0"), Admit::Announce(_)));
+        assert!(matches!(d.admit("bob", t0, "T0"), Admit::Count));
+        let due = d.due(t0 + SUMMARY_WINDOW, false);
+        assert_eq!(due.iter().map(|e| e.count).collect::<Vec<_>>(), [Some(2)]);
+    }
+
+    /// Through the writer thread: over the limit, the first denial is on disk (a
+    /// summary of one) before it is acknowledged, the next ones are acknowledged without
+    /// a record, and their summary is written when the log closes. A crash before that
+    /// (F8: the file as it is before `close`) still shows that denials were suppressed.
     #[tokio::test]
     async fn the_writer_thread_summarizes_dropped_denials() {
         let dir = tempfile::tempdir().unwrap();
@@ -1378,29 +1499,29 @@ mod tests {
             log.write_denial(r).await.unwrap();
         }
         assert_eq!(metrics.audit_denials_suppressed.get(), 3);
-        log.close().await;
         let chain = key::load(&s.key_file).unwrap();
-        let content = std::fs::read(&s.file).unwrap();
-        let r = verify(
-            [("f", content.as_slice())],
-            &Options {
-                chain: &chain,
-                start: None,
-                checkpoints: Vec::new(),
-            },
-        );
-        assert_eq!(r.broken, None, "{r:?}");
-        assert_eq!(
+        let report = || {
+            let content = std::fs::read(&s.file).unwrap();
+            let r = verify(
+                [("f", content.as_slice())],
+                &Options {
+                    chain: &chain,
+                    start: None,
+                    checkpoints: Vec::new(),
+                },
+            );
+            assert_eq!(r.broken, None, "{r:?}");
             (
                 r.records,
                 r.denials,
                 r.denial_summaries,
                 r.summarized_denials,
-                r.checkpoints
-            ),
-            (4, 5, 1, 3, 1),
-            "{r:?}"
-        );
+                r.checkpoints,
+            )
+        };
+        assert_eq!(report(), (3, 3, 1, 1, 0), "before close (a crash here)");
+        log.close().await;
+        assert_eq!(report(), (5, 5, 2, 3, 1));
     }
 
     /// Rotations in quick succession (many per millisecond) each keep their own file,
