@@ -902,8 +902,8 @@ async fn an_edited_last_line_fails_verify_and_the_next_start() {
 }
 
 /// One edited line, one removed line: `audit verify` exits 1 and names file:line where
-/// the chain breaks (the line after the edit; the line that now follows the gap). The
-/// untouched file passes.
+/// the chain breaks (the edited line, by its own MAC; the line that now follows the gap).
+/// The untouched file passes.
 #[test]
 fn edited_and_removed_lines_fail_verify_naming_file_and_line() {
     let Some(reg) = tools() else { return };
@@ -929,7 +929,10 @@ fn edited_and_removed_lines_fail_verify_naming_file_and_line() {
     let (code, report) = verify(&[&edited]);
     assert_eq!(code, 1, "{report}");
     assert!(
-        report.contains(&format!("BROKEN: {}:3: chain broken", edited.display())),
+        report.contains(&format!(
+            "BROKEN: {}:2: the record's own MAC does not match",
+            edited.display()
+        )),
         "{report}"
     );
 

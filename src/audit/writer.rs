@@ -263,14 +263,11 @@ fn check_tail(
     chain: &Chain,
     sidecar: Option<Position>,
 ) -> Result<Option<Position>, String> {
-    let Some(first) = tail
-        .lines
-        .split(|&b| b == b'\n')
-        .next()
-        .filter(|l| !l.is_empty())
-    else {
+    if tail.lines.is_empty() {
         return Ok(None);
-    };
+    }
+    // An empty line is no record either: refused below like any line that is not one.
+    let first = tail.lines.split(|&b| b == b'\n').next().unwrap_or_default();
     let entry = Entry::parse(first).map_err(|e| {
         format!("its line at byte {} is not an audit record ({e}): the file was changed by hand; move it aside", tail.from)
     })?;
@@ -294,7 +291,7 @@ fn check_tail(
     let report = verify([(name.as_str(), tail.lines.as_slice())], &opts);
     if let Some(b) = report.broken {
         return Err(format!(
-            "its records are not all the key's (audit.key_file): {b}: the file was changed, or written under another key; new records are not chained onto it. Move it aside (the next file then continues from the chain's end kept in the sidecar) and check it with `audit verify`"
+            "its records are not all the key's (audit.key_file): {b}: the file was changed, or written under another key; new records are not chained onto it. Move it aside (the next file then continues from the chain's end kept in the sidecar, if there is one) and check it with `audit verify`"
         ));
     }
     let last = tail.lines[..tail.lines.len() - 1]
@@ -1298,6 +1295,10 @@ mod tests {
         std::fs::write(&path, one).unwrap();
         let e = start().expect("a forged one-line file was continued");
         assert!(e.contains("audit.jsonl:1: the record's own MAC"), "{e}");
+        // An empty first line does not hide the lines after it.
+        std::fs::write(&path, format!("\n{forged}")).unwrap();
+        let e = start().expect("a file starting with an empty line was continued");
+        assert!(e.contains("not an audit record"), "{e}");
         std::fs::write(&path, &good).unwrap();
         assert_eq!(start(), None);
     }
