@@ -836,8 +836,10 @@ fn audit_command(action: AuditAction) -> ExitCode {
                     if r.phase == crate::audit::Phase::Denied {
                         detail.push_str(&format!(" ({})", r.reason));
                     }
-                    let reference = if r.reference.len() > 20 {
-                        format!("{}…", &r.reference[..19])
+                    // By characters: a hand-edited file may hold any UTF-8, and a byte
+                    // slice inside a character panics.
+                    let reference = if r.reference.chars().count() > 20 {
+                        format!("{}…", r.reference.chars().take(19).collect::<String>())
                     } else {
                         r.reference.clone()
                     };

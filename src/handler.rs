@@ -438,6 +438,7 @@ fn audit_record(ctx: &Ctx, target: audit::Target) -> audit::Record {
         duration_ms: None,
         seq: 0,
         prev: String::new(),
+        mac: String::new(),
     }
 }
 

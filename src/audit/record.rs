@@ -2,10 +2,12 @@
 //!
 //! One record per line (JSON Lines). Every line carries `seq`, its position in the chain
 //! (1 for the first record ever written), and `prev`: the HMAC-SHA-256 (hex), under the
-//! key of `audit.key_file`, of the previous line's bytes (without its newline). Editing,
-//! removing or reordering a line breaks the chain at the next one, and without the key
-//! nobody can compute a `prev` that fits: who can write the log but not read the key
-//! cannot rewrite it. The first record of a rotated file names the last hash of the file
+//! key of `audit.key_file`, of the previous line's bytes (without its newline), and ends
+//! in `mac`: the HMAC of the line itself without that field ([`Chain::mac`]). Editing a
+//! line breaks its own `mac`; removing or reordering lines breaks the chain at the next
+//! one; without the key nobody can compute a `mac` or a `prev` that fits: who can write
+//! the log but not read the key cannot rewrite it, not even the last line, which no
+//! `prev` covers yet. The first record of a rotated file names the last hash of the file
 //! before it, so the chain runs across files.
 //!
 //! Besides the records of requests (intent, outcome, denied) the writer adds records of
@@ -55,6 +57,55 @@ impl Chain {
     pub fn is_keyed(&self) -> bool {
         matches!(self, Chain::Keyed(_))
     }
+
+    /// The MAC a keyed line carries of itself: HMAC-SHA-256 of the line without its
+    /// `mac` field, in a domain of its own (never equal to a `prev` or a sidecar MAC).
+    /// `None` for the unkeyed chain, whose lines carry none.
+    pub fn mac(&self, body: &[u8]) -> Option<String> {
+        let Chain::Keyed(k) = self else { return None };
+        let mut ctx = hmac::Context::with_key(k);
+        ctx.update(MAC_DOMAIN);
+        ctx.update(body);
+        Some(hex(ctx.sign().as_ref()))
+    }
+
+    /// Whether a line carries its own valid MAC (always true for the unkeyed chain).
+    /// Without it, a line nobody chained onto yet (the last one) could be changed by
+    /// whoever can write the file: `prev` only authenticates the line before.
+    pub fn check_mac(&self, line: &[u8]) -> Result<(), &'static str> {
+        if !self.is_keyed() {
+            return Ok(());
+        }
+        let Some((body, mac)) = split_mac(line) else {
+            return Err("no `mac`: the record does not carry its own MAC (edited, or written before records carried one)");
+        };
+        let want = self.mac(&body).unwrap_or_default();
+        if bool::from(subtle::ConstantTimeEq::ct_eq(want.as_bytes(), mac)) {
+            Ok(())
+        } else {
+            Err("the record's own MAC does not match: the line was edited, or written under another key")
+        }
+    }
+}
+
+/// What a line's MAC is computed over, before the line without it.
+const MAC_DOMAIN: &[u8] = b"registry-guard audit record\n";
+/// How a line's MAC is written: the last field, 64 hex digits.
+const MAC_FIELD: &[u8] = b",\"mac\":\"";
+
+/// Splits a line into the line without its `mac` field and the MAC, when it ends in
+/// `,"mac":"<64 hex>"}` (byte for byte as the writer puts it: nothing else may follow).
+pub fn split_mac(line: &[u8]) -> Option<(Vec<u8>, &[u8])> {
+    let suffix = MAC_FIELD.len() + 64 + 2;
+    let at = line.len().checked_sub(suffix)?;
+    let (head, tail) = line.split_at(at);
+    let mac = tail.strip_prefix(MAC_FIELD)?.strip_suffix(b"\"}")?;
+    if !mac.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut body = head.to_vec();
+    body.push(b'}');
+    Some((body, mac))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -173,6 +224,9 @@ pub struct Record {
     /// Hash of the previous line (see [`Chain`]).
     #[serde(default)]
     pub prev: String,
+    /// The line's own MAC (see [`Chain::mac`]); always the last field.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac: String,
 }
 
 /// A record the writer makes itself (checkpoint, repair, denials summary).
@@ -202,6 +256,8 @@ pub struct Event {
     pub seq: u64,
     #[serde(default)]
     pub prev: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac: String,
 }
 
 impl Event {
@@ -218,6 +274,7 @@ impl Event {
             reason,
             seq: 0,
             prev: String::new(),
+            mac: String::new(),
         }
     }
 }
@@ -274,16 +331,21 @@ impl Entry {
         }
     }
 
-    /// The line for this entry at chain position `seq` after `prev`; returns the line
-    /// and its hash.
+    /// The line for this entry at chain position `seq` after `prev`, ending in its own
+    /// MAC (keyed chain); returns the line and its hash.
     pub fn to_line(&self, seq: u64, prev: &str, chain: &Chain) -> (String, String) {
         let mut e = self.clone();
         match &mut e {
-            Entry::Request(r) => (r.seq, r.prev) = (seq, prev.to_owned()),
-            Entry::Event(v) => (v.seq, v.prev) = (seq, prev.to_owned()),
+            Entry::Request(r) => (r.seq, r.prev, r.mac) = (seq, prev.to_owned(), String::new()),
+            Entry::Event(v) => (v.seq, v.prev, v.mac) = (seq, prev.to_owned(), String::new()),
         }
         // Serializing these structs cannot fail (string keys, no maps of other keys).
-        let line = serde_json::to_string(&e).unwrap_or_default();
+        let mut line = serde_json::to_string(&e).unwrap_or_default();
+        if let Some(mac) = chain.mac(line.as_bytes()) {
+            // `mac` is the last field: the line is the body with it appended.
+            line.pop();
+            line.push_str(&format!(",\"mac\":\"{mac}\"}}"));
+        }
         let hash = chain.hash(line.as_bytes());
         (line, hash)
     }
@@ -444,6 +506,7 @@ mod tests {
             duration_ms: None,
             seq: 0,
             prev: String::new(),
+            mac: String::new(),
         }
     }
 

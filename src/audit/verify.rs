@@ -1,7 +1,8 @@
-//! PURE: checking audit files. Each line must be a record whose `prev` is the hash of the
-//! line before it (HMAC-SHA-256 under the audit key; plain SHA-256 for files from before
-//! the keyed chain) and whose `seq` is one more than the line before it, across files in
-//! the order given. The first record must start the chain (genesis) or continue from a
+//! PURE: checking audit files. Each line must be a record that carries its own valid
+//! `mac` (keyed chain: so the last line, which no `prev` covers yet, cannot be changed
+//! either), whose `prev` is the hash of the line before it (HMAC-SHA-256 under the audit
+//! key; plain SHA-256 for files from before the keyed chain) and whose `seq` is one more
+//! than the line before it, across files in the order given. The first record must start the chain (genesis) or continue from a
 //! position the caller vouches for (`start`, e.g. a checkpoint from the log): a file that
 //! begins mid-chain is a cut head, not a new start. Each checkpoint the caller gives
 //! (`SEQ:HASH` from the log) must be reached and match: a file that ends before it was
@@ -102,6 +103,10 @@ pub fn verify<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>, opts: &O
                 r.broken = Some(format!(
                     "{at}: no `seq`: a record from before the keyed chain (check such files with --unkeyed)"
                 ));
+                break 'files;
+            }
+            if let Err(b) = opts.chain.check_mac(line) {
+                r.broken = Some(format!("{at}: {b}"));
                 break 'files;
             }
             if let Err(b) = check_link(prev.as_ref(), &entry, opts) {
@@ -282,6 +287,7 @@ mod tests {
             duration_ms: None,
             seq: 0,
             prev: String::new(),
+            mac: String::new(),
         })
     }
 
@@ -404,7 +410,10 @@ mod tests {
         let join = |l: Vec<&str>| l.join("\n") + "\n";
         let edited = f.replacen("\"user\":\"alice\"", "\"user\":\"mallory\"", 2);
         let r = verify([("f", edited.as_bytes())], &o);
-        assert!(broken(&r).starts_with("f:2: chain broken"), "{r:?}");
+        assert!(
+            broken(&r).starts_with("f:1: the record's own MAC does not match"),
+            "{r:?}"
+        );
         let mut removed = lines.clone();
         removed.remove(2);
         let r = verify([("f", join(removed).as_bytes())], &o);
@@ -455,10 +464,7 @@ mod tests {
             // From genesis, as if the first 150 lines never existed.
             let (forged, _) = file(&forged_entries, &genesis(), &forger);
             let r = verify([("f", forged.as_bytes())], &opts(&chain));
-            assert!(
-                broken(&r).starts_with("f:2: chain broken"),
-                "{forger:?}: {r:?}"
-            );
+            assert_forged(&r, &forger);
             // Continuing the real record 150, keeping its seq.
             let start = Position {
                 seq: 150,
@@ -468,16 +474,10 @@ mod tests {
             let mut o = opts(&chain);
             o.start = Some(start.clone());
             let r = verify([("f", forged.as_bytes())], &o);
-            assert!(
-                broken(&r).starts_with("f:2: chain broken"),
-                "{forger:?}: {r:?}"
-            );
-            // Without the head, and told nothing: the cut is named on line 1.
+            assert_forged(&r, &forger);
+            // Without the head, and told nothing.
             let r = verify([("f", forged.as_bytes())], &opts(&chain));
-            assert!(
-                broken(&r).starts_with("f:1: the chain does not start at genesis"),
-                "{r:?}"
-            );
+            assert_forged(&r, &forger);
         }
         // Cutting the head alone (no rewrite) is found too.
         let tail: String = f.lines().skip(150).map(|l| format!("{l}\n")).collect();
@@ -488,6 +488,56 @@ mod tests {
             ),
             "{r:?}"
         );
+    }
+
+    /// A line made without the key fails on its own MAC, on its first line.
+    fn assert_forged(r: &Report, forger: &Chain) {
+        let want = match forger {
+            Chain::Unkeyed => "f:1: no `mac`",
+            Chain::Keyed(_) => "f:1: the record's own MAC does not match",
+        };
+        assert!(broken(r).starts_with(want), "{forger:?}: {r:?}");
+    }
+
+    /// The forgery of the review (F4): the last line, which no `prev` covers yet, is
+    /// changed without the key (an outcome turned into `failed`/404, `seq` and `prev`
+    /// untouched); so is the only line of a file. Each fails on its own MAC, whatever
+    /// is done with the `mac` field: kept, dropped, or taken from another line.
+    #[test]
+    fn the_last_line_cannot_be_edited_without_the_key() {
+        let chain = Chain::keyed(KEY);
+        let mut entries = sample();
+        entries.truncate(2);
+        if let Entry::Request(r) = &mut entries[1] {
+            r.upstream_status = Some(202);
+        }
+        let (f, _) = file(&entries, &genesis(), &chain);
+        assert_eq!(verify([("f", f.as_bytes())], &opts(&chain)).broken, None);
+        let lines: Vec<&str> = f.lines().collect();
+        let forged_last = lines[1]
+            .replace("\"outcome\":\"deleted\"", "\"outcome\":\"failed\"")
+            .replace("\"upstream_status\":202", "\"upstream_status\":404");
+        assert_ne!(forged_last, lines[1]);
+        let other_mac = &lines[0][lines[0].len() - 66..];
+        let without_mac = {
+            let (body, _) = super::super::record::split_mac(forged_last.as_bytes()).unwrap();
+            String::from_utf8(body).unwrap()
+        };
+        let borrowed = format!("{}{other_mac}", &forged_last[..forged_last.len() - 66]);
+        for last in [&forged_last, &without_mac, &borrowed] {
+            let text = format!("{}\n{last}\n", lines[0]);
+            let r = verify([("f", text.as_bytes())], &opts(&chain));
+            let b = broken(&r);
+            assert!(
+                b.starts_with("f:2: ") && b.to_lowercase().contains("mac"),
+                "{last}: {r:?}"
+            );
+            // The only line of a file, too.
+            let (one, _) = file(&entries[1..], &genesis(), &chain);
+            let one = one.replacen("\"outcome\":\"deleted\"", "\"outcome\":\"failed\"", 1);
+            let r = verify([("f", one.as_bytes())], &opts(&chain));
+            assert!(broken(&r).starts_with("f:1: the record's own MAC"), "{r:?}");
+        }
     }
 
     #[test]

@@ -10,13 +10,20 @@
 //!   a partial line. If even the cut fails, the next batch cuts first and records it.
 //! - At start, a torn last line (a crash mid-write) is cut off, and the cut is recorded
 //!   (a `repair` record: how many bytes, their SHA-256), chained like any record.
-//! - The chain is keyed (HMAC-SHA-256, `audit.key_file`); a file written under another
-//!   key, or before the chain was keyed, is refused at start rather than continued.
+//! - The chain is keyed (HMAC-SHA-256, `audit.key_file`) and every line carries its own
+//!   MAC. At start, the lines in the file's last `MAX_TAIL` bytes are checked as `audit
+//!   verify` checks them, and the file's end against the sidecar: a line that is not the
+//!   key's (edited, another key, before the chain was keyed) or a file that ends before
+//!   the sidecar's position (cut) is refused, never chained onto: continuing would
+//!   authenticate the forgery.
 //! - Every `checkpoint_every` records or `checkpoint_interval` (when anything was written
 //!   since the last one) a `checkpoint` record is written and its position `SEQ:HASH`
 //!   logged, so an outside copy of the log proves that nothing was cut from the end.
-//! - Denied records are limited per user (`max_denials_per_minute`, a token bucket); the
-//!   ones dropped are written as one `denials_summary` record a minute later.
+//! - Denied records are limited per user (`max_denials_per_minute`, a token bucket). The
+//!   first denial over the limit in a window is written, as a `denials_summary` of one,
+//!   before it is acknowledged: a crash never hides that denials were suppressed. The
+//!   ones after it are counted into one `denials_summary` at the end of the window (a
+//!   minute), and the count is kept until that record is on disk.
 //! - The free space of the audit folder is checked every few seconds
 //!   (`min_free_bytes`): the gauges feed the metrics and `GET /ready`.
 //!
@@ -31,6 +38,7 @@ use super::key::{self, KeyError};
 use super::record::{
     line_hash, now_rfc3339, Chain, Entry, Event, Phase, Position, Record, GENESIS,
 };
+use super::verify::{verify, Options};
 use crate::metrics::Metrics;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -195,14 +203,16 @@ fn free_bytes(dir: &Path) -> io::Result<u64> {
     Ok(s.f_bavail.saturating_mul(s.f_frsize))
 }
 
-/// The end of a file: where its last complete line ends, and that line and the one
-/// before it (when they lie within the last `MAX_TAIL` bytes).
+/// The end of a file: where its last complete line ends, and its complete lines within
+/// the last `MAX_TAIL` bytes (a line cut by the window's start left out).
 struct Tail {
     len: u64,
     /// Length up to and including the last newline.
     complete: u64,
-    last: Option<Vec<u8>>,
-    before_last: Option<Vec<u8>>,
+    /// Where `lines` start in the file.
+    from: u64,
+    /// The complete lines of the window, each with its newline.
+    lines: Vec<u8>,
 }
 
 fn read_tail(f: &mut File) -> io::Result<Tail> {
@@ -220,24 +230,100 @@ fn read_tail(f: &mut File) -> io::Result<Tail> {
         return Ok(Tail {
             len,
             complete: 0,
-            last: None,
-            before_last: None,
+            from: 0,
+            lines: Vec::new(),
         });
     };
-    let mut lines = tail[..nl].rsplit(|&b| b == b'\n');
-    let last = lines.next().map(<[u8]>::to_vec);
-    // Without the line before it (first line of a window that starts mid-file) the key
-    // check is skipped; the chain check of `audit verify` still covers it.
-    let before_last = match (lines.next(), lines.next(), start) {
-        (Some(b), _, 0) | (Some(b), Some(_), _) => Some(b.to_vec()),
-        _ => None,
+    tail.truncate(nl + 1);
+    // A window that starts mid-file starts mid-line: its first line begins after the
+    // first newline.
+    let skip = match start {
+        0 => 0,
+        _ => tail.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1),
     };
     Ok(Tail {
         len,
         complete: start + nl as u64 + 1,
-        last,
-        before_last,
+        from: start + skip as u64,
+        lines: tail.split_off(skip),
     })
+}
+
+/// Checks the complete lines at the end of the file (`tail`) as `audit verify` does:
+/// each carries its own MAC under the key and continues the line before it; and their
+/// end agrees with the sidecar's. Returns where the chain ends (`None`: no line).
+///
+/// Only the last `MAX_TAIL` bytes are read: the whole file would make a start take as
+/// long as the file is big, and the lines before the window carry their own MACs, which
+/// `audit verify` checks. What matters at start is never to chain a new record onto a
+/// line that is not the key's, nor onto a file whose end was cut.
+fn check_tail(
+    tail: &Tail,
+    shown: &str,
+    chain: &Chain,
+    sidecar: Option<Position>,
+) -> Result<Option<Position>, String> {
+    if tail.lines.is_empty() {
+        return Ok(None);
+    }
+    // An empty line is no record either: refused below like any line that is not one.
+    let first = tail.lines.split(|&b| b == b'\n').next().unwrap_or_default();
+    let entry = Entry::parse(first).map_err(|e| {
+        format!("its line at byte {} is not an audit record ({e}): the file was changed by hand; move it aside", tail.from)
+    })?;
+    if entry.seq() == 0 {
+        return Err("it was written before the chain was keyed (no `seq`): move it aside (`audit verify --unkeyed` still checks it) and start again".into());
+    }
+    // The window's first line vouches for where it continues from; its MAC is checked.
+    let start = Position {
+        seq: entry.seq() - 1,
+        hash: entry.prev().to_owned(),
+    };
+    let name = match tail.from {
+        0 => shown.to_owned(),
+        n => format!("{shown} (from byte {n})"),
+    };
+    let opts = Options {
+        chain,
+        start: Some(start),
+        checkpoints: Vec::new(),
+    };
+    let report = verify([(name.as_str(), tail.lines.as_slice())], &opts);
+    if let Some(b) = report.broken {
+        return Err(format!(
+            "its records are not all the key's (audit.key_file): {b}: the file was changed, or written under another key; new records are not chained onto it. Move it aside (the next file then continues from the chain's end kept in the sidecar, if there is one) and check it with `audit verify`"
+        ));
+    }
+    let last = tail.lines[..tail.lines.len() - 1]
+        .rsplit(|&b| b == b'\n')
+        .next()
+        .unwrap_or_default();
+    let end = Position {
+        seq: Entry::parse(last).map_or(0, |e| e.seq()),
+        hash: chain.hash(last),
+    };
+    // The sidecar is rewritten after each batch is on disk, so the file reaches at least
+    // as far; a shorter file was cut from the end.
+    if let Some(side) = sidecar {
+        let fits = match side.seq.cmp(&end.seq) {
+            std::cmp::Ordering::Greater => false,
+            std::cmp::Ordering::Equal => side.hash == end.hash,
+            // A crash between a batch and its sidecar: the record after the sidecar's
+            // position must continue it, when the window holds it.
+            std::cmp::Ordering::Less => tail
+                .lines
+                .split(|&b| b == b'\n')
+                .filter_map(|l| Entry::parse(l).ok())
+                .find(|e| e.seq() == side.seq + 1)
+                .map_or(true, |e| e.prev() == side.hash),
+        };
+        if !fits {
+            return Err(format!(
+                "it ends at record {end}, but the chain's end kept in the sidecar is {side}: records were cut from the end or replaced. Move the file aside (the next file then continues from the sidecar's position) and check it with `audit verify --checkpoint {side}`"
+            ));
+        }
+    }
+    Ok(Some(end))
 }
 
 impl Writer {
@@ -268,22 +354,13 @@ impl Writer {
         } else {
             None
         };
-        let (seq, last_hash) = match &tail.last {
-            Some(line) => {
-                let entry = Entry::parse(line).map_err(|e| {
-                    err(format!("its last line is not an audit record ({e}): the file was changed by hand; move it aside"))
-                })?;
-                if entry.seq() == 0 {
-                    return Err(err("it was written before the chain was keyed (no `seq`): move it aside (`audit verify --unkeyed` still checks it) and start again".into()));
-                }
-                if let Some(before) = &tail.before_last {
-                    if entry.prev() != chain.hash(before) {
-                        return Err(err("its last record is not chained under audit.key_file (another key, or edited): move the file aside or give the key it was written with".into()));
-                    }
-                }
-                (entry.seq(), chain.hash(line))
-            }
-            None => read_sidecar(&path, &chain)?,
+        let side = read_sidecar(&path, &chain)?;
+        if side.is_none() && !tail.lines.is_empty() {
+            tracing::warn!(file = %shown, "the audit file has no sidecar (.<name>.last): whether its end was cut cannot be checked at start");
+        }
+        let (seq, last_hash) = match check_tail(&tail, &shown, &chain, side.clone()).map_err(err)? {
+            Some(end) => (end.seq, end.hash),
+            None => side.map_or((0, GENESIS.to_owned()), |p| (p.seq, p.hash)),
         };
         let mut writer = Writer {
             settings,
@@ -483,8 +560,11 @@ impl Writer {
             return;
         }
         let n = summaries.len();
-        if let Err(e) = self.write_batch(summaries, by_time || self.failing) {
-            tracing::warn!(error = %e, summaries = n, "audit write failed (checkpoint or denial summaries)");
+        match self.write_batch(summaries.clone(), by_time || self.failing) {
+            Ok(()) => self.denials.settle(&summaries),
+            Err(e) => {
+                tracing::warn!(error = %e, summaries = n, "audit write failed (checkpoint or denial summaries): the summaries are kept for the next tick");
+            }
         }
     }
 
@@ -501,9 +581,11 @@ impl Writer {
             return Ok(());
         }
         let n = last.len();
-        self.write_batch(last, true).inspect_err(|e| {
-            tracing::error!(error = %e, summaries = n, "audit: last checkpoint and denial summaries not written");
-        })
+        self.write_batch(last.clone(), true)
+            .inspect(|()| self.denials.settle(&last))
+            .inspect_err(|e| {
+                tracing::error!(error = %e, summaries = n, "audit: last checkpoint and denial summaries not written");
+            })
     }
 
     /// Renames the full file aside; the next batch creates a new one continuing the chain.
@@ -552,12 +634,13 @@ impl Writer {
     }
 }
 
-/// The chain's end from the sidecar of an empty or missing file; genesis without one.
-fn read_sidecar(path: &Path, chain: &Chain) -> Result<(u64, String), StartError> {
+/// The chain's end kept in the sidecar, if there is one; a sidecar without a valid MAC
+/// is refused.
+fn read_sidecar(path: &Path, chain: &Chain) -> Result<Option<Position>, StartError> {
     let side = sidecar(path);
     let text = match std::fs::read_to_string(&side) {
         Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, GENESIS.to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
             return Err(StartError::File(format!(
                 "{}: cannot read: {e}",
@@ -569,7 +652,10 @@ fn read_sidecar(path: &Path, chain: &Chain) -> Result<(u64, String), StartError>
     let (seq, hash, mac) = (parts.next(), parts.next(), parts.next());
     match (seq.and_then(|s| s.parse::<u64>().ok()), hash, mac) {
         (Some(seq), Some(hash), Some(mac)) if mac == sidecar_mac(chain, seq, hash) => {
-            Ok((seq, hash.to_owned()))
+            Ok(Some(Position {
+                seq,
+                hash: hash.to_owned(),
+            }))
         }
         _ => Err(StartError::File(format!(
             "{}: the end of the chain kept there does not carry a valid MAC under audit.key_file (edited, from before the keyed chain, or another key): remove it to start the next file at genesis",
@@ -613,9 +699,25 @@ struct Denials {
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// Denials counted but not yet in any record on disk.
     dropped: u64,
+    /// The window's first suppressed denial (the start of the window), and its last.
     first: Option<(Instant, String)>,
     last: Option<(Instant, String)>,
+    /// The window's first suppressed denial is on disk (its own summary, count 1).
+    announced: bool,
+}
+
+/// What becomes of one denial.
+#[derive(Debug)]
+enum Admit {
+    /// Under the limit: its own record.
+    Write,
+    /// The first one over the limit in its window: written as a summary of one, before
+    /// it is acknowledged, so that a crash never leaves the suppression without a trace.
+    Announce(Box<Event>),
+    /// Counted into the summary at the end of the window.
+    Count,
 }
 
 /// How long the dropped denials of one user are gathered into one summary.
@@ -629,31 +731,60 @@ impl Denials {
         b.at = now;
     }
 
-    /// Whether `user`'s denial at `now` (record time `time`) is written.
-    fn admit(&mut self, user: &str, now: Instant, time: &str) -> bool {
+    /// What becomes of `user`'s denial at `now` (record time `time`).
+    fn admit(&mut self, user: &str, now: Instant, time: &str) -> Admit {
         let cap = f64::from(self.per_minute);
+        let per_minute = self.per_minute;
         let mut b = self.users.remove(user).unwrap_or(Bucket {
             tokens: cap,
             at: now,
             dropped: 0,
             first: None,
             last: None,
+            announced: false,
         });
         self.refill(&mut b, now);
-        let admitted = b.tokens >= 1.0;
-        if admitted {
+        let admit = if b.tokens >= 1.0 {
             b.tokens -= 1.0;
+            Admit::Write
         } else {
-            b.dropped += 1;
             b.first.get_or_insert_with(|| (now, time.to_owned()));
             b.last = Some((now, time.to_owned()));
-        }
+            if b.announced {
+                b.dropped += 1;
+                Admit::Count
+            } else {
+                b.announced = true;
+                let mut e = Event::new(
+                    Phase::DenialsSummary,
+                    format!(
+                        "1 denial of {user} over audit.max_denials_per_minute ({per_minute}): it and the next ones are counted, not recorded one by one, into a summary within {} s",
+                        SUMMARY_WINDOW.as_secs()
+                    ),
+                );
+                e.user = Some(user.to_owned());
+                e.count = Some(1);
+                e.first = Some(time.to_owned());
+                e.last = Some(time.to_owned());
+                Admit::Announce(Box::new(e))
+            }
+        };
         self.users.insert(user.to_owned(), b);
-        admitted
+        admit
     }
 
-    /// The summaries due at `now` (all of them with `all`), oldest user first; forgets
-    /// users whose bucket is full again.
+    /// The announcement of `user`'s suppression was not written: the denial is counted
+    /// into the window's summary instead, and the next one announces again.
+    fn announce_failed(&mut self, user: &str) {
+        if let Some(b) = self.users.get_mut(user) {
+            b.announced = false;
+            b.dropped += 1;
+        }
+    }
+
+    /// The summaries due at `now` (all of them with `all`), oldest user first. Nothing
+    /// is forgotten until [`Denials::settle`] says they are on disk: a summary whose
+    /// write fails is due again on the next tick. Forgets users whose bucket is full again.
     fn due(&mut self, now: Instant, all: bool) -> Vec<Event> {
         let mut out = Vec::new();
         let per_minute = self.per_minute;
@@ -668,29 +799,49 @@ impl Denials {
                 .first
                 .as_ref()
                 .is_some_and(|(t, _)| all || now.saturating_duration_since(*t) >= SUMMARY_WINDOW);
-            if ripe {
-                if let (Some((t0, first)), Some((t1, last))) = (b.first.take(), b.last.take()) {
-                    let secs = t1.saturating_duration_since(t0).as_secs();
-                    let mut e = Event::new(
-                        Phase::DenialsSummary,
-                        format!(
-                            "{} more denials of {user} in {secs} s, not recorded one by one (audit.max_denials_per_minute: {per_minute})",
-                            b.dropped
-                        ),
-                    );
-                    e.user = Some(user.clone());
-                    e.count = Some(b.dropped);
-                    e.first = Some(first);
-                    e.last = Some(last);
-                    out.push(e);
-                    b.dropped = 0;
-                }
+            if ripe && b.dropped == 0 {
+                // Only the announcement: nothing left to write; the window ends.
+                (b.first, b.last, b.announced) = (None, None, false);
             }
-            if b.dropped > 0 || b.tokens < f64::from(per_minute) {
+            if let (true, Some((t0, first)), Some((t1, last))) = (ripe, &b.first, &b.last) {
+                let secs = t1.saturating_duration_since(*t0).as_secs();
+                let mut e = Event::new(
+                    Phase::DenialsSummary,
+                    format!(
+                        "{} more denials of {user} in {secs} s, not recorded one by one (audit.max_denials_per_minute: {per_minute})",
+                        b.dropped
+                    ),
+                );
+                e.user = Some(user.clone());
+                e.count = Some(b.dropped);
+                e.first = Some(first.clone());
+                e.last = Some(last.clone());
+                out.push(e);
+            }
+            if b.dropped > 0 || b.first.is_some() || b.tokens < f64::from(per_minute) {
                 self.users.insert(user, b);
             }
         }
         out
+    }
+
+    /// `summaries` (from [`Denials::due`]) are on disk: their counts end their windows.
+    fn settle(&mut self, summaries: &[Entry]) {
+        let cap = f64::from(self.per_minute);
+        for s in summaries {
+            let Entry::Event(e) = s else { continue };
+            let (Some(user), Some(count)) = (&e.user, e.count) else {
+                continue;
+            };
+            let Some(b) = self.users.get_mut(user) else {
+                continue;
+            };
+            b.dropped = b.dropped.saturating_sub(count);
+            (b.first, b.last, b.announced) = (None, None, false);
+            if b.dropped == 0 && b.tokens >= cap {
+                self.users.remove(user);
+            }
+        }
     }
 }
 
@@ -716,6 +867,7 @@ impl AuditLog {
                 while let Some(first) = rx.blocking_recv() {
                     let mut entries: Vec<Entry> = Vec::new();
                     let mut acks: Vec<Ack> = Vec::new();
+                    let mut announced: Vec<String> = Vec::new();
                     let mut tick = false;
                     let mut close = None;
                     let mut handle = |m: Msg, w: &mut Writer| match m {
@@ -724,13 +876,20 @@ impl AuditLog {
                             acks.push(ack);
                         }
                         Msg::Denial(r, ack) => {
-                            if w.denials.admit(&r.user, Instant::now(), &r.time) {
-                                entries.push(Entry::Request(*r));
-                                acks.push(ack);
-                            } else {
-                                w.metrics.audit_denials_suppressed.inc();
-                                let _ = ack.send(Ok(()));
+                            match w.denials.admit(&r.user, Instant::now(), &r.time) {
+                                Admit::Write => entries.push(Entry::Request(*r)),
+                                Admit::Announce(e) => {
+                                    w.metrics.audit_denials_suppressed.inc();
+                                    announced.push(r.user);
+                                    entries.push(Entry::Event(*e));
+                                }
+                                Admit::Count => {
+                                    w.metrics.audit_denials_suppressed.inc();
+                                    let _ = ack.send(Ok(()));
+                                    return;
+                                }
                             }
+                            acks.push(ack);
                         }
                         Msg::Reopen => w.create_next = true,
                         Msg::Tick => tick = true,
@@ -748,6 +907,9 @@ impl AuditLog {
                         let result = writer.write_batch(entries, false);
                         if let Err(e) = &result {
                             tracing::error!(error = %e, records = n, "audit write failed");
+                            for user in &announced {
+                                writer.denials.announce_failed(user);
+                            }
                         }
                         for ack in acks {
                             let _ = ack.send(result.clone());
@@ -853,6 +1015,7 @@ mod tests {
             duration_ms: Some(0),
             seq: 0,
             prev: String::new(),
+            mac: String::new(),
         })
     }
 
@@ -1042,7 +1205,22 @@ mod tests {
             Arc::new(Metrics::default()),
         );
         let e = other.err().expect("started under another key").to_string();
-        assert!(e.contains("not chained under audit.key_file"), "{e}");
+        assert!(e.contains("another key"), "{e}");
+        // Without the sidecar, the file's own MACs refuse the other key.
+        let side = sidecar(&path);
+        let kept = std::fs::read(&side).unwrap();
+        std::fs::remove_file(&side).unwrap();
+        let other = Writer::open(
+            settings(dir.path()),
+            Chain::keyed(b"another key, another key, another"),
+            Arc::new(Metrics::default()),
+        );
+        let e = other.err().expect("started under another key").to_string();
+        assert!(
+            e.contains("not all the key's") && e.contains("MAC does not match"),
+            "{e}"
+        );
+        std::fs::write(&side, kept).unwrap();
         // The sidecar alone (the file moved away) must carry the key's MAC.
         std::fs::rename(&path, dir.path().join("old.jsonl")).unwrap();
         let (w, _, _) = open(dir.path());
@@ -1070,6 +1248,112 @@ mod tests {
         .expect("an unkeyed file was continued")
         .to_string();
         assert!(e.contains("before the chain was keyed"), "{e}");
+    }
+
+    /// F4: the last line changed without the key (an outcome turned into `failed`/404,
+    /// `seq` and `prev` untouched) is refused at start, with or without the sidecar, and
+    /// so is a one-line file: new records are never chained onto a forged line.
+    #[test]
+    fn an_edited_last_line_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _, _) = open(dir.path());
+        let mut outcome = record("alice", "r2");
+        if let Entry::Request(r) = &mut outcome {
+            (r.phase, r.decision, r.reason) = (
+                Phase::Outcome,
+                crate::audit::Decision::Allowed,
+                "granted".into(),
+            );
+            (r.outcome, r.upstream_status) = (Some(super::super::Outcome::Deleted), Some(202));
+        }
+        w.write_batch(vec![record("alice", "r1"), outcome], false)
+            .unwrap();
+        let path = w.settings.file.clone();
+        drop(w);
+        let good = std::fs::read_to_string(&path).unwrap();
+        let forged = good
+            .replace("\"outcome\":\"deleted\"", "\"outcome\":\"failed\"")
+            .replace("\"upstream_status\":202", "\"upstream_status\":404");
+        assert_ne!(forged, good);
+        let start = || {
+            Writer::open(
+                settings(dir.path()),
+                Chain::keyed(KEY),
+                Arc::new(Metrics::default()),
+            )
+            .err()
+            .map(|e| e.to_string())
+        };
+        std::fs::write(&path, &forged).unwrap();
+        let e = start().expect("a forged last line was continued");
+        assert!(e.contains("audit.jsonl:2: the record's own MAC"), "{e}");
+        std::fs::remove_file(sidecar(&path)).unwrap();
+        let e = start().expect("a forged last line was continued without the sidecar");
+        assert!(e.contains("audit.jsonl:2: the record's own MAC"), "{e}");
+        // The only line of a file.
+        let one = forged.lines().nth(1).unwrap().to_owned() + "\n";
+        std::fs::write(&path, one).unwrap();
+        let e = start().expect("a forged one-line file was continued");
+        assert!(e.contains("audit.jsonl:1: the record's own MAC"), "{e}");
+        // An empty first line does not hide the lines after it.
+        std::fs::write(&path, format!("\n{forged}")).unwrap();
+        let e = start().expect("a file starting with an empty line was continued");
+        assert!(e.contains("not an audit record"), "{e}");
+        std::fs::write(&path, &good).unwrap();
+        assert_eq!(start(), None);
+    }
+
+    /// A file cut from the end while the proxy was down ends before the sidecar's
+    /// position: refused at start. Moved aside, the next file continues from the
+    /// sidecar, so the cut stays visible to `audit verify` across the two files.
+    #[test]
+    fn a_tail_cut_before_the_sidecar_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _, _) = open(dir.path());
+        w.write_batch(vec![record("bob", "r1"), record("bob", "r2")], false)
+            .unwrap();
+        w.write_batch(vec![record("bob", "r3")], false).unwrap();
+        let path = w.settings.file.clone();
+        drop(w);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cut: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, &cut).unwrap();
+        assert_eq!(
+            check(&path).broken,
+            None,
+            "a cut tail alone is a valid chain"
+        );
+        let e = Writer::open(
+            settings(dir.path()),
+            Chain::keyed(KEY),
+            Arc::new(Metrics::default()),
+        )
+        .err()
+        .expect("a cut file was continued")
+        .to_string();
+        assert!(
+            e.contains("ends at record 2:") && e.contains("sidecar is 3:"),
+            "{e}"
+        );
+        std::fs::rename(&path, dir.path().join("cut.jsonl")).unwrap();
+        let (w, _, _) = open(dir.path());
+        assert_eq!(w.seq, 3);
+    }
+
+    /// A crash between a batch and its sidecar: the file is ahead of the sidecar and
+    /// continues it; that is no cut.
+    #[test]
+    fn a_file_ahead_of_its_sidecar_is_continued() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _, _) = open(dir.path());
+        w.write_batch(vec![record("bob", "r1")], false).unwrap();
+        let path = w.settings.file.clone();
+        let side = std::fs::read(sidecar(&path)).unwrap();
+        w.write_batch(vec![record("bob", "r2")], false).unwrap();
+        drop(w);
+        std::fs::write(sidecar(&path), side).unwrap();
+        let (w, _, _) = open(dir.path());
+        assert_eq!(w.seq, 2);
     }
 
     /// Checkpoints by count land in the batch that reaches them; by time, on a tick.
@@ -1123,13 +1407,26 @@ mod tests {
             ..Denials::default()
         };
         let t0 = Instant::now();
-        let admitted: Vec<bool> = (0..5).map(|_| d.admit("bob", t0, "T0")).collect();
-        assert_eq!(admitted, [true, true, true, false, false]);
-        assert!(d.admit("alice", t0, "T0"), "bob's flood limited alice");
+        let kinds = |d: &mut Denials, user: &str, at: u64, time: &str| match d.admit(
+            user,
+            t0 + Duration::from_secs(at),
+            time,
+        ) {
+            Admit::Write => "write",
+            Admit::Announce(_) => "announce",
+            Admit::Count => "count",
+        };
+        let first: Vec<&str> = (0..5).map(|_| kinds(&mut d, "bob", 0, "T0")).collect();
+        assert_eq!(first, ["write", "write", "write", "announce", "count"]);
+        assert_eq!(
+            kinds(&mut d, "alice", 0, "T0"),
+            "write",
+            "bob's flood limited alice"
+        );
         assert!(d.due(t0 + Duration::from_secs(30), false).is_empty());
         // 20 s give bob one record back.
-        assert!(d.admit("bob", t0 + Duration::from_secs(20), "T20"));
-        assert!(!d.admit("bob", t0 + Duration::from_secs(21), "T21"));
+        assert_eq!(kinds(&mut d, "bob", 20, "T20"), "write");
+        assert_eq!(kinds(&mut d, "bob", 21, "T21"), "count");
         let due = d.due(t0 + SUMMARY_WINDOW, false);
         assert_eq!(due.len(), 1, "{due:?}");
         let s = &due[0];
@@ -1144,16 +1441,20 @@ mod tests {
             (
                 Phase::DenialsSummary,
                 Some("bob"),
-                Some(3),
+                Some(2),
                 Some("T0"),
                 Some("T21")
             )
         );
         assert!(
-            s.reason.starts_with("3 more denials of bob in 21 s"),
+            s.reason.starts_with("2 more denials of bob in 21 s"),
             "{}",
             s.reason
         );
+        // Not on disk yet (a failed write): due again, with the same count.
+        let again = d.due(t0 + SUMMARY_WINDOW + Duration::from_secs(5), false);
+        assert_eq!(again.iter().map(|e| e.count).collect::<Vec<_>>(), [Some(2)]);
+        d.settle(&again.into_iter().map(Entry::Event).collect::<Vec<_>>());
         assert!(d.due(t0 + SUMMARY_WINDOW * 2, false).is_empty());
         assert!(
             d.users.is_empty(),
@@ -1162,8 +1463,28 @@ mod tests {
         );
     }
 
-    /// Through the writer thread: over the limit, denials are acknowledged without a
-    /// record, and the summary is written when the log closes.
+    /// An announcement that was not written is counted into the window's summary, and
+    /// the next suppressed denial announces again.
+    #[test]
+    fn a_failed_announcement_is_counted_and_repeated() {
+        let mut d = Denials {
+            per_minute: 1,
+            ..Denials::default()
+        };
+        let t0 = Instant::now();
+        assert!(matches!(d.admit("bob", t0, "T0"), Admit::Write));
+        assert!(matches!(d.admit("bob", t0, "T0"), Admit::Announce(_)));
+        d.announce_failed("bob");
+        assert!(matches!(d.admit("bob", t0, "T0"), Admit::Announce(_)));
+        assert!(matches!(d.admit("bob", t0, "T0"), Admit::Count));
+        let due = d.due(t0 + SUMMARY_WINDOW, false);
+        assert_eq!(due.iter().map(|e| e.count).collect::<Vec<_>>(), [Some(2)]);
+    }
+
+    /// Through the writer thread: over the limit, the first denial is on disk (a
+    /// summary of one) before it is acknowledged, the next ones are acknowledged without
+    /// a record, and their summary is written when the log closes. A crash before that
+    /// (F8: the file as it is before `close`) still shows that denials were suppressed.
     #[tokio::test]
     async fn the_writer_thread_summarizes_dropped_denials() {
         let dir = tempfile::tempdir().unwrap();
@@ -1179,29 +1500,29 @@ mod tests {
             log.write_denial(r).await.unwrap();
         }
         assert_eq!(metrics.audit_denials_suppressed.get(), 3);
-        log.close().await;
         let chain = key::load(&s.key_file).unwrap();
-        let content = std::fs::read(&s.file).unwrap();
-        let r = verify(
-            [("f", content.as_slice())],
-            &Options {
-                chain: &chain,
-                start: None,
-                checkpoints: Vec::new(),
-            },
-        );
-        assert_eq!(r.broken, None, "{r:?}");
-        assert_eq!(
+        let report = || {
+            let content = std::fs::read(&s.file).unwrap();
+            let r = verify(
+                [("f", content.as_slice())],
+                &Options {
+                    chain: &chain,
+                    start: None,
+                    checkpoints: Vec::new(),
+                },
+            );
+            assert_eq!(r.broken, None, "{r:?}");
             (
                 r.records,
                 r.denials,
                 r.denial_summaries,
                 r.summarized_denials,
-                r.checkpoints
-            ),
-            (4, 5, 1, 3, 1),
-            "{r:?}"
-        );
+                r.checkpoints,
+            )
+        };
+        assert_eq!(report(), (3, 3, 1, 1, 0), "before close (a crash here)");
+        log.close().await;
+        assert_eq!(report(), (5, 5, 2, 3, 1));
     }
 
     /// Rotations in quick succession (many per millisecond) each keep their own file,

@@ -154,9 +154,70 @@ fn kill_9_during_a_burst_of_deletes_leaves_a_verifiable_complete_log() {
 
 // ---- 6. tampering ----------------------------------------------------------------------
 
+/// F4, the review's attack on the real binary: alice deletes a blob, the proxy is killed
+/// (kill -9), and without the key her outcome (the last line) becomes `failed`/404, `seq`
+/// and `prev` untouched. `audit verify` names that line (before, it said intact, as no
+/// `prev` covers a last line), and the proxy refuses to start on the file rather than
+/// chain new records onto the forgery; with the sidecar removed too. The untouched file
+/// starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_last_line_fails_verify_and_the_next_start() {
+    let upstream = fake_registry(Duration::ZERO).await;
+    let work = tempfile::tempdir().unwrap();
+    let audit = work.path().join("audit.jsonl");
+    let mut proxy = proxy_for(&upstream.url, &audit, "", "");
+    assert_eq!(delete_blob(&proxy, "alice:pw", "alice/app", 1).status, 202);
+    signal(proxy.pid(), "KILL");
+    let _ = proxy.terminate(Duration::from_secs(5)); // reaps the killed child
+    let good = std::fs::read_to_string(&audit).unwrap();
+    let (code, report) = verify(&[&audit]);
+    assert_eq!(code, 0, "{report}");
+    let forged = good
+        .replace("\"outcome\":\"deleted\"", "\"outcome\":\"failed\"")
+        .replace("\"upstream_status\":202", "\"upstream_status\":404");
+    assert_ne!(forged, good);
+    std::fs::write(&audit, &forged).unwrap();
+    let (code, report) = verify(&[&audit]);
+    assert_eq!(code, 1, "{report}");
+    assert!(
+        report.contains(&format!(
+            "BROKEN: {}:2: the record's own MAC does not match",
+            audit.display()
+        )),
+        "{report}"
+    );
+    let config = proxy.config_path.display().to_string();
+    let serve = || run_cli_for(&["serve", "--config", &config], work.path(), STEP);
+    let (out, exited) = serve();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        exited && !out.status.success(),
+        "started on a forged file: {err}"
+    );
+    assert!(err.contains("the record's own MAC does not match"), "{err}");
+    let side = audit.with_file_name(".audit.jsonl.last");
+    std::fs::remove_file(&side).unwrap();
+    let (out, exited) = serve();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        exited && !out.status.success(),
+        "started on a forged file: {err}"
+    );
+    assert!(err.contains("the record's own MAC does not match"), "{err}");
+    assert_eq!(std::fs::read_to_string(&audit).unwrap(), forged);
+    // The file as the proxy left it starts (the server runs until the deadline).
+    std::fs::write(&audit, &good).unwrap();
+    let (_, exited) = run_cli_for(
+        &["serve", "--config", &config],
+        work.path(),
+        Duration::from_secs(3),
+    );
+    assert!(!exited, "the untouched file did not start");
+}
+
 /// One edited line, one removed line: `audit verify` exits 1 and names file:line where
-/// the chain breaks (the line after the edit; the line that now follows the gap). The
-/// untouched file passes.
+/// the chain breaks (the edited line, by its own MAC; the line that now follows the gap).
+/// The untouched file passes.
 #[test]
 fn edited_and_removed_lines_fail_verify_naming_file_and_line() {
     let Some(reg) = tools() else { return };
@@ -182,7 +243,10 @@ fn edited_and_removed_lines_fail_verify_naming_file_and_line() {
     let (code, report) = verify(&[&edited]);
     assert_eq!(code, 1, "{report}");
     assert!(
-        report.contains(&format!("BROKEN: {}:3: chain broken", edited.display())),
+        report.contains(&format!(
+            "BROKEN: {}:2: the record's own MAC does not match",
+            edited.display()
+        )),
         "{report}"
     );
 

@@ -34,6 +34,24 @@ fn stdout_carries_the_same_lines() {
     }
 }
 
+/// A hand-edited file whose reference holds multi-byte characters across the column's
+/// cut (byte 19 inside `é`): `audit show` shortens it by characters instead of
+/// panicking, and the line is shown.
+#[test]
+fn show_shortens_a_non_ascii_reference_by_characters() {
+    let work = tempfile::tempdir().unwrap();
+    let f = work.path().join("edited.jsonl");
+    let reference = "ééééééééééééééééééééééé";
+    let line = format!(
+        "{{\"time\":\"2026-11-23T19:00:00.000Z\",\"phase\":\"denied\",\"request_id\":\"r1\",\"user\":\"bob\",\"client\":\"192.0.2.7\",\"method\":\"DELETE\",\"path\":\"/v2/a/b/manifests/x\",\"repo\":\"a/b\",\"target\":\"manifest_by_tag\",\"reference\":\"{reference}\",\"decision\":\"denied\",\"reason\":\"no\",\"seq\":1,\"prev\":\"{}\"}}\n",
+        "0".repeat(64)
+    );
+    std::fs::write(&f, line).unwrap();
+    let rows = show(&[&f], &[]);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0][6], format!("{}…", "é".repeat(19)), "{rows:?}");
+}
+
 /// `audit show --user alice --repo alice/app` prints only alice's records in alice/app
 /// (not bob's, not her other repository, not bob's refusal in alice/app); `--since` keeps
 /// records at or after the time given: a record's own time (as printed) and the day; a
