@@ -43,7 +43,27 @@ impl fmt::Display for Pattern {
     }
 }
 
-fn tokens(seg: &str) -> Result<Vec<Token>, String> {
+/// Why a pattern does not compile. The messages are what `check` and start-up print
+/// after the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("empty pattern")]
+    Empty,
+    #[error("empty path component")]
+    EmptyComponent,
+    #[error("`**` must be a whole path component")]
+    PartialDoubleStar,
+    #[error("`{0}` is not pattern syntax: use `*`, `**` or `${{user}}`")]
+    NotSyntax(char),
+    #[error("`{0}` cannot appear in a repository or tag")]
+    BadCharacter(char),
+    #[error("a tag pattern has no `/`")]
+    SlashInTag,
+    #[error("use `*` for every tag")]
+    DoubleStarTag,
+}
+
+fn tokens(seg: &str) -> Result<Vec<Token>, PatternError> {
     let mut out = Vec::new();
     let mut lit = String::new();
     let mut rest = seg;
@@ -56,7 +76,7 @@ fn tokens(seg: &str) -> Result<Vec<Token>, String> {
             rest = after;
         } else if c == '*' {
             if rest.starts_with("**") {
-                return Err("`**` must be a whole path component".into());
+                return Err(PatternError::PartialDoubleStar);
             }
             if !lit.is_empty() {
                 out.push(Token::Lit(std::mem::take(&mut lit)));
@@ -66,9 +86,7 @@ fn tokens(seg: &str) -> Result<Vec<Token>, String> {
             }
             rest = &rest[1..];
         } else if c == '$' || c == '{' || c == '}' || c == '?' || c == '[' || c == ']' {
-            return Err(format!(
-                "`{c}` is not pattern syntax: use `*`, `**` or `${{user}}`"
-            ));
+            return Err(PatternError::NotSyntax(c));
         } else if c.is_ascii_lowercase()
             || c.is_ascii_digit()
             || matches!(c, '.' | '_' | '-')
@@ -77,23 +95,23 @@ fn tokens(seg: &str) -> Result<Vec<Token>, String> {
             lit.push(c);
             rest = &rest[c.len_utf8()..];
         } else {
-            return Err(format!("`{c}` cannot appear in a repository or tag"));
+            return Err(PatternError::BadCharacter(c));
         }
     }
     if !lit.is_empty() {
         out.push(Token::Lit(lit));
     }
     if out.is_empty() {
-        return Err("empty path component".into());
+        return Err(PatternError::EmptyComponent);
     }
     Ok(out)
 }
 
 impl Pattern {
     /// Compiles a repository pattern (`team-a/**`, `${user}/*`, `public/*-base`).
-    pub fn repo(source: &str) -> Result<Pattern, String> {
+    pub fn repo(source: &str) -> Result<Pattern, PatternError> {
         if source.is_empty() {
-            return Err("empty pattern".into());
+            return Err(PatternError::Empty);
         }
         let segments = source
             .split('/')
@@ -112,12 +130,12 @@ impl Pattern {
     }
 
     /// Compiles a tag pattern (`latest`, `v*`); one component, no `**`.
-    pub fn tag(source: &str) -> Result<Pattern, String> {
+    pub fn tag(source: &str) -> Result<Pattern, PatternError> {
         if source.contains('/') {
-            return Err("a tag pattern has no `/`".into());
+            return Err(PatternError::SlashInTag);
         }
         if source == "**" {
-            return Err("use `*` for every tag".into());
+            return Err(PatternError::DoubleStarTag);
         }
         Pattern::repo(source)
     }

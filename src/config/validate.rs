@@ -550,7 +550,7 @@ fn protection(
 fn patterns(
     key: &str,
     sources: &[String],
-    compile: fn(&str) -> Result<Pattern, String>,
+    compile: fn(&str) -> Result<Pattern, crate::acl::glob::PatternError>,
 ) -> Result<Vec<Pattern>, ConfigError> {
     sources
         .iter()
