@@ -415,7 +415,8 @@ fn page_params(
     Ok((n, last))
 }
 
-/// `mount`/`from`/`digest` of an upload start (checklist F).
+/// `mount`/`from`/`digest` of an upload start: a mount reads `from`, so both are checked
+/// here and each may be given once.
 fn mount_params(query: Option<&str>) -> Result<Option<Mount>, RouteError> {
     // Older Go servers split queries at `;` as well as `&`: `x=1;from=victim&mount=D`
     // would be a mount there and a plain upload here. No client sends `;`.
