@@ -51,7 +51,7 @@ pub struct State {
     pub max_unauthenticated_body: u64,
     pub metrics: Arc<Metrics>,
     /// Configured public origin; `None`: from each request's Host.
-    pub public_origin: Option<String>,
+    pub public_origin: Option<PublicOrigin>,
     /// How clients reach the proxy: `https`, or `http` in plaintext mode.
     pub scheme: Scheme,
     pub max_manifest_bytes: u64,
@@ -60,6 +60,34 @@ pub struct State {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Connections per user (`limits.max_connections_per_user`).
     pub user_connections: Arc<UserConnections>,
+}
+
+/// The origin clients use (`https://host[:port]`) and its host part, split once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicOrigin {
+    pub origin: String,
+    /// `host[:port]`, for `X-Forwarded-Host`.
+    pub host: String,
+}
+
+impl PublicOrigin {
+    pub fn new(scheme: Scheme, host: &str) -> Self {
+        PublicOrigin {
+            origin: format!("{}://{host}", scheme.as_str()),
+            host: host.to_owned(),
+        }
+    }
+
+    /// From a validated origin (`server.public_url`), `scheme://host[:port]`.
+    pub fn parse(origin: &str) -> Self {
+        PublicOrigin {
+            origin: origin.to_owned(),
+            host: origin
+                .split_once("://")
+                .map_or(origin, |(_, h)| h)
+                .to_owned(),
+        }
+    }
 }
 
 /// The audit trail: the writer and the settings it was started with.
@@ -738,7 +766,7 @@ async fn forward(
     let (state, route, query) = (&ctx.state, &ctx.route, permit.query.as_deref());
     let mut parts = ctx.parts.clone();
     let public = public_origin(state, &parts);
-    let public_host = public.split_once("://").map(|(_, h)| h);
+    let public_host = Some(public.host.as_str());
     let path_and_query = match query {
         // A query the permit stage rewrote (never empty-with-`?`).
         Some("") => parts.uri.path().to_owned(),
@@ -805,7 +833,7 @@ async fn forward(
         .send(Request::from_parts(parts, body), body_limit)
         .await?;
     let (mut parts, body) = resp.into_parts();
-    headers::forward_response(&mut parts.headers, &state.upstream.origin, &public);
+    headers::forward_response(&mut parts.headers, &state.upstream.origin, &public.origin);
     Ok(Response::from_parts(parts, ResponseBody::upstream(body)))
 }
 
@@ -880,7 +908,7 @@ async fn drain(hint: &DrainHint, mut body: Incoming, max_bytes: u64) -> bool {
 
 /// The origin clients used: the configured one, else the request's own authority (h2) or
 /// Host (h1) when it is a plausible host, else the listening address.
-fn public_origin(state: &State, parts: &http::request::Parts) -> String {
+fn public_origin(state: &State, parts: &http::request::Parts) -> PublicOrigin {
     if let Some(o) = &state.public_origin {
         return o.clone();
     }
@@ -896,8 +924,8 @@ fn public_origin(state: &State, parts: &http::request::Parts) -> String {
         })
         .filter(|h| is_plausible_host(h));
     match host {
-        Some(h) => format!("{}://{h}", state.scheme.as_str()),
-        None => format!("{}://{}", state.scheme.as_str(), state.local_addr),
+        Some(h) => PublicOrigin::new(state.scheme, h),
+        None => PublicOrigin::new(state.scheme, &state.local_addr.to_string()),
     }
 }
 

@@ -127,7 +127,11 @@ impl Server {
             max_unauthenticated_body: cfg.max_unauthenticated_body(),
             user_connections: handler::UserConnections::new(cfg.limits.max_connections_per_user),
             metrics,
-            public_origin: cfg.server.public_origin.clone(),
+            public_origin: cfg
+                .server
+                .public_origin
+                .as_deref()
+                .map(handler::PublicOrigin::parse),
             scheme: if tls.is_some() {
                 handler::Scheme::Https
             } else {
