@@ -49,8 +49,8 @@ pub enum ProxyError {
     #[error("a {0} request carries no body")]
     UnexpectedBody(http::Method),
     /// The audit intent of a delete could not be written: the delete is not forwarded.
-    #[error("audit log unavailable: {0}")]
-    AuditUnavailable(String),
+    #[error("audit log unavailable")]
+    AuditUnavailable(#[from] crate::audit::writer::WriteError),
     /// A manifest body over `limits.max_manifest_bytes`.
     #[error("manifest body larger than {limit} bytes")]
     ManifestTooLarge { limit: u64 },

@@ -172,7 +172,11 @@ mod tests {
                 "SIZE_INVALID",
             ),
             (ProxyError::client_body("x"), 400, "BLOB_UPLOAD_INVALID"),
-            (ProxyError::AuditUnavailable("x".into()), 503, "UNAVAILABLE"),
+            (
+                ProxyError::AuditUnavailable(crate::audit::writer::WriteError::Stopped),
+                503,
+                "UNAVAILABLE",
+            ),
             (
                 ProxyError::internal("cannot build the upstream URI", "bad"),
                 500,
@@ -252,7 +256,16 @@ mod tests {
     fn upstream_details_stay_out_of_client_messages() {
         let e = ProxyError::upstream("tcp connect error 10.1.2.3:5000", "refused");
         assert!(!client_message(&e).contains("10.1.2.3"));
-        let e = ProxyError::AuditUnavailable("cannot open /var/log/x/audit.jsonl".into());
+        let e = ProxyError::AuditUnavailable(crate::audit::writer::WriteError::File {
+            what: "open",
+            file: "/var/log/x/audit.jsonl".into(),
+            source: std::sync::Arc::new(std::io::Error::other("no space")),
+        });
         assert!(!client_message(&e).contains("/var/log"));
+        assert!(
+            e.chain().contains("/var/log/x/audit.jsonl: no space"),
+            "{}",
+            e.chain()
+        );
     }
 }

@@ -87,7 +87,33 @@ impl StartError {
     }
 }
 
-type Ack = oneshot::Sender<Result<(), String>>;
+/// Why a record was not written. `Clone`: one failed batch answers every record in it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// The file could not be opened, repaired or appended to (ENOSPC, EIO, gone).
+    #[error("cannot {what} the audit file {file}: {source}")]
+    File {
+        what: &'static str,
+        file: String,
+        #[source]
+        source: std::sync::Arc<io::Error>,
+    },
+    /// The writer thread is gone (shutdown).
+    #[error("the audit writer has stopped")]
+    Stopped,
+}
+
+impl WriteError {
+    fn file(what: &'static str, file: &str, source: io::Error) -> Self {
+        WriteError::File {
+            what,
+            file: file.to_owned(),
+            source: std::sync::Arc::new(source),
+        }
+    }
+}
+
+type Ack = oneshot::Sender<Result<(), WriteError>>;
 
 enum Msg {
     Write(Box<Entry>, Ack),
@@ -424,21 +450,16 @@ impl Writer {
 
     /// Appends the entries (plus a checkpoint when one is due or `checkpoint` is set) in
     /// one write and one fsync; on failure the file is left as it was.
-    fn write_batch(&mut self, mut entries: Vec<Entry>, checkpoint: bool) -> Result<(), String> {
+    fn write_batch(&mut self, mut entries: Vec<Entry>, checkpoint: bool) -> Result<(), WriteError> {
         let file = self.settings.file.display().to_string();
-        let fail = |w: &mut Writer, e: String| {
+        let fail = |w: &mut Writer, e: WriteError| {
             w.set_failing(true);
             w.metrics.audit_write_failures.inc();
             e
         };
         let mut f = match self.open_file() {
             Ok(f) => f,
-            Err(e) => {
-                return Err(fail(
-                    self,
-                    format!("cannot open the audit file {file}: {e}"),
-                ))
-            }
+            Err(e) => return Err(fail(self, WriteError::file("open", &file, e))),
         };
         if self.torn {
             match self.cut_torn(&*f) {
@@ -451,7 +472,7 @@ impl Writer {
                 Err(e) => {
                     return Err(fail(
                         self,
-                        format!("cannot cut the failed write off the audit file {file}: {e}"),
+                        WriteError::file("cut the failed write off", &file, e),
                     ))
                 }
             }
@@ -479,10 +500,7 @@ impl Writer {
                 if !e.undone {
                     self.torn = true;
                 }
-                return Err(fail(
-                    self,
-                    format!("cannot write the audit file {file}: {}", e.error),
-                ));
+                return Err(fail(self, WriteError::file("write", &file, e.error)));
             }
         }
         drop(f);
@@ -570,7 +588,7 @@ impl Writer {
 
     /// Pending denial summaries and, if anything was written since the last one, a
     /// checkpoint.
-    fn close(&mut self) -> Result<(), String> {
+    fn close(&mut self) -> Result<(), WriteError> {
         let last: Vec<Entry> = self
             .denials
             .due(Instant::now(), true)
@@ -938,25 +956,24 @@ impl AuditLog {
     }
 
     /// Appends a record; returns once it is on disk (fsync'd), or why it is not.
-    pub async fn write(&self, record: Record) -> Result<(), String> {
+    pub async fn write(&self, record: Record) -> Result<(), WriteError> {
         self.send(|ack| Msg::Write(Box::new(Entry::Request(record)), ack))
             .await
     }
 
     /// Appends a denied record unless its user is over `max_denials_per_minute` (then it
     /// is counted into a later summary); returns once it is on disk or dropped.
-    pub async fn write_denial(&self, record: Record) -> Result<(), String> {
+    pub async fn write_denial(&self, record: Record) -> Result<(), WriteError> {
         self.send(|ack| Msg::Denial(Box::new(record), ack)).await
     }
 
-    async fn send(&self, msg: impl FnOnce(Ack) -> Msg) -> Result<(), String> {
+    async fn send(&self, msg: impl FnOnce(Ack) -> Msg) -> Result<(), WriteError> {
         let (ack, done) = oneshot::channel();
         self.tx
             .send(msg(ack))
             .await
-            .map_err(|_| "the audit writer has stopped".to_owned())?;
-        done.await
-            .map_err(|_| "the audit writer has stopped".to_owned())?
+            .map_err(|_| WriteError::Stopped)?;
+        done.await.map_err(|_| WriteError::Stopped)?
     }
 
     /// At shutdown: writes pending denial summaries and a last checkpoint.
@@ -1100,7 +1117,7 @@ mod tests {
         let e = w
             .write_batch(vec![record("bob", "r3"), record("bob", "r4")], false)
             .unwrap_err();
-        assert!(e.contains("No space left on device"), "{e}");
+        assert!(e.to_string().contains("No space left on device"), "{e}");
         assert_eq!(std::fs::read(&w.settings.file).unwrap(), before);
         assert_eq!(metrics.audit_writer_failing.get(), 1);
         assert_eq!(metrics.audit_write_failures.get(), 1);
