@@ -164,12 +164,6 @@ impl UserConnections {
             user: user.to_owned(),
         })
     }
-
-    /// Connections counted for `user` now.
-    pub fn held(&self, user: &str) -> usize {
-        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        counts.get(user).copied().unwrap_or(0)
-    }
 }
 
 impl Drop for UserSlot {

@@ -10,20 +10,24 @@
 //! `response`, `config` validation) do no I/O and are unit-tested, property-tested and
 //! fuzzed; only `server`, `proxy::upstream`, `proxy::lookup`, `audit::writer`, `tls` and
 //! `cli` touch the outside world.
+//!
+//! Public are the modules that tests, benches and fuzz targets use (the pure cores, the
+//! CLI entry, `fuzzing`); the serving machinery (`server`, `handler`, `config`,
+//! `response`, `error`, `log`, `metrics`) is `pub(crate)`.
 #![forbid(unsafe_code)]
 
 pub mod acl;
 pub mod audit;
 pub mod auth;
 pub mod cli;
-pub mod config;
-pub mod error;
+pub(crate) mod config;
+pub(crate) mod error;
 pub mod fuzzing;
-pub mod handler;
-pub mod log;
-pub mod metrics;
+pub(crate) mod handler;
+pub(crate) mod log;
+pub(crate) mod metrics;
 pub mod proxy;
 pub mod registry;
-pub mod response;
-pub mod server;
+pub(crate) mod response;
+pub(crate) mod server;
 pub mod tls;

@@ -62,15 +62,6 @@ impl std::fmt::Display for Escaped<'_> {
     }
 }
 
-/// [`Escaped`] into a `String` (for fields that are stored before they are logged).
-pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.contains(needs_escape) {
-        std::borrow::Cow::Owned(Escaped(s).to_string())
-    } else {
-        std::borrow::Cow::Borrowed(s)
-    }
-}
-
 /// Per-connection activity, read by the idle watchdog in `server.rs`.
 ///
 /// Idleness is counted in requests, never in bytes: protocol traffic of a connection with
@@ -306,9 +297,7 @@ mod tests {
             ("", ""),
         ] {
             assert_eq!(Escaped(raw).to_string(), shown, "{raw:?}");
-            assert_eq!(escape(raw), shown, "{raw:?}");
             assert!(!shown.contains(|c: char| c.is_control()), "{shown:?}");
         }
-        assert!(matches!(escape("plain"), std::borrow::Cow::Borrowed(_)));
     }
 }
