@@ -547,7 +547,7 @@ mod tests {
 
     #[test]
     fn known_good_pairs_go_first_and_addresses_take_turns() {
-        // Review of issue 8: a flood from 20 addresses made every uncached login wait
+        // Regression (outside review): a flood from 20 addresses made every uncached login wait
         // behind all of it (bob waited 6-35 s) in one FIFO queue.
         let flood: Vec<IpAddr> = (1..=20u8).map(|i| IpAddr::from([203, 0, 113, i])).collect();
         let bob: IpAddr = [192, 0, 2, 7].into();

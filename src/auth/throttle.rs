@@ -583,7 +583,7 @@ mod tests {
 
     #[test]
     fn attempts_in_flight_for_a_name_from_elsewhere_never_keep_its_owner_out() {
-        // Review of issue 8: four different wrong passwords for alice from two addresses,
+        // Regression (outside review): four different wrong passwords for alice from two addresses,
         // queued behind a flood, made alice's right password from a third address 429
         // ("too many attempts in flight"): the cap counted the name alone.
         let t = Throttle::new(Limits {
@@ -609,7 +609,7 @@ mod tests {
 
     #[test]
     fn a_pair_known_good_at_an_address_is_not_held_by_that_addresses_limit() {
-        // Review of issue 8: 110 made-up names from 127.0.0.1 spent the address, and then
+        // Regression (outside review): 110 made-up names from 127.0.0.1 spent the address, and then
         // alice's and bob's right passwords from there got 429.
         let t = Throttle::new(limits(3, 20));
         let t0 = Instant::now();
@@ -673,7 +673,7 @@ mod tests {
 
     #[test]
     fn free_failures_from_many_addresses_never_flush_a_blocking_window() {
-        // Review of issue 8: with max_tracked 300, a user name with a control character
+        // Regression (outside review): with max_tracked 300, a user name with a control character
         // from 330 addresses (401, no argon2) pushed the blocked pair out of the table,
         // and the guesser got max_failures more argon2 runs in the same window.
         let t = Throttle::new(Limits {

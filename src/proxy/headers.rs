@@ -1,4 +1,4 @@
-//! PURE: the header rules of checklist section E.
+//! PURE: the header rules: hop-by-hop and forwarded headers, credentials, Location.
 //!
 //! Requests: hop-by-hop headers (and every header `Connection` names) are dropped; the
 //! client's `Authorization`, `Proxy-Authorization`, `Forwarded`, `X-Forwarded-*` and

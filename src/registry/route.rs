@@ -179,7 +179,7 @@ impl Route {
         self.repo().map(|r| r.split('/').next().unwrap_or(r))
     }
 
-    /// The actions the route needs on [`Route::repo`] (checklist section A).
+    /// The actions the route needs on [`Route::repo`].
     pub fn actions(&self) -> Actions {
         let m = &self.method;
         match &self.target {
@@ -467,7 +467,7 @@ pub fn strip_query_params(query: &str, drop: &[&str]) -> String {
         .join("&")
 }
 
-/// The methods each route has (checklist section A).
+/// The methods each route has.
 fn allows(route: &Route) -> bool {
     let m = &route.method;
     let read = *m == Method::GET || *m == Method::HEAD;

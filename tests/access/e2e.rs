@@ -1,4 +1,4 @@
-//! Access rules end to end (issue 4): Debian's docker-registry (distribution 2.8) behind
+//! Access rules end to end: Debian's docker-registry (distribution 2.8) behind
 //! registry-guard, driven by skopeo and curl. Pushes, pulls, deletes and mounts follow the
 //! rules; the catalog lists what a user may pull; protected tags hold against overwrite
 //! and delete (by tag and by digest) except for the exempt group; anonymous pulls work

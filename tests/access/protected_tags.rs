@@ -71,7 +71,7 @@ fn tags_upstream() -> FakeUpstream {
     })
 }
 
-// Blobs and child manifests of protected tags (issue 8, item 8), and tag lists that the
+// Blobs and child manifests of protected tags, and tag lists that the
 // upstream does not page (item 9).
 
 const IDX: &str = "sha256:1000000000000000000000000000000000000000000000000000000000000001";

@@ -163,7 +163,7 @@ fn rss_mib(proxy: &Proxy) -> (f64, f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn argon2_memory_stays_within_verify_concurrency_times_m_cost_and_is_given_back() {
-    // Issue 8 item 12: each argon2 run's 19 MiB stayed in the allocator's per-thread
+    // Regression: each argon2 run's 19 MiB stayed in the allocator's per-thread
     // arenas (RSS 8.6 MB → 204 MB after wrong passwords, never given back). A memory
     // bound, not a timing: the slack is generous.
     const M_COST_MIB: f64 = 19.0;

@@ -1,4 +1,4 @@
-//! Authentication end to end against real clients (issue 3): Debian's docker-registry
+//! Authentication end to end against real clients: Debian's docker-registry
 //! behind the registry-guard binary, skopeo pushing and pulling an image made by
 //! tests/e2e/mkimage.py, curl, and the seed document's flows (tests/e2e/seed_flows.py),
 //! with good, wrong and no credentials.
@@ -302,7 +302,7 @@ fn curl_login(proxy: &Proxy, user: &str, password: &str, extra: &[&str]) -> u16 
 
 #[test]
 fn parallel_and_cancelled_guesses_run_argon2_at_most_max_failures_times() {
-    // Issue 8 item 3 against the real registry: 40 parallel guesses all got 401 (none
+    // Regression, against the real registry: 40 parallel guesses all got 401 (none
     // 429), and requests cancelled while argon2 ran were never counted.
     let Some(registry) = Registry::start() else {
         return;

@@ -48,7 +48,7 @@ async fn credentials_never_reach_the_log_even_at_trace_level() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_control_character_in_the_user_name_is_refused_counted_and_forges_no_log_line() {
-    // Issue 8 item 10: a newline in the Basic user name was written as is into the text
+    // Regression: a newline in the Basic user name was written as is into the text
     // log and forged an access line.
     use base64::Engine;
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);

@@ -1,4 +1,4 @@
-//! Authentication (checklist section D, issue 3) end to end: the registry-guard binary in
+//! Authentication (the 401 challenge, credentials, throttling) end to end: the registry-guard binary in
 //! front of the in-process fake upstream (`common::fake`), its metrics listener read for
 //! the argon2 and cache counters, raw TLS sockets where the bytes on the wire matter, and
 //! the `hash-password` / `user` / `check` / `serve` commands.

@@ -1,4 +1,4 @@
-//! Throttling (checklist D7, issue 8 items 3 and 4): failures counted per name and
+//! Throttling: failures counted per name and
 //! address pair and per address, in parallel, and for requests cancelled mid-argon2.
 
 use super::*;
@@ -53,7 +53,7 @@ async fn after_max_failures_the_pair_gets_429_even_with_the_right_password_and_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_wrong_passwords_for_a_name_never_locks_its_owner_out() {
-    // Issue 8 item 4: a name alone never blocks its owner.
+    // Regression: a name alone never blocks its owner.
     let upstream = registry_like().await;
     let (b, metrics) = proxy_builder(&upstream, vec![user("alice", "alice-pw", &[])]);
     let proxy = b.auth_yaml(THROTTLE).start();
@@ -149,7 +149,7 @@ async fn a_success_clears_the_pairs_count_but_gives_the_address_back_only_its_ow
 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_spraying_names_behind_a_shared_address_does_not_lock_out_the_users_there() {
-    // Review of issue 8 (item 4): 110 made-up names from 127.0.0.1 spent the address's
+    // Regression (outside review): 110 made-up names from 127.0.0.1 spent the address's
     // limit (100 by default), and then alice's and bob's right passwords from there got
     // 429. Pairs that logged in from the address lately are exempt from its limit.
     let upstream = registry_like().await;
@@ -192,7 +192,7 @@ async fn a_client_spraying_names_behind_a_shared_address_does_not_lock_out_the_u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guesses_for_a_name_in_flight_from_other_addresses_never_keep_its_owner_out() {
-    // Review of issue 8 (item 3): with the argon2 queue busy, four different wrong
+    // Regression (outside review): with the argon2 queue busy, four different wrong
     // passwords for alice from two addresses made her right password from a third
     // address 429 ("too many attempts in flight"): the cap counted the name alone.
     let upstream = registry_like().await;
@@ -245,7 +245,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_refused_without_argon2_cannot_flush_a_blocked_pair_from_the_throttle() {
-    // Review of issue 8 (items 3, 10): with max_tracked 300, one request from each of 330
+    // Regression (outside review): with max_tracked 300, one request from each of 330
     // addresses with a control character in the user name (401, no argon2) pushed the
     // blocked pair out of the table, and the guesser got three more argon2 runs in the
     // same window.
@@ -290,7 +290,7 @@ async fn requests_refused_without_argon2_cannot_flush_a_blocked_pair_from_the_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forty_parallel_wrong_passwords_run_argon2_at_most_max_failures_times() {
-    // Issue 8 item 3: the check ran before argon2 and the count after it, so 40 parallel
+    // Regression: the check ran before argon2 and the count after it, so 40 parallel
     // guesses all got 401 (40 argon2 runs) and none 429.
     let upstream = registry_like().await;
     let (b, metrics) = proxy_builder(&upstream, vec![user("alice", "alice-pw", &[])]);
@@ -393,7 +393,7 @@ async fn h2_cancelled(proxy: &Proxy, src: IpAddr, authorizations: &[String], aft
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_cancelled_while_argon2_runs_still_count_as_failures() {
-    // Issue 8 item 3: 150 HTTP/2 HEADERS + RST_STREAM pairs ran argon2 150 times and
+    // Regression: 150 HTTP/2 HEADERS + RST_STREAM pairs ran argon2 150 times and
     // counted one failure: the count came after argon2, in a future that was dropped.
     let upstream = registry_like().await;
     let (b, metrics) = proxy_builder(&upstream, vec![]);

@@ -1,4 +1,4 @@
-//! Issue 8's audit hardening, against the fake upstream: denials limited per user and
+//! The audit's hardening, against the fake upstream: denials limited per user and
 //! summarized, `/ready` while the disk is low, a full disk, a client that leaves after
 //! the intent.
 

@@ -1,4 +1,4 @@
-//! End to end: the delete audit trail (issue 5), with the registry-guard binary in front
+//! End to end: the delete audit trail, with the registry-guard binary in front
 //! of Debian's docker-registry 2.8, driven by skopeo, curl and the seed's Python script.
 //!
 //! What is checked is the file people read after the fact (`audit.file`, JSON Lines) and

@@ -1,4 +1,4 @@
-//! Connection limits end to end (issue 8, items 2 and 13): the registry-guard binary in
+//! Connection limits end to end: the registry-guard binary in
 //! front of the fake upstream (and of Debian's docker-registry), driven by raw clients.
 //!
 //! - Idleness is counted in requests, not bytes: an HTTP/2 connection that only exchanges

@@ -186,7 +186,7 @@ async fn a_manifest_of_exactly_the_cap_passes() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Framing (checklist I): hyper refuses the classic tricks before the proxy sees a request,
+// Framing: hyper refuses the classic tricks before the proxy sees a request,
 // and what it accepts is re-framed towards the upstream.
 
 /// Sends raw bytes on a fresh connection and reads until the proxy closes it.
