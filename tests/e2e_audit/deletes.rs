@@ -56,11 +56,13 @@ fn deletes_by_digest_record_user_client_digest_and_every_tag() {
     assert_delete_pair(
         intent,
         outcome,
-        "alice/app",
-        &one.manifest_digest,
-        &["a", "b", "c"],
-        "skopeo/",
-        (&before, &after),
+        &Delete {
+            repo: "alice/app",
+            digest: &one.manifest_digest,
+            tags: &["a", "b", "c"],
+            ua_prefix: "skopeo/",
+            window: (&before, &after),
+        },
     );
 
     // curl: the digest from Docker-Content-Digest, like the seed's guide. Tag d points at
@@ -103,11 +105,13 @@ fn deletes_by_digest_record_user_client_digest_and_every_tag() {
     assert_delete_pair(
         intent,
         outcome,
-        "alice/app",
-        &two.manifest_digest,
-        &["a", "b", "c"],
-        "curl/",
-        (&before, &after),
+        &Delete {
+            repo: "alice/app",
+            digest: &two.manifest_digest,
+            tags: &["a", "b", "c"],
+            ua_prefix: "curl/",
+            window: (&before, &after),
+        },
     );
     let (code, report) = verify(&[&audit]);
     assert_eq!(code, 0, "{report}");

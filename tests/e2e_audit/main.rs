@@ -304,17 +304,25 @@ fn assert_time(r: &Value, before: &str, after: &str) {
     );
 }
 
+/// One of alice's allowed deletes as its records must show it.
+struct Delete<'a> {
+    repo: &'a str,
+    digest: &'a str,
+    tags: &'a [&'a str],
+    ua_prefix: &'a str,
+    /// The records' times lie within (before, after).
+    window: (&'a str, &'a str),
+}
+
 /// What every record of one of alice's allowed deletes carries.
-#[allow(clippy::too_many_arguments)]
-fn assert_delete_pair(
-    intent: &Value,
-    outcome: &Value,
-    repo: &str,
-    digest: &str,
-    tags: &[&str],
-    ua_prefix: &str,
-    window: (&str, &str),
-) {
+fn assert_delete_pair(intent: &Value, outcome: &Value, d: &Delete<'_>) {
+    let Delete {
+        repo,
+        digest,
+        tags,
+        ua_prefix,
+        window,
+    } = *d;
     for r in [intent, outcome] {
         assert_eq!(r["user"], "alice", "{r}");
         assert_eq!(r["client"], "127.0.0.1", "{r}");
