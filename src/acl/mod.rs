@@ -10,7 +10,7 @@
 //! rules.
 
 pub mod glob;
-pub mod verdict;
+pub(crate) mod verdict;
 
 pub use verdict::{decide, Allowance, Check, Verdict};
 

@@ -8,8 +8,8 @@
 
 pub mod key;
 pub mod record;
-pub mod verify;
-pub mod writer;
+pub(crate) mod verify;
+pub(crate) mod writer;
 
 pub use record::{Chain, Decision, Entry, Event, Outcome, Phase, Position, Record, Target};
 pub use writer::{AuditLog, AuditSettings, StartError};

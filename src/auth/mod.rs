@@ -16,7 +16,7 @@
 
 pub mod basic;
 pub mod cache;
-pub mod throttle;
+pub(crate) mod throttle;
 pub mod users;
 
 use crate::log::Escaped;

@@ -2,8 +2,8 @@
 //! form (`form`), the body types that stream and meter
 //! (`body`), and the upstream client (`upstream`).
 
-pub mod body;
-pub mod form;
+pub(crate) mod body;
+pub(crate) mod form;
 pub mod headers;
-pub mod lookup;
-pub mod upstream;
+pub(crate) mod lookup;
+pub(crate) mod upstream;

@@ -263,15 +263,3 @@ fn classify(e: hyper_util::client::legacy::Error, body_limit: Option<u64>) -> Pr
         ProxyError::upstream("the upstream request failed", e)
     }
 }
-
-/// `outer: inner: innermost`, for logs.
-pub fn error_chain(e: &(dyn StdError + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}

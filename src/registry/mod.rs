@@ -3,7 +3,7 @@
 //! no I/O, no async, so it is unit-tested, property-tested and fuzzed directly.
 
 pub mod grammar;
-pub mod manifest;
+pub(crate) mod manifest;
 pub mod route;
 
 pub use route::{parse, Actions, Reference, Route, RouteError, Target};
