@@ -275,6 +275,23 @@ async fn serve_connection(
             drive(c, stop, &activity, limits).await;
         }
         Some(acceptor) => {
+            let mut tcp = tcp;
+            match tokio::time::timeout(limits.header_read_timeout, starts_with_tls(&tcp)).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => {
+                    tracing::debug!(%peer, "plain HTTP on the TLS port: answered 400");
+                    answer_plain_http(&mut tcp).await;
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "connection failed before TLS");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            }
             let tls = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp))
                 .await
             {
@@ -323,6 +340,58 @@ fn http1_builder(limits: &Limits) -> http1::Builder {
         .max_buf_size(limits.max_header_bytes)
         .keep_alive(true);
     b
+}
+
+/// Whether the client's first byte opens a TLS handshake record (0x16). Anything else on
+/// the TLS port is plain text: an HTTP request from a client that fell back to `http://`
+/// (docker and containerd do for registries they take for insecure).
+async fn starts_with_tls(tcp: &TcpStream) -> io::Result<bool> {
+    let mut first = [0u8; 1];
+    let n = tcp.peek(&mut first).await?;
+    Ok(n == 0 || first[0] == 0x16)
+}
+
+/// The answer to plain HTTP on the TLS port, as Go's and nginx's TLS servers give one: an
+/// HTTP/1.1 400 in the registry's error format saying the port speaks HTTPS, then the
+/// connection closes, instead of a TLS alert that clients print as
+/// `malformed HTTP response "\x15\x03\x03..."`. What the client sent is read away
+/// (briefly, bounded) so that closing does not reset the answer away.
+async fn answer_plain_http(tcp: &mut TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = crate::response::error_body(
+        "UNSUPPORTED",
+        "this port speaks HTTPS: use https:// (the client sent plain HTTP)",
+    );
+    let head = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json; charset=utf-8\r\n{}: registry/2.0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        crate::response::API_VERSION_HEADER,
+        body.len()
+    );
+    let mut sink = [0u8; 4096];
+    // The request head, as far as it has arrived.
+    let _ = tokio::time::timeout(Duration::from_millis(200), tcp.read(&mut sink)).await;
+    let written = async {
+        tcp.write_all(head.as_bytes()).await?;
+        tcp.write_all(&body).await?;
+        tcp.shutdown().await
+    };
+    if tokio::time::timeout(Duration::from_secs(2), written)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    // Linger: read what else comes (up to 64 KiB, 1 s) so the peer sees the answer.
+    let drain = async {
+        let mut left = 64 * 1024usize;
+        while left > 0 {
+            match tcp.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
 /// How long a connection asked to close gracefully while idle may take to do so.

@@ -115,3 +115,67 @@ async fn an_https_upstream_is_verified_against_its_ca_file() {
         untrusting.logs()
     );
 }
+
+/// Plain HTTP sent to the TLS port (docker and containerd fall back to `http://` for
+/// registries they take for insecure) gets an HTTP/1.1 400 in the registry's format that
+/// says the port speaks HTTPS, then the connection closes: no TLS alert for the client to
+/// print as a malformed response. Nothing reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_on_the_tls_port_gets_a_400_that_says_https() {
+    let upstream = FakeUpstream::start(|_| Reply::new(200).body(TestBody::bytes("{}"))).await;
+    let proxy = Proxy::start(&upstream.url);
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut tcp,
+        format!("GET /v2/ HTTP/1.1\r\nHost: {}\r\n\r\n", proxy.addr).as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (out, end) = read_until(&mut tcp, Duration::from_secs(10), |_| false).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert_eq!(end, End::Eof, "{text}");
+    assert_eq!(status_line(&out), "HTTP/1.1 400 Bad Request", "{text}");
+    let lower = text.to_ascii_lowercase();
+    assert!(
+        lower.contains("docker-distribution-api-version: registry/2.0"),
+        "{text}"
+    );
+    assert!(lower.contains("connection: close"), "{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["errors"][0]["code"], "UNSUPPORTED", "{body}");
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("HTTPS"),
+        "{body}"
+    );
+    // curl, as a client that fell back to http:// would: it reads the answer.
+    let addr = proxy.addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg(format!("http://{addr}/v2/"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "400", "{out:?}");
+    // TLS clients are unaffected.
+    let req = request(&proxy, "GET", "/v2/")
+        .body(TestBody::empty())
+        .unwrap();
+    let resp = send(&proxy, Version::HTTP_11, req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(upstream.started(), 1, "plain HTTP reached the upstream");
+}
