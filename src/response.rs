@@ -22,6 +22,8 @@ pub fn status_and_code(e: &ProxyError) -> (StatusCode, &'static str) {
             RouteError::TagInvalid(_) => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
             RouteError::DigestInvalid(_) => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
             RouteError::UploadInvalid => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
+            RouteError::ManifestUnknown(_) => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+            RouteError::BlobUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
             RouteError::QueryInvalid(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
         },
         ProxyError::Auth(a) => match a {
@@ -161,6 +163,12 @@ mod tests {
     fn mapping_is_pinned() {
         let cases: Vec<(ProxyError, u16, &str)> = vec![
             (RouteError::NotFound("x").into(), 404, "NOT_FOUND"),
+            (
+                RouteError::ManifestUnknown("x").into(),
+                404,
+                "MANIFEST_UNKNOWN",
+            ),
+            (RouteError::BlobUnknown("x").into(), 404, "BLOB_UNKNOWN"),
             (RouteError::NameInvalid("x").into(), 400, "NAME_INVALID"),
             (RouteError::TagInvalid("x").into(), 400, "TAG_INVALID"),
             (RouteError::DigestInvalid("x").into(), 400, "DIGEST_INVALID"),

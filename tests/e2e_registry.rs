@@ -828,3 +828,70 @@ fn proxies_the_base_route_over_tls() {
     );
     assert!(text.contains("x-request-id: "), "{text}");
 }
+
+/// The OCI conformance suite's `.INVALID_MANIFEST_NAME`, and a malformed blob digest:
+/// through the proxy, reads answer 404 `MANIFEST_UNKNOWN` / `BLOB_UNKNOWN` in the
+/// registry's format (HEAD without a body), as the spec says and without forwarding; a
+/// delete of the same names the grammar (400). The repository exists on the registry.
+#[test]
+fn reads_of_references_that_cannot_exist_are_404_unknown() {
+    let Some(reg) = Registry::start() else { return };
+    if !have("skopeo") || !have_python(false) {
+        return;
+    }
+    let proxy = Proxy::start(&reg.url);
+    let work = tempfile::tempdir().unwrap();
+    let img = mkimage(&work.path().join("img"), 1, "v1", 7);
+    push_direct(&reg, &img, "team/app:v1");
+    let url = |p: &str| format!("{}{p}", proxy.base);
+    let bad_blob = format!("sha256:{}", "A".repeat(64));
+    let r = pcurl(
+        &proxy,
+        &[&url("/v2/team/app/manifests/.INVALID_MANIFEST_NAME")],
+    );
+    assert_registry_error(&r, 404, "MANIFEST_UNKNOWN", "GET bad reference");
+    let r = pcurl(&proxy, &[&url(&format!("/v2/team/app/blobs/{bad_blob}"))]);
+    assert_registry_error(&r, 404, "BLOB_UNKNOWN", "GET bad digest");
+    let r = pcurl(
+        &proxy,
+        &["-I", &url("/v2/team/app/manifests/.INVALID_MANIFEST_NAME")],
+    );
+    assert_eq!(r.status, 404, "HEAD: {r:?}");
+    // (curl -I prints the head on stdout: what must be missing is the JSON body)
+    assert!(
+        !r.text().contains("errors"),
+        "HEAD with a body: {}",
+        r.text()
+    );
+    assert_eq!(
+        r.header("docker-distribution-api-version"),
+        Some("registry/2.0")
+    );
+    let r = pcurl(
+        &proxy,
+        &[
+            "-X",
+            "DELETE",
+            &url("/v2/team/app/manifests/.INVALID_MANIFEST_NAME"),
+        ],
+    );
+    assert_registry_error(&r, 400, "TAG_INVALID", "DELETE bad reference");
+    // The good reference is served by the registry behind.
+    let r = pcurl(
+        &proxy,
+        &[
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+            &url("/v2/team/app/manifests/v1"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // None of the refused reads reached the registry (no access line with upstream_status).
+    for line in proxy
+        .logs()
+        .lines()
+        .filter(|l| l.contains("INVALID_MANIFEST_NAME"))
+    {
+        assert!(!line.contains("upstream_status="), "forwarded: {line}");
+    }
+}

@@ -231,6 +231,13 @@ pub enum RouteError {
     DigestInvalid(&'static str),
     #[error("invalid upload id")]
     UploadInvalid,
+    /// GET/HEAD of a manifest whose reference is no valid tag or digest: it cannot
+    /// exist, and the OCI distribution spec answers 404 `MANIFEST_UNKNOWN`.
+    #[error("manifest unknown: {0}")]
+    ManifestUnknown(&'static str),
+    /// GET/HEAD of a blob whose digest is malformed: 404 `BLOB_UNKNOWN`, as the spec says.
+    #[error("blob unknown: {0}")]
+    BlobUnknown(&'static str),
     /// A query parameter that is malformed, repeated where one is meant, or ambiguous.
     #[error("invalid query: {0}")]
     QueryInvalid(&'static str),
@@ -247,7 +254,7 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
     if query.is_some_and(|q| q.len() > MAX_QUERY) {
         return Err(RouteError::QueryInvalid("query string too long"));
     }
-    let target = parse_target(rest, query)?;
+    let target = parse_target(rest, query).map_err(|e| unknown_to_reads(method, rest, e))?;
     let route = Route {
         method: method.clone(),
         target,
@@ -256,6 +263,23 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
         Ok(route)
     } else {
         Err(RouteError::NotFound("method not supported on this route"))
+    }
+}
+
+/// A read (GET, HEAD) of a manifest or blob whose reference is malformed asks for
+/// something that cannot exist: the spec's answer is 404 `MANIFEST_UNKNOWN` or
+/// `BLOB_UNKNOWN`, not 400. Writes and deletes keep the 400 that names the grammar.
+fn unknown_to_reads(method: &Method, rest: &str, e: RouteError) -> RouteError {
+    if *method != Method::GET && *method != Method::HEAD {
+        return e;
+    }
+    let kind = rest.rsplit('/').nth(1);
+    match (&e, kind) {
+        (RouteError::TagInvalid(m) | RouteError::DigestInvalid(m), Some("manifests")) => {
+            RouteError::ManifestUnknown(m)
+        }
+        (RouteError::DigestInvalid(m), Some("blobs")) => RouteError::BlobUnknown(m),
+        _ => e,
     }
 }
 

@@ -41,6 +41,10 @@ enum Refusal {
     Digest,
     Upload,
     Query,
+    /// A GET/HEAD of a manifest whose reference cannot exist: 404 MANIFEST_UNKNOWN.
+    ManifestUnknown,
+    /// A GET/HEAD of a blob whose digest is malformed: 404 BLOB_UNKNOWN.
+    BlobUnknown,
 }
 
 fn class(e: &RouteError) -> Refusal {
@@ -51,6 +55,8 @@ fn class(e: &RouteError) -> Refusal {
         RouteError::DigestInvalid(_) => Refusal::Digest,
         RouteError::UploadInvalid => Refusal::Upload,
         RouteError::QueryInvalid(_) => Refusal::Query,
+        RouteError::ManifestUnknown(_) => Refusal::ManifestUnknown,
+        RouteError::BlobUnknown(_) => Refusal::BlobUnknown,
     }
 }
 
@@ -642,26 +648,24 @@ fn section_b_tags() {
         );
     }
     let t129 = format!("a{}", "b".repeat(128));
+    // A read of a reference that cannot exist is a 404 MANIFEST_UNKNOWN (OCI spec); a
+    // write or delete names the grammar (400 TAG_INVALID / DIGEST_INVALID).
     for tag in [
         ".x", "-x", "a+b", "a~b", "a@b", "a=b", "a,b", "a!b", "a$b", &t129,
     ] {
-        check_err(
-            &mut fails,
-            &get,
-            &format!("/v2/mine/app/manifests/{tag}"),
-            None,
-            Refusal::Tag,
-        );
+        let path = format!("/v2/mine/app/manifests/{tag}");
+        for m in [&get, &Method::HEAD] {
+            check_err(&mut fails, m, &path, None, Refusal::ManifestUnknown);
+        }
+        for m in [&Method::PUT, &Method::DELETE] {
+            check_err(&mut fails, m, &path, None, Refusal::Tag);
+        }
     }
     // a reference with a colon is read as a digest, so a "tag" with one is a bad digest
     for r in ["a:b", "latest:", ":latest", "sha256:latest"] {
-        check_err(
-            &mut fails,
-            &get,
-            &format!("/v2/mine/app/manifests/{r}"),
-            None,
-            Refusal::Digest,
-        );
+        let path = format!("/v2/mine/app/manifests/{r}");
+        check_err(&mut fails, &get, &path, None, Refusal::ManifestUnknown);
+        check_err(&mut fails, &Method::DELETE, &path, None, Refusal::Digest);
     }
     assert_none(fails);
 }
@@ -705,16 +709,20 @@ fn section_b_digests() {
     let mut fails = Vec::new();
     let get = Method::GET;
     for d in bad_digests() {
-        for path in [
-            format!("/v2/mine/app/blobs/{d}"),
-            format!("/v2/mine/app/referrers/{d}"),
-        ] {
-            check_err(&mut fails, &get, &path, None, Refusal::Digest);
+        // Reads of a blob that cannot exist: 404 BLOB_UNKNOWN (OCI spec); a delete, and
+        // the referrers API, name the grammar.
+        let blob = format!("/v2/mine/app/blobs/{d}");
+        for m in [&get, &Method::HEAD] {
+            check_err(&mut fails, m, &blob, None, Refusal::BlobUnknown);
         }
+        check_err(&mut fails, &Method::DELETE, &blob, None, Refusal::Digest);
+        let referrers = format!("/v2/mine/app/referrers/{d}");
+        check_err(&mut fails, &get, &referrers, None, Refusal::Digest);
         // On a manifest path a colon-free "digest" is a tag; the rest are bad digests.
         let path = format!("/v2/mine/app/manifests/{d}");
         if d.contains(':') {
-            check_err(&mut fails, &get, &path, None, Refusal::Digest);
+            check_err(&mut fails, &get, &path, None, Refusal::ManifestUnknown);
+            check_err(&mut fails, &Method::DELETE, &path, None, Refusal::Digest);
         }
         // the digest of a monolithic upload or of an upload's last PUT
         check_err(
