@@ -613,7 +613,7 @@ impl AddressCap {
         if self.exempt.iter().any(|n| n.contains(&ip)) {
             return Ok(None);
         }
-        let key = address_key(ip);
+        let key = crate::auth::throttle::addr_key(ip);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let list = open.entry(key).or_default();
         list.retain(|c| !c.authenticated.load(Ordering::Relaxed));
@@ -637,17 +637,6 @@ impl Drop for AddressSlot {
             if list.is_empty() {
                 open.remove(&self.key);
             }
-        }
-    }
-}
-
-/// IPv4 as is, IPv6 by its /64 (the login throttle's key).
-fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
         }
     }
 }

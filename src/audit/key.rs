@@ -42,7 +42,7 @@ pub fn generate(path: &Path) -> Result<(), KeyError> {
     ring::rand::SystemRandom::new()
         .fill(&mut key)
         .map_err(|_| KeyError::Random)?;
-    let text: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let text = super::record::hex(&key);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -108,7 +108,8 @@ pub fn split_mac(line: &[u8]) -> Option<(Vec<u8>, &[u8])> {
     Some((body, mac))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of bytes.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -351,7 +352,8 @@ impl Entry {
     }
 }
 
-/// SHA-256 of a line, lower-case hex (the unkeyed chain of older files; repair records).
+/// SHA-256 of a line, lower-case hex (the unkeyed chain of older files; repair records;
+/// the digest of a manifest body the upstream did not name).
 pub fn line_hash(line: &[u8]) -> String {
     hex(digest::digest(&digest::SHA256, line).as_ref())
 }

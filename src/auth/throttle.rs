@@ -242,7 +242,7 @@ impl<K: Hash + Eq> Gauge<K> {
 }
 
 /// Address key: IPv4 as is, IPv6 by its /64 (one host usually holds a whole /64).
-fn addr_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn addr_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let s = v6.segments();

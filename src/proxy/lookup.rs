@@ -108,11 +108,8 @@ pub async fn manifest(
         .await
         .map_err(|e| ProxyError::upstream("reading a manifest", e))?
         .to_bytes();
-    let digest = header.unwrap_or_else(|| {
-        let d = ring::digest::digest(&ring::digest::SHA256, &body);
-        let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        format!("sha256:{hex}")
-    });
+    let digest =
+        header.unwrap_or_else(|| format!("sha256:{}", crate::audit::record::line_hash(&body)));
     Ok(Some((digest, body)))
 }
 
