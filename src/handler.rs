@@ -784,26 +784,27 @@ async fn forward(
     );
 
     let limit = state.max_manifest_bytes;
-    let body: RequestBody = if matches!(route.target, Target::UploadStart { .. }) {
-        // Nothing of the client's body reaches the upstream: it is checked to be empty
-        // (a chunked one announces no length) and an empty one is sent, without a type.
-        ensure_empty(body).await?;
-        parts.headers.remove(header::CONTENT_TYPE);
-        parts.headers.remove(header::TRANSFER_ENCODING);
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-        Empty::new().map_err(|never| match never {}).boxed()
-    } else if !matches!(route.method, Method::PUT | Method::PATCH) {
-        // GET, HEAD, DELETE: no body (checked before), and nothing for the upstream to
-        // parse a form from.
-        drop(body);
+    let body: RequestBody = if !matches!(route.method, Method::PUT | Method::PATCH) {
+        // No client body reaches the upstream, and no type it could parse a form from:
+        // GET, HEAD and DELETE have none (an announced one was refused before); an upload
+        // start's is read to its end to check it is empty (a chunked one announces no
+        // length), and the upload start goes out with an explicit empty length.
+        if matches!(route.target, Target::UploadStart { .. }) {
+            ensure_empty(body).await?;
+        } else {
+            drop(body);
+        }
         for h in [
             header::CONTENT_TYPE,
             header::CONTENT_LENGTH,
             header::TRANSFER_ENCODING,
         ] {
             parts.headers.remove(h);
+        }
+        if route.method == Method::POST {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         }
         Empty::new().map_err(|never| match never {}).boxed()
     } else if is_manifest_put(route) {
