@@ -2,9 +2,13 @@
 //!
 //! - The scheme name matches in any case; the credentials split at the FIRST `:`
 //!   (passwords may hold `:`); padding of the base64 is optional.
+//! - An empty user AND an empty password (`Basic Og==`) are no credentials at all:
+//!   podman, skopeo and buildah (containers/image) send exactly that after a Basic
+//!   challenge when they have no login, so it must mean what a missing header means
+//!   (anonymous where allowed, else the challenge) — [`BasicError::NoCredentials`].
 //! - Everything malformed — another scheme, bad base64, no colon, non-UTF-8, an empty
-//!   user name (skopeo sends `Basic Og==` when it has no credentials), anything oversized
-//!   — is an error the caller answers with the 401 challenge. Nothing panics.
+//!   user name with a password, anything oversized — is an error the caller answers
+//!   with the 401 challenge. Nothing panics.
 //! - A user name holding a control character (C0, DEL, C1: a newline could forge a log
 //!   line, an escape sequence could rewrite a terminal) is refused here, before the name
 //!   reaches a log, a table or a rule. No real user name holds one.
@@ -64,6 +68,9 @@ pub enum BasicError {
     NotUtf8,
     #[error("credentials hold no ':' between user and password")]
     NoColon,
+    /// `Basic Og==`: what containers/image sends when it has no credentials.
+    #[error("empty user name and password: no credentials")]
+    NoCredentials,
     #[error("empty user name")]
     EmptyUser,
     #[error("user name too long")]
@@ -89,6 +96,9 @@ pub fn parse(value: &[u8]) -> Result<BasicCredentials, BasicError> {
     let decoded = B64.decode(token).map_err(|_| BasicError::BadBase64)?;
     let text = String::from_utf8(decoded).map_err(|_| BasicError::NotUtf8)?;
     let (user, password) = text.split_once(':').ok_or(BasicError::NoColon)?;
+    if user.is_empty() && password.is_empty() {
+        return Err(BasicError::NoCredentials);
+    }
     if user.is_empty() {
         return Err(BasicError::EmptyUser);
     }
@@ -146,7 +156,8 @@ mod tests {
                 format!("Basic {}", b64("jos\u{e9}:p\u{e4}ss".as_bytes())),
                 ok("jos\u{e9}", "p\u{e4}ss"),
             ),
-            ("Basic Og==".into(), Err(BasicError::EmptyUser)),
+            ("Basic Og==".into(), Err(BasicError::NoCredentials)),
+            ("basic  Og".into(), Err(BasicError::NoCredentials)),
             (format!("Basic {}", b64(b":pw")), Err(BasicError::EmptyUser)),
             (format!("Basic {}", b64(b"alice")), Err(BasicError::NoColon)),
             (

@@ -153,6 +153,11 @@ impl Authenticator {
         };
         let creds = match basic::parse(value.as_bytes()) {
             Ok(c) => c,
+            // containers/image's "no login" (`Basic Og==`): the same as no header.
+            Err(basic::BasicError::NoCredentials) if self.anonymous => {
+                return Ok(Identity::Anonymous)
+            }
+            Err(basic::BasicError::NoCredentials) => return Err(AuthError::Missing),
             Err(basic::BasicError::ControlInUser) => {
                 // Someone probing the log: a failed login like any other, counted for
                 // the pair (client, ""), which stands for every refused name (no accepted
