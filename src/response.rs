@@ -153,6 +153,56 @@ pub fn refusal(
     resp
 }
 
+/// hyper answers an HTTP/1.1 request head it cannot parse (a NUL or control byte in the
+/// request line, a malformed header, a target over its limit) by itself, before any
+/// handler runs, with a bare `HTTP/1.1 400|414|431 ...` carrying only `connection: close`,
+/// `content-length: 0` and `date`, then closes. This turns exactly that answer into the
+/// registry's format (JSON error body, `Docker-Distribution-API-Version`), keeping its
+/// status, date and the close; anything else is `None` and goes out untouched.
+pub fn parser_refusal(hyper_wrote: &[u8]) -> Option<Vec<u8>> {
+    const MAX: usize = 256;
+    if hyper_wrote.len() > MAX {
+        return None;
+    }
+    let text = std::str::from_utf8(hyper_wrote).ok()?;
+    let head = text.strip_suffix("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let rest = status_line.strip_prefix("HTTP/1.1 ")?;
+    let status: u16 = rest.get(..3)?.parse().ok()?;
+    let message = match status {
+        400 => "the request is not valid HTTP/1.1: a malformed request line or header field",
+        414 => "the request target is too long",
+        431 => "the request header fields are too large (limits.max_header_bytes)",
+        _ => return None,
+    };
+    let (mut close, mut empty, mut date) = (false, false, None);
+    for line in lines {
+        let (name, value) = line.split_once(": ")?;
+        match name {
+            "connection" if value == "close" && !close => close = true,
+            "content-length" if value == "0" && !empty => empty = true,
+            "date" if date.is_none() => date = Some(value),
+            _ => return None,
+        }
+    }
+    if !(close && empty) {
+        return None;
+    }
+    let body = error_body("UNSUPPORTED", message);
+    let mut out = format!(
+        "{status_line}\r\ncontent-type: application/json; charset=utf-8\r\n{API_VERSION_HEADER}: registry/2.0\r\ncontent-length: {}\r\nconnection: close\r\n",
+        body.len()
+    );
+    if let Some(d) = date {
+        out.push_str(&format!("date: {d}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(&body);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,5 +325,50 @@ mod tests {
             "{}",
             e.chain()
         );
+    }
+
+    #[test]
+    fn hypers_own_refusals_become_registry_errors_and_nothing_else_is_touched() {
+        let date = "date: Mon, 30 Nov 2026 21:29:32 GMT";
+        for (status, line) in [
+            (400, "HTTP/1.1 400 Bad Request"),
+            (414, "HTTP/1.1 414 URI Too Long"),
+            (431, "HTTP/1.1 431 Request Header Fields Too Large"),
+        ] {
+            for headers in [
+                format!("connection: close\r\ncontent-length: 0\r\n{date}"),
+                format!("content-length: 0\r\nconnection: close\r\n{date}"),
+                "connection: close\r\ncontent-length: 0".to_owned(),
+            ] {
+                let canned = format!("{line}\r\n{headers}\r\n\r\n");
+                let out = parser_refusal(canned.as_bytes()).expect(&canned);
+                let text = String::from_utf8(out).unwrap();
+                let (head, body) = text.split_once("\r\n\r\n").unwrap();
+                assert!(head.starts_with(&format!("{line}\r\n")), "{head}");
+                assert!(head.contains("\r\ndocker-distribution-api-version: registry/2.0"));
+                assert!(head.contains("\r\nconnection: close"));
+                assert!(head.contains(&format!("\r\ncontent-length: {}", body.len())));
+                assert_eq!(head.contains(date), headers.contains(date));
+                let v: serde_json::Value = serde_json::from_str(body).unwrap();
+                assert_eq!(v["errors"][0]["code"], "UNSUPPORTED", "{status}");
+            }
+        }
+        for other in [
+            // Not hyper's shape: responses of the handler or the upstream, body bytes.
+            "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 5\r\n\r\n",
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\nx: y\r\n\r\n",
+            "HTTP/1.1 400 Bad Request\r\nconnection: close\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\nbody",
+            "HTTP/1.1 401 Unauthorized\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.0 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 4",
+            "",
+            "\u{0}\u{0}",
+        ] {
+            assert_eq!(parser_refusal(other.as_bytes()), None, "{other:?}");
+        }
+        assert_eq!(parser_refusal(&[b'H'; 300]), None);
     }
 }

@@ -521,16 +521,45 @@ async fn drive<C>(
     }
 }
 
-/// HTTP/1.1 IO that tells the watchdog when bytes arrive with no request open: the first
-/// byte of the next request head starts its `header_read_timeout`.
+/// HTTP/1.1 IO that tells the watchdog when bytes arrive with no request open (the first
+/// byte of the next request head starts its `header_read_timeout`), and turns hyper's own
+/// bare refusal of a head it cannot parse into the registry's error format
+/// ([`crate::response::parser_refusal`]): hyper offers no hook for that answer, so it is
+/// recognised where it is written. Only a write made while no request is open can be
+/// hyper's own answer (every other response belongs to a request the handler holds).
 struct HeadWatchIo<T> {
     inner: T,
     activity: Arc<ConnActivity>,
+    /// The registry-format answer replacing hyper's, and how much of it is out.
+    replacement: Option<(Vec<u8>, usize)>,
 }
 
 impl<T> HeadWatchIo<T> {
     fn new(inner: T, activity: Arc<ConnActivity>) -> Self {
-        HeadWatchIo { inner, activity }
+        HeadWatchIo {
+            inner,
+            activity,
+            replacement: None,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> HeadWatchIo<T> {
+    /// Writes out what is left of the replacement; Ready(Ok) once it is all out.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((bytes, done)) = &mut self.replacement {
+            if *done == bytes.len() {
+                self.replacement = None;
+                break;
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*done..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *done += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -555,6 +584,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadWatchIo<T> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_replacement(cx))?;
+        if self.activity.in_flight.load(Ordering::Acquire) == 0 {
+            if let Some(answer) = crate::response::parser_refusal(data) {
+                // hyper's answer counts as written; the replacement goes out instead.
+                self.replacement = Some((answer, 0));
+                let _ = self.poll_replacement(cx)?;
+                return Poll::Ready(Ok(data.len()));
+            }
+        }
         Pin::new(&mut self.inner).poll_write(cx, data)
     }
     fn poll_write_vectored(
@@ -562,15 +600,29 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadWatchIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_replacement(cx))?;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        // Over plain TCP hyper writes vectored, its own answer included (a few hundred
+        // bytes at most: larger writes need no look).
+        if total <= 256 && self.activity.in_flight.load(Ordering::Acquire) == 0 {
+            let data: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            if let Some(answer) = crate::response::parser_refusal(&data) {
+                self.replacement = Some((answer, 0));
+                let _ = self.poll_replacement(cx)?;
+                return Poll::Ready(Ok(total));
+            }
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_replacement(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_replacement(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -208,7 +208,7 @@ async fn malformed_framing_is_refused_and_nothing_is_smuggled() {
     let proxy = Proxy::start(&upstream.url);
     let h = proxy.addr;
     let patch = "PATCH /v2/a/blobs/uploads/u1 HTTP/1.1";
-    // hyper's own 400: no body, connection closed.
+    // hyper's own 400, in the registry's format; the connection closed.
     for (what, bytes) in [
         (
             "two different Content-Lengths",
@@ -244,7 +244,8 @@ async fn malformed_framing_is_refused_and_nothing_is_smuggled() {
         assert!(
             text.starts_with("http/1.1 400 bad request\r\n")
                 && text.contains("\r\nconnection: close\r\n")
-                && text.contains("\r\ncontent-length: 0\r\n"),
+                && text.contains("\r\ndocker-distribution-api-version: registry/2.0\r\n")
+                && text.contains(r#"{"errors":[{"code":"unsupported","#),
             "{what}: {text}"
         );
         assert_eq!(text.matches("http/1.1 ").count(), 1, "{what}: {text}");
@@ -397,4 +398,147 @@ async fn a_request_head_over_max_header_bytes_is_refused() {
     .await;
     assert_eq!(status_line(&ok), "HTTP/1.1 200 OK");
     assert_eq!(upstream.started(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// 11. Requests the HTTP parser itself refuses.
+
+/// Status line, lower-cased headers and body of one raw HTTP/1.1 answer.
+fn split_answer(out: &[u8]) -> (String, Vec<(String, String)>, Vec<u8>) {
+    let end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(out)));
+    let head = String::from_utf8_lossy(&out[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().to_owned();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, out[end + 4..].to_vec())
+}
+
+/// Sends `raw` on a new HTTP/1.1 connection (TLS, or plain TCP for a plaintext proxy)
+/// and reads the answer until the proxy closes.
+async fn raw_answer(proxy: &Proxy, raw: &[u8]) -> (Vec<u8>, End) {
+    if proxy.base.starts_with("https://") {
+        let mut tls = tls_connect(proxy, &[b"http/1.1"]).await;
+        let _ = tls.write_all(raw).await;
+        read_until(&mut tls, Duration::from_secs(5), |_| false).await
+    } else {
+        let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+        let _ = tcp.write_all(raw).await;
+        read_until(&mut tcp, Duration::from_secs(5), |_| false).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_http_parser_refuses_get_registry_errors_then_the_connection_closes() {
+    let upstream = FakeUpstream::status(200).await;
+    let tls = Proxy::builder(&upstream.url)
+        .extra_yaml("limits:\n  max_header_bytes: 131072\n")
+        .start();
+    let plain = Proxy::builder(&upstream.url)
+        .tls(TlsMode::Plaintext)
+        .extra_yaml("limits:\n  max_header_bytes: 131072\n")
+        .start();
+    let host = "Host: registry.example\r\n";
+    let long_target = format!("/v2/{}", "a".repeat(70_000));
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            format!("GET /v2/\0 HTTP/1.1\r\n{host}\r\n").into_bytes(),
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            format!("GET /v2/\x01x HTTP/1.1\r\n{host}\r\n").into_bytes(),
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            format!("GET /v2/ HTTP/1.1\r\n{host}Bad\x01Name: y\r\n\r\n").into_bytes(),
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            format!("GET /v2/ HTTP/1.1\r\n{host}X: a\0b\r\n\r\n").into_bytes(),
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            format!("G@T /v2/ HTTP/1.1\r\n{host}\r\n").into_bytes(),
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            format!("GET /v2/ HTTP/3.0\r\n{host}\r\n").into_bytes(),
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            format!("GET {long_target} HTTP/1.1\r\n{host}\r\n").into_bytes(),
+            "HTTP/1.1 414 URI Too Long",
+        ),
+        (
+            format!(
+                "GET /v2/ HTTP/1.1\r\n{host}X-Big: {}\r\n\r\n",
+                "b".repeat(300_000)
+            )
+            .into_bytes(),
+            "HTTP/1.1 431 Request Header Fields Too Large",
+        ),
+    ];
+    for proxy in [&tls, &plain] {
+        for (raw, want) in &cases {
+            let what = format!(
+                "{} {:?}",
+                proxy.base,
+                String::from_utf8_lossy(&raw[..raw.len().min(40)])
+            );
+            let (out, end) = raw_answer(proxy, raw).await;
+            assert!(closed(&end), "{what}: the connection stays open ({end:?})");
+            let (status, headers, body) = split_answer(&out);
+            assert_eq!(status, *want, "{what}");
+            let h = |name: &str| {
+                headers
+                    .iter()
+                    .filter(|(k, _)| k == name)
+                    .map(|(_, v)| v.as_str())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                h("docker-distribution-api-version"),
+                ["registry/2.0"],
+                "{what}"
+            );
+            assert_eq!(
+                h("content-type"),
+                ["application/json; charset=utf-8"],
+                "{what}"
+            );
+            assert_eq!(h("connection"), ["close"], "{what}");
+            assert_eq!(h("content-length"), [body.len().to_string()], "{what}");
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|e| {
+                panic!(
+                    "{what}: body not JSON ({e}): {:?}",
+                    String::from_utf8_lossy(&body)
+                )
+            });
+            assert_eq!(v["errors"][0]["code"], "UNSUPPORTED", "{what}");
+            assert!(v["errors"][0]["detail"].is_null(), "{what}");
+        }
+        // A bad request after a good one on the same kept-alive connection: the good
+        // answer untouched, the bad one in the registry's format.
+        let mut raw = format!("GET /v2/ HTTP/1.1\r\n{host}\r\n").into_bytes();
+        raw.extend_from_slice(format!("GET /v2/\0 HTTP/1.1\r\n{host}\r\n").as_bytes());
+        let (out, _) = raw_answer(proxy, &raw).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        let second = text.find("HTTP/1.1 400 Bad Request\r\n").expect(&text);
+        assert!(
+            text[second..].contains("docker-distribution-api-version: registry/2.0"),
+            "{text}"
+        );
+        assert!(text[second..].contains(r#""code":"UNSUPPORTED""#), "{text}");
+    }
+    assert_eq!(
+        upstream.started(),
+        2,
+        "only the two good requests are forwarded"
+    );
 }
