@@ -249,8 +249,9 @@ impl Upstream {
     /// standard one) is sent instead, from the cache or the realm. On a `401` with a
     /// `Bearer` challenge the token for the scope it names is fetched and the request
     /// sent once more, if its body can be sent again; a streamed body is only ever sent
-    /// once, so before the first one the proxy learns how the upstream authenticates
-    /// (`GET /v2/`, as clients do). A `401` that remains is an error, never an answer.
+    /// once, so before the first one (with credentials configured and nothing learned
+    /// yet) the proxy learns how the upstream authenticates (`GET /v2/`, as clients do).
+    /// A `401` that remains is an error, never an answer.
     pub async fn send_authorized(
         &self,
         mut parts: http::request::Parts,
@@ -258,7 +259,13 @@ impl Upstream {
         need: &Need,
         body_limit: Option<u64>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        if !body.replayable() && self.tokens.mode() == Mode::Unknown {
+        // Pushes are what a streamed body is, and a token service grants pushes only to
+        // an account: without credentials there is no token to get ahead, and a Basic
+        // or open upstream sees exactly the requests it saw before token support.
+        if !body.replayable()
+            && self.tokens.basic().is_some()
+            && self.tokens.mode() == Mode::Unknown
+        {
             self.probe().await?;
         }
         let sent = match self.tokens.key_for(need) {
