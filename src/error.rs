@@ -68,6 +68,16 @@ pub enum ProxyError {
         #[source]
         source: Option<BoxError>,
     },
+    /// The upstream refused the proxy's own credentials, or its token service (the
+    /// realm of a `Bearer` challenge) failed: the proxy's account or the upstream's
+    /// auth is broken, not the client's. Nothing of the upstream's challenge or token
+    /// goes into it.
+    #[error("upstream authentication failed: {what}")]
+    UpstreamAuth {
+        what: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The user's credentials already hold `limits.max_connections_per_user`
     /// connections: 429, and this connection closes.
     #[error("this user already holds {max} connections (limits.max_connections_per_user)")]
@@ -100,6 +110,13 @@ impl ProxyError {
         }
     }
 
+    pub fn upstream_auth(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        ProxyError::UpstreamAuth {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
     pub fn internal(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
         ProxyError::Internal {
             what: what.into(),
@@ -119,9 +136,9 @@ impl ProxyError {
             | ProxyError::ManifestTooLarge { .. }
             | ProxyError::ClientBody { .. }
             | ProxyError::UserConnections { .. } => Fault::Client,
-            ProxyError::UpstreamUnavailable { .. } | ProxyError::UpstreamTimeout(_) => {
-                Fault::Upstream
-            }
+            ProxyError::UpstreamUnavailable { .. }
+            | ProxyError::UpstreamAuth { .. }
+            | ProxyError::UpstreamTimeout(_) => Fault::Upstream,
             ProxyError::AuditUnavailable(_) | ProxyError::Internal { .. } => Fault::Proxy,
         }
     }

@@ -18,16 +18,17 @@ use crate::auth::{AuthError, Authenticator, Identity};
 use crate::error::{Fault, ProxyError};
 use crate::log::{next_request_id, AccessRecord, ConnActivity, InFlight};
 use crate::metrics::Metrics;
-use crate::proxy::body::{RequestBody, ResponseBody};
+use crate::proxy::body::ResponseBody;
 use crate::proxy::form;
 use crate::proxy::headers::{self, ForwardContext};
 use crate::proxy::lookup;
-use crate::proxy::upstream::Upstream;
+use crate::proxy::upstream::{OutBody, Upstream};
+use crate::proxy::upstream_token::Need;
 use crate::registry::{self, Actions, Reference, Route, Target};
 use crate::response;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, Version};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -779,12 +780,11 @@ async fn forward(
             client_ip: ctx.client,
             proto: state.scheme.as_str(),
             public_host,
-            upstream_authorization: state.upstream.authorization.as_ref(),
         },
     );
 
     let limit = state.max_manifest_bytes;
-    let body: RequestBody = if !matches!(route.method, Method::PUT | Method::PATCH) {
+    let body = if !matches!(route.method, Method::PUT | Method::PATCH) {
         // No client body reaches the upstream, and no type it could parse a form from:
         // GET, HEAD and DELETE have none (an announced one was refused before); an upload
         // start's is read to its end to check it is empty (a chunked one announces no
@@ -806,7 +806,11 @@ async fn forward(
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         }
-        Empty::new().map_err(|never| match never {}).boxed()
+        OutBody::Empty
+    } else if http_body::Body::is_end_stream(&body) {
+        // `Content-Length: 0` (an upload's closing PUT): nothing to stream, so the
+        // request can be sent again after a token challenge.
+        OutBody::Empty
     } else if is_manifest_put(route) {
         // Refuse by the announced length before a byte is read; cap what is streamed.
         let announced = parts
@@ -817,15 +821,15 @@ async fn forward(
         if announced.is_some_and(|n| n > limit) {
             return Err(ProxyError::ManifestTooLarge { limit });
         }
-        Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed()
+        OutBody::Streamed(Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed())
     } else {
-        body.map_err(Into::into).boxed()
+        OutBody::Streamed(body.map_err(Into::into).boxed())
     };
 
     let body_limit = is_manifest_put(route).then_some(limit);
     let resp = state
         .upstream
-        .send(Request::from_parts(parts, body), body_limit)
+        .send_authorized(parts, body, &Need::for_route(route), body_limit)
         .await?;
     let (mut parts, body) = resp.into_parts();
     headers::forward_response(&mut parts.headers, &state.upstream.origin, &public.origin);

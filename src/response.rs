@@ -41,7 +41,9 @@ pub fn status_and_code(e: &ProxyError) -> (StatusCode, &'static str) {
         ProxyError::ManifestTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
         ProxyError::ClientBody { .. } => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
         ProxyError::AuditUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
-        ProxyError::UpstreamUnavailable { .. } => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
+        ProxyError::UpstreamUnavailable { .. } | ProxyError::UpstreamAuth { .. } => {
+            (StatusCode::BAD_GATEWAY, "UNAVAILABLE")
+        }
         ProxyError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
         ProxyError::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
     }
@@ -62,6 +64,9 @@ fn client_message(e: &ProxyError) -> String {
         }
         ProxyError::UpstreamTimeout(_) => {
             "the registry behind this proxy did not answer in time".into()
+        }
+        ProxyError::UpstreamAuth { .. } => {
+            "the registry behind this proxy refused the proxy's own credentials (upstream authentication failed)".into()
         }
         other => other.to_string(),
     }
@@ -242,6 +247,11 @@ mod tests {
             ),
             (ProxyError::upstream("x", "cause"), 502, "UNAVAILABLE"),
             (
+                ProxyError::upstream_auth("the token realm answered 401", "cause"),
+                502,
+                "UNAVAILABLE",
+            ),
+            (
                 ProxyError::UpstreamTimeout(Duration::from_secs(1)),
                 504,
                 "UNAVAILABLE",
@@ -314,6 +324,14 @@ mod tests {
     fn upstream_details_stay_out_of_client_messages() {
         let e = ProxyError::upstream("tcp connect error 10.1.2.3:5000", "refused");
         assert!(!client_message(&e).contains("10.1.2.3"));
+        // An upstream auth failure names itself, never the realm or what it said.
+        let e =
+            ProxyError::upstream_auth("the token realm http://10.1.2.3/token answered 401", "x");
+        assert!(client_message(&e).contains("upstream authentication failed"));
+        assert!(!client_message(&e).contains("10.1.2.3"));
+        let r = refusal(&e, &Method::GET, "registry-guard", false);
+        assert_eq!(r.status(), 502);
+        assert!(!r.headers().contains_key(header::WWW_AUTHENTICATE));
         let e = ProxyError::AuditUnavailable(crate::audit::writer::WriteError::File {
             what: "open",
             file: "/var/log/x/audit.jsonl".into(),

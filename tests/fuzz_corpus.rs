@@ -15,6 +15,7 @@ const TARGETS: &[(&str, Entry)] = &[
     ("basic", registry_guard::fuzzing::basic),
     ("users", registry_guard::fuzzing::users),
     ("audit_verify", registry_guard::fuzzing::audit_verify),
+    ("challenge", registry_guard::fuzzing::challenge),
 ];
 
 fn fuzz_dir() -> &'static Path {

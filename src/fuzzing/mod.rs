@@ -218,3 +218,52 @@ pub fn audit_verify(data: &[u8]) {
         }
     }
 }
+
+/// `proxy::challenge` reads what an upstream and its token realm send back; it must
+/// never panic on any `WWW-Authenticate` value or realm answer, and what it returns must
+/// be usable as is: a `Bearer` challenge always has a non-empty realm; a scope comes out
+/// in one spelling (normalising it again changes nothing); at most a bounded number of
+/// challenges; a realm URI is only ever built for `http`/`https` with a host; and an
+/// accepted token is non-empty, within `MAX_TOKEN_BYTES`, visible ASCII (it becomes a
+/// header), with a lifetime within `MAX_TOKEN_LIFETIME`.
+///
+/// Input: `www-authenticate \n token-answer` (the answer is the rest, bytes).
+pub fn challenge(data: &[u8]) {
+    use crate::proxy::challenge::{
+        normalize_scope, parse_challenges, parse_token_answer, realm_uri, Challenge,
+        MAX_TOKEN_BYTES, MAX_TOKEN_LIFETIME,
+    };
+    let split = data.iter().position(|b| *b == b'\n').unwrap_or(data.len());
+    let (value, answer) = (&data[..split], data.get(split + 1..).unwrap_or(&[]));
+    let value = String::from_utf8_lossy(value);
+    let all = parse_challenges(&value);
+    assert!(all.len() <= 16, "{} challenges", all.len());
+    for c in all {
+        if let Challenge::Bearer(b) = c {
+            assert!(!b.realm.is_empty(), "a Bearer challenge without realm");
+            if let Some(scope) = &b.scope {
+                assert_eq!(&normalize_scope(scope), scope, "scope not normalised");
+            }
+            if let Ok(uri) = realm_uri(
+                &b.realm,
+                b.service.as_deref(),
+                b.scope.as_deref(),
+                Some("fuzz"),
+            ) {
+                assert!(matches!(uri.scheme_str(), Some("http" | "https")));
+                assert!(uri.host().is_some_and(|h| !h.is_empty()));
+            }
+        }
+    }
+    let once = normalize_scope(&value);
+    assert_eq!(
+        normalize_scope(&once),
+        once,
+        "normalising is not idempotent"
+    );
+    if let Ok(t) = parse_token_answer(answer, 1_767_225_600) {
+        assert!(!t.token.is_empty() && t.token.len() <= MAX_TOKEN_BYTES);
+        assert!(t.token.bytes().all(|b| b.is_ascii_graphic()));
+        assert!(t.lifetime <= MAX_TOKEN_LIFETIME);
+    }
+}

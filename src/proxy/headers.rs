@@ -6,7 +6,10 @@
 //! proxy's business on each hop. Everything else, every value of repeated headers
 //! (several `Accept`), `Range` and `If-*` included, passes unchanged.
 //!
-//! Responses: hop-by-hop headers are dropped; a `Location` on the upstream's own origin
+//! Responses: hop-by-hop headers are dropped, and so is `WWW-Authenticate`: the
+//! upstream's challenges are for the proxy (its own credentials or tokens, see
+//! `upstream_token`), never for the client, who only ever sees the proxy's Basic
+//! challenge; a `Location` on the upstream's own origin
 //! is rewritten to the public origin with the rest kept byte for byte; every other
 //! header (`Docker-Content-Digest`, `Docker-Upload-UUID`, `Range`, `Link`, `OCI-*`,
 //! `Content-Length`, also on HEAD) passes unchanged.
@@ -24,6 +27,10 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
     "proxy-authenticate",
 ];
+
+/// Response headers meant for the proxy alone: the upstream's challenge (a `Bearer`
+/// realm, service and scope) would send clients to the upstream's token service.
+const UPSTREAM_ONLY: [&str; 1] = ["www-authenticate"];
 
 /// Request headers the proxy owns: dropped from the client's request.
 const CLIENT_SET_DROPPED: [&str; 10] = [
@@ -48,8 +55,6 @@ pub struct ForwardContext<'a> {
     pub proto: &'static str,
     /// `host[:port]` of the public origin, for `X-Forwarded-Host`.
     pub public_host: Option<&'a str>,
-    /// The proxy's own credentials for the upstream, if configured.
-    pub upstream_authorization: Option<&'a HeaderValue>,
 }
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
@@ -83,14 +88,14 @@ pub fn forward_request(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
     if let Some(h) = ctx.public_host.and_then(|h| HeaderValue::from_str(h).ok()) {
         headers.insert("x-forwarded-host", h);
     }
-    if let Some(auth) = ctx.upstream_authorization {
-        headers.insert(header::AUTHORIZATION, auth.clone());
-    }
 }
 
 /// Rewrites the upstream's response headers, in place, into the client response's.
 pub fn forward_response(headers: &mut HeaderMap, upstream_origin: &str, public_origin: &str) {
     strip_hop_by_hop(headers);
+    for name in UPSTREAM_ONLY {
+        headers.remove(name);
+    }
     if let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
         if let Some(new) = rewrite_location(loc, upstream_origin, public_origin) {
             if let Ok(v) = HeaderValue::from_str(&new) {
@@ -144,7 +149,6 @@ mod tests {
             client_ip: "192.0.2.7".parse().unwrap(),
             proto: "https",
             public_host: Some("registry.example:5443"),
-            upstream_authorization: None,
         }
     }
 
@@ -210,23 +214,6 @@ mod tests {
     }
 
     #[test]
-    fn upstream_credentials_replace_the_clients() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "authorization",
-            HeaderValue::from_static("Basic Y2xpZW50OnB3"),
-        );
-        let proxy = HeaderValue::from_static("Basic cHJveHk6cHc=");
-        let mut c = ctx();
-        c.upstream_authorization = Some(&proxy);
-        forward_request(&mut h, &c);
-        assert_eq!(
-            h.get_all("authorization").iter().collect::<Vec<_>>(),
-            [&proxy]
-        );
-    }
-
-    #[test]
     fn ipv4_mapped_peers_are_logged_as_ipv4() {
         let mut h = HeaderMap::new();
         let mut c = ctx();
@@ -288,6 +275,11 @@ mod tests {
             ("keep-alive", "timeout=5"),
             ("transfer-encoding", "chunked"),
             (
+                "www-authenticate",
+                "Bearer realm=\"http://auth/token\",service=\"r\",scope=\"repository:a:pull\"",
+            ),
+            ("www-authenticate", "Basic realm=\"upstream\""),
+            (
                 "location",
                 "http://127.0.0.1:5000/v2/a/blobs/uploads/u1?_state=q%2F",
             ),
@@ -305,7 +297,12 @@ mod tests {
         ] {
             assert!(h.contains_key(keep), "{keep} dropped");
         }
-        for gone in ["connection", "keep-alive", "transfer-encoding"] {
+        for gone in [
+            "connection",
+            "keep-alive",
+            "transfer-encoding",
+            "www-authenticate",
+        ] {
             assert!(!h.contains_key(gone), "{gone} kept");
         }
         assert_eq!(

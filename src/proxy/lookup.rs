@@ -1,13 +1,15 @@
 //! Requests the proxy makes to the upstream on its own behalf, to decide or to answer:
 //! does a tag exist (protected tags), which tags point at a digest (deletes), and the
 //! catalog pages a filtered catalog page is filled from. Every lookup is bounded in
-//! count and size; the proxy's own upstream credentials are used.
+//! count and size; the proxy's own upstream authentication is used (Basic, or a token
+//! for the lookup's scope: `repository:<name>:pull`, `registry:catalog:*`).
 
-use super::upstream::Upstream;
+use super::upstream::{OutBody, Upstream};
+use super::upstream_token::Need;
 use crate::error::ProxyError;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Limited};
 
 /// Every manifest type a registry may hold, so a HEAD finds whatever the tag points at.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.v1+prettyjws";
@@ -19,22 +21,16 @@ async fn request(
     up: &Upstream,
     method: Method,
     path_and_query: &str,
+    need: &Need,
 ) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
-    let mut req = Request::builder()
+    let (parts, ()) = Request::builder()
         .method(method)
         .uri(up.uri(path_and_query)?)
         .header(header::ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT))
-        .body(
-            Empty::<Bytes>::new()
-                .map_err(|never| match never {})
-                .boxed(),
-        )
-        .map_err(|e| ProxyError::internal("cannot build a lookup request", e))?;
-    if let Some(auth) = &up.authorization {
-        req.headers_mut()
-            .insert(header::AUTHORIZATION, auth.clone());
-    }
-    up.send(req, None).await
+        .body(())
+        .map_err(|e| ProxyError::internal("cannot build a lookup request", e))?
+        .into_parts();
+    up.send_authorized(parts, OutBody::Empty, need, None).await
 }
 
 async fn json<T: serde::de::DeserializeOwned>(
@@ -66,6 +62,7 @@ pub async fn manifest_digest(
         up,
         Method::HEAD,
         &format!("/v2/{repo}/manifests/{reference}"),
+        &Need::pull(repo),
     )
     .await?;
     match resp.status() {
@@ -91,6 +88,7 @@ pub async fn manifest(
         up,
         Method::GET,
         &format!("/v2/{repo}/manifests/{reference}"),
+        &Need::pull(repo),
     )
     .await?;
     match resp.status() {
@@ -147,7 +145,7 @@ pub async fn tags(
             pq.push_str("&last=");
             pq.extend(form_urlencoded::byte_serialize(l.as_bytes()));
         }
-        let resp = request(up, Method::GET, &pq).await?;
+        let resp = request(up, Method::GET, &pq, &Need::pull(repo)).await?;
         match resp.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND => return Ok((out, true)),
@@ -186,7 +184,7 @@ pub async fn catalog_page(
         pq.push_str("&last=");
         pq.extend(form_urlencoded::byte_serialize(l.as_bytes()));
     }
-    let resp = request(up, Method::GET, &pq).await?;
+    let resp = request(up, Method::GET, &pq, &Need::catalog()).await?;
     if resp.status() != StatusCode::OK {
         return Err(unexpected("catalog", resp.status()));
     }

@@ -1,17 +1,25 @@
 //! The upstream client: pooled HTTP/1.1 connections to the registry (plain or TLS),
-//! connect and response-header timeouts, and the proxy's own optional credentials.
-//! Redirects are never followed (hyper's client has no such feature, by design): a 3xx
-//! goes back to the client as it came, Location rewritten by `headers`.
+//! connect and response-header timeouts, and the proxy's own authentication towards it
+//! ([`Upstream::send_authorized`]: Basic credentials, or tokens from the realm of a
+//! `Bearer` challenge, kept by `upstream_token`). Redirects are never followed (hyper's
+//! client has no such feature, by design): a 3xx goes back to the client as it came,
+//! Location rewritten by `headers`; a realm's redirect is a failed fetch.
+//!
+//! A `401` from the upstream never reaches the client: it is answered with a token and
+//! one retry when the request can be sent again, else it becomes
+//! `ProxyError::UpstreamAuth` (502), without the upstream's challenge.
 
 use super::body::RequestBody;
+use super::challenge::{self, TokenAnswer};
+use super::upstream_token::{Key, Mode, Need, Tokens};
 use crate::config::{self, ConfigError, SecretSource, UpstreamScheme};
 use crate::error::ProxyError;
 use crate::log::now_ms;
 use base64::Engine;
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, Uri};
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -93,19 +101,49 @@ pub struct Upstream {
     authority: String,
     /// Normalised `scheme://host:port`, for recognising its own `Location`s.
     pub origin: String,
-    /// `Basic ...` for the upstream, marked sensitive; never logged.
-    pub authorization: Option<HeaderValue>,
+    /// The proxy's credentials (`Basic ...`, sensitive, never logged) and what it
+    /// learned of the upstream's token service.
+    tokens: Tokens,
     response_header_timeout: Duration,
 }
+
+/// A request body as the upstream client sees it: whether it can be sent twice. Bodies
+/// are never buffered to be sent again (manifests included): a streamed one gets its
+/// token before it is sent instead.
+pub enum OutBody {
+    /// Nothing (GET, HEAD, DELETE, upload starts, a PUT with `Content-Length: 0`).
+    Empty,
+    /// A client's body streamed through: it can be sent once.
+    Streamed(RequestBody),
+}
+
+impl OutBody {
+    fn replayable(&self) -> bool {
+        !matches!(self, OutBody::Streamed(_))
+    }
+    /// The body to send; a streamed one is given away (then `Empty` is left).
+    fn take(&mut self) -> RequestBody {
+        match std::mem::replace(self, OutBody::Empty) {
+            OutBody::Empty => empty(),
+            OutBody::Streamed(b) => b,
+        }
+    }
+}
+
+fn empty() -> RequestBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// Largest realm answer read.
+const MAX_TOKEN_ANSWER: usize = 64 * 1024;
+/// Largest 401 body read away (so its connection goes back to the pool).
+const MAX_DISCARDED: usize = 64 * 1024;
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
             .field("origin", &self.origin)
-            .field(
-                "authorization",
-                &self.authorization.as_ref().map(|_| "<redacted>"),
-            )
+            .field("tokens", &self.tokens)
             .finish()
     }
 }
@@ -140,7 +178,15 @@ impl Upstream {
     pub fn new(cfg: &config::Upstream) -> Result<Self, ConfigError> {
         let tls = match cfg.scheme {
             UpstreamScheme::Https => crate::tls::upstream_client_config(cfg.ca_file.as_deref())?,
-            UpstreamScheme::Http => crate::tls::client_config(rustls::RootCertStore::empty())?,
+            // The registry speaks plain HTTP; its token realm may still be https (public
+            // roots, when the system has them).
+            UpstreamScheme::Http => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(cert);
+                }
+                crate::tls::client_config(roots)?
+            }
         };
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -158,7 +204,7 @@ impl Upstream {
             .pool_idle_timeout(cfg.pool_idle_timeout)
             .pool_max_idle_per_host(cfg.pool_max_idle)
             .build(connector);
-        let authorization = match &cfg.credentials {
+        let basic = match &cfg.credentials {
             None => None,
             Some(c) => {
                 let pw = read_secret(&c.password)?;
@@ -179,7 +225,7 @@ impl Upstream {
             scheme: cfg.scheme,
             authority: cfg.authority.clone(),
             origin: cfg.origin.clone(),
-            authorization,
+            tokens: Tokens::new(cfg.credentials.as_ref().map(|c| c.username.clone()), basic),
             response_header_timeout: cfg.response_header_timeout,
         })
     }
@@ -192,6 +238,171 @@ impl Upstream {
             .path_and_query(path_and_query)
             .build()
             .map_err(|e| ProxyError::internal("cannot build the upstream URI", e))
+    }
+
+    /// Sends a request with the proxy's own authentication and waits for the response
+    /// head. `need` says what the request needs of a token service (from its route).
+    ///
+    /// Basic upstreams (or none learned yet): the credentials, if configured, go with
+    /// every request, as before token support. Once the upstream has sent a `Bearer`
+    /// challenge, a token for the request's scope (learned from challenges, or the
+    /// standard one) is sent instead, from the cache or the realm. On a `401` with a
+    /// `Bearer` challenge the token for the scope it names is fetched and the request
+    /// sent once more, if its body can be sent again; a streamed body is only ever sent
+    /// once, so before the first one (with credentials configured and nothing learned
+    /// yet) the proxy learns how the upstream authenticates (`GET /v2/`, as clients do).
+    /// A `401` that remains is an error, never an answer.
+    pub async fn send_authorized(
+        &self,
+        mut parts: http::request::Parts,
+        mut body: OutBody,
+        need: &Need,
+        body_limit: Option<u64>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        // Pushes are what a streamed body is, and a token service grants pushes only to
+        // an account: without credentials there is no token to get ahead, and a Basic
+        // or open upstream sees exactly the requests it saw before token support.
+        if !body.replayable()
+            && self.tokens.basic().is_some()
+            && self.tokens.mode() == Mode::Unknown
+        {
+            self.probe().await?;
+        }
+        let sent = match self.tokens.key_for(need) {
+            Some(key) => Some(self.token(&key, None).await?),
+            None => self.tokens.basic().cloned(),
+        };
+        let replayable = body.replayable();
+        set_authorization(&mut parts.headers, sent.as_ref());
+        let resp = self
+            .send(Request::from_parts(parts.clone(), body.take()), body_limit)
+            .await?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        let bearer = challenge::bearer(
+            resp.headers()
+                .get_all(header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
+        discard(resp).await;
+        let Some(bearer) = bearer else {
+            self.tokens.learn_basic();
+            return Err(ProxyError::UpstreamAuth {
+                what: "the upstream answered 401 without a Bearer challenge (check upstream.credentials)".into(),
+                source: None,
+            });
+        };
+        self.tokens.learn(need, &bearer);
+        if !replayable {
+            return Err(ProxyError::UpstreamAuth {
+                what: "the upstream asked for another token after the request body was sent, and the body cannot be sent again".into(),
+                source: None,
+            });
+        }
+        let key = Key::of(&bearer);
+        let token = self.token(&key, sent.as_ref()).await?;
+        set_authorization(&mut parts.headers, Some(&token));
+        let resp = self
+            .send(Request::from_parts(parts, body.take()), body_limit)
+            .await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            discard(resp).await;
+            return Err(ProxyError::UpstreamAuth {
+                what: format!(
+                    "the upstream refused the token for {:?}",
+                    key.scope.as_deref().unwrap_or("")
+                ),
+                source: None,
+            });
+        }
+        Ok(resp)
+    }
+
+    /// `GET /v2/` with the Basic credentials: how does the upstream authenticate?
+    async fn probe(&self) -> Result<(), ProxyError> {
+        let mut req = Request::get(self.uri("/v2/")?)
+            .body(empty())
+            .map_err(|e| ProxyError::internal("cannot build the auth probe", e))?;
+        set_authorization(req.headers_mut(), self.tokens.basic());
+        let resp = self.send(req, None).await?;
+        let bearer = (resp.status() == StatusCode::UNAUTHORIZED)
+            .then(|| {
+                challenge::bearer(
+                    resp.headers()
+                        .get_all(header::WWW_AUTHENTICATE)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok()),
+                )
+            })
+            .flatten();
+        discard(resp).await;
+        match bearer {
+            Some(b) => self.tokens.learn(&Need::base(), &b),
+            None => self.tokens.learn_basic(),
+        }
+        Ok(())
+    }
+
+    /// The token for `key` (cached, or fetched from its realm).
+    async fn token(
+        &self,
+        key: &Key,
+        stale: Option<&HeaderValue>,
+    ) -> Result<HeaderValue, ProxyError> {
+        self.tokens
+            .token(key, stale, || self.fetch_token(key))
+            .await
+    }
+
+    /// Asks the realm for a token: `service`, `scope` and `account` in the query, the
+    /// proxy's Basic credentials if configured. Plain-HTTP realms get credentials only
+    /// when the upstream itself is plain HTTP.
+    async fn fetch_token(&self, key: &Key) -> Result<TokenAnswer, ProxyError> {
+        let auth_err = |what: &str| ProxyError::UpstreamAuth {
+            what: what.to_owned(),
+            source: None,
+        };
+        let uri = challenge::realm_uri(
+            &key.realm,
+            key.service.as_deref(),
+            key.scope.as_deref(),
+            self.tokens.account(),
+        )
+        .map_err(auth_err)?;
+        if uri.scheme_str() == Some("http")
+            && self.scheme == UpstreamScheme::Https
+            && self.tokens.basic().is_some()
+        {
+            return Err(auth_err(
+                "the token realm is plain http: the proxy's credentials are not sent there",
+            ));
+        }
+        let mut req = Request::get(uri)
+            .header(header::ACCEPT, "application/json")
+            .body(empty())
+            .map_err(|e| ProxyError::internal("cannot build the token request", e))?;
+        set_authorization(req.headers_mut(), self.tokens.basic());
+        let resp = self
+            .send(req, None)
+            .await
+            .map_err(|e| ProxyError::upstream_auth("the token realm cannot be reached", e))?;
+        if resp.status() != StatusCode::OK {
+            let status = resp.status();
+            discard(resp).await;
+            return Err(auth_err(&format!("the token realm answered {status}")));
+        }
+        let read = Limited::new(resp.into_body(), MAX_TOKEN_ANSWER).collect();
+        let body = tokio::time::timeout(self.response_header_timeout, read)
+            .await
+            .map_err(|_| auth_err("the token realm's answer did not end in time"))?
+            .map_err(|e| ProxyError::upstream_auth("reading the token realm's answer", e))?
+            .to_bytes();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        challenge::parse_token_answer(&body, now).map_err(auth_err)
     }
 
     /// Sends a request and waits for the response head (not the body).
@@ -235,6 +446,20 @@ impl Upstream {
             }
         }
     }
+}
+
+/// The proxy's `Authorization` for the upstream (or none): replaces whatever was there.
+fn set_authorization(headers: &mut http::HeaderMap, value: Option<&HeaderValue>) {
+    headers.remove(header::AUTHORIZATION);
+    if let Some(v) = value {
+        headers.insert(header::AUTHORIZATION, v.clone());
+    }
+}
+
+/// Reads away a small answer the proxy does not pass on, so its connection is reused.
+async fn discard(resp: Response<Incoming>) {
+    let read = Limited::new(resp.into_body(), MAX_DISCARDED).collect();
+    let _ = tokio::time::timeout(Duration::from_secs(2), read).await;
 }
 
 /// Tells a client-side body failure (cap exceeded, aborted upload) from an upstream one.

@@ -118,6 +118,27 @@ pub struct Registry {
 impl Registry {
     /// None when docker-registry is missing and not required.
     pub fn start() -> Option<Registry> {
+        Registry::start_with("")
+    }
+
+    /// The same with `auth: token` (distribution's token access controller): tokens
+    /// from `realm`, for `service`, from `issuer`, signed by a key whose certificate
+    /// (chain) verifies against the PEM bundle `root_cert_bundle`. `GET /v2/` then
+    /// answers 401 with a Bearer challenge.
+    pub fn start_token_auth(
+        realm: &str,
+        service: &str,
+        issuer: &str,
+        root_cert_bundle: &std::path::Path,
+    ) -> Option<Registry> {
+        Registry::start_with(&format!(
+            "auth:\n  token:\n    realm: {realm}\n    service: {service}\n    issuer: {issuer}\n    rootcertbundle: {}\n",
+            root_cert_bundle.display()
+        ))
+    }
+
+    /// `extra`: further top-level YAML of the registry's config (an `auth:` section).
+    fn start_with(extra: &str) -> Option<Registry> {
         if !have("docker-registry") {
             return None;
         }
@@ -128,7 +149,7 @@ impl Registry {
             std::fs::write(
                 &cfg,
                 format!(
-                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
                     dir.path().join("data").display()
                 ),
             )
@@ -147,7 +168,8 @@ impl Registry {
                 if let Ok(Some(_)) = child.try_wait() {
                     return Some(false); // exited: port taken meanwhile, try another
                 }
-                (http_status(addr, "/v2/") == Some(200)).then_some(true)
+                // 401: up, with authentication (`auth: token`).
+                matches!(http_status(addr, "/v2/"), Some(200 | 401)).then_some(true)
             });
             if up == Some(true) {
                 return Some(Registry {

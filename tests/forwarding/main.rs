@@ -7,7 +7,9 @@
 //! Topics: `headers` (hop-by-hop, credentials, forwarding claims, locations), `limits`
 //! (streaming, the manifest cap, framing, head size), `upstream_failures` (502/504),
 //! `connections` (timeouts, max_connections, SIGTERM), `conn_limits` (idle HTTP/2,
-//! per-address caps, idle_timeout) and `tls` (protocols, TLS versions, an HTTPS upstream).
+//! per-address caps, idle_timeout), `tls` (protocols, TLS versions, an HTTPS upstream)
+//! and `upstream_token` (a token-auth upstream: Debian's docker-registry with
+//! `auth: token` and a token issuer of the test's own).
 #[path = "../common/mod.rs"]
 mod common;
 use common::client::*;
@@ -33,6 +35,7 @@ mod headers;
 mod limits;
 mod tls;
 mod upstream_failures;
+mod upstream_token;
 
 const MIB: u64 = 1024 * 1024;
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
