@@ -158,7 +158,11 @@ const TAG_JSON_BYTES: usize = 131;
 pub async fn tags(up: &Upstream, repo: &str, max: usize) -> Result<Option<Tags>, ProxyError> {
     // An upstream that ignores `n` sends every tag in one answer: room for `max` and one
     // more, so a longer list is seen to be longer rather than failing to read.
-    let body_cap = MAX_JSON.max((max + 1).saturating_mul(TAG_JSON_BYTES) + 4096);
+    let body_cap = MAX_JSON.max(
+        (max + 1)
+            .saturating_mul(TAG_JSON_BYTES)
+            .saturating_add(4096),
+    );
     let mut out: Vec<String> = Vec::new();
     let mut last: Option<String> = None;
     let complete = loop {
