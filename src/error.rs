@@ -82,6 +82,15 @@ pub enum ProxyError {
     /// connections: 429, and this connection closes.
     #[error("this user already holds {max} connections (limits.max_connections_per_user)")]
     UserConnections { max: usize },
+    /// The upstream does not know the repository a tag list was asked of: 404
+    /// `NAME_UNKNOWN`, as the upstream itself answers.
+    #[error("repository name not known to registry")]
+    NameUnknown,
+    /// A tag list longer than `limits.max_tags`: refused whole rather than served short.
+    #[error(
+        "the repository has more than {max} tags (limits.max_tags): the list is not served in part"
+    )]
+    TagListTooLong { max: usize },
     /// The upstream accepted the request but sent no response head in time.
     #[error("upstream sent no response within {0:?}")]
     UpstreamTimeout(Duration),
@@ -135,11 +144,14 @@ impl ProxyError {
             | ProxyError::UnexpectedBody(_)
             | ProxyError::ManifestTooLarge { .. }
             | ProxyError::ClientBody { .. }
-            | ProxyError::UserConnections { .. } => Fault::Client,
+            | ProxyError::UserConnections { .. }
+            | ProxyError::NameUnknown => Fault::Client,
             ProxyError::UpstreamUnavailable { .. }
             | ProxyError::UpstreamAuth { .. }
             | ProxyError::UpstreamTimeout(_) => Fault::Upstream,
-            ProxyError::AuditUnavailable(_) | ProxyError::Internal { .. } => Fault::Proxy,
+            ProxyError::AuditUnavailable(_)
+            | ProxyError::Internal { .. }
+            | ProxyError::TagListTooLong { .. } => Fault::Proxy,
         }
     }
 

@@ -4,8 +4,9 @@
 //! route (pure) → identity (auth) → permit (acl) → audit → forward → stream back
 //! ```
 //!
-//! The catalog is the one route the proxy answers from several upstream requests: it is
-//! filtered to what the identity may pull (`catalog`).
+//! Two routes the proxy answers itself from upstream lookups: the catalog, filtered to
+//! what the identity may pull (`catalog`), and tag lists, read whole, sorted and paged
+//! as the OCI spec says whatever the upstream does with `n` and `last` (`tags_list`).
 //!
 //! [`handle`] is the outer function: it never fails; it renders every error through
 //! `response.rs`, drains an unwanted request body when that lets the client read the
@@ -46,6 +47,8 @@ pub struct State {
     pub policy: Option<Policy>,
     /// Largest catalog page (`n`) served.
     pub catalog_max_n: usize,
+    /// Most tags read to answer a tag list (`limits.max_tags`).
+    pub max_tags: usize,
     pub realm: String,
     /// Bytes of an unwanted request body read (and discarded) so the client sees the
     /// refusal; see [`drain`].
@@ -354,10 +357,14 @@ async fn serve(
         }
     };
     check_body_headers(&ctx.route, &ctx.parts.headers)?;
-    if let Target::Catalog { n, last } = &ctx.route.target {
-        if ctx.state.policy.is_some() {
+    match &ctx.route.target {
+        Target::Catalog { n, last } if ctx.state.policy.is_some() => {
             return catalog(&ctx, *n, last.as_deref()).await;
         }
+        Target::TagsList { repo, n, last } => {
+            return tags_list(&ctx, repo, *n, last.as_deref()).await;
+        }
+        _ => {}
     }
     let body = body
         .take()
@@ -648,7 +655,12 @@ async fn protected_references(
     repo: &str,
     digest: &str,
 ) -> Result<(), ProxyError> {
-    let (tags, complete) = lookup::tags(&state.upstream, repo, MAX_TAGS_EXAMINED).await?;
+    let lookup::Tags { tags, complete } = lookup::tags(&state.upstream, repo, MAX_TAGS_EXAMINED)
+        .await?
+        .unwrap_or(lookup::Tags {
+            tags: Vec::new(),
+            complete: true,
+        });
     if !complete {
         return Err(ProxyError::Denied(format!(
             "{repo} has more than {MAX_TAGS_EXAMINED} tags: protected tags cannot be checked, delete by tag instead"
@@ -748,6 +760,38 @@ async fn catalog(
         if let Ok(v) = HeaderValue::from_str(&link) {
             resp.headers_mut().insert(header::LINK, v);
         }
+    }
+    Ok(resp)
+}
+
+/// A tag list as the OCI distribution spec has it, whatever the upstream does with `n`
+/// and `last` (distribution 2.8 ignores both and does not sort): the whole list read
+/// (up to `limits.max_tags`; past it, an error rather than a list cut short), sorted,
+/// paged by `registry::tags::page`, with the proxy's own relative `Link`.
+async fn tags_list(
+    ctx: &Ctx,
+    repo: &str,
+    n: Option<u32>,
+    last: Option<&str>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let max = ctx.state.max_tags;
+    let listing = lookup::tags(&ctx.state.upstream, repo, max)
+        .await?
+        .ok_or(ProxyError::NameUnknown)?;
+    if !listing.complete {
+        return Err(ProxyError::TagListTooLong { max });
+    }
+    let page = registry::tags::page(&listing.tags, n, last);
+    let body = serde_json::json!({ "name": repo, "tags": page.tags });
+    let mut resp = response::own(
+        http::StatusCode::OK,
+        &Method::GET,
+        Bytes::from(body.to_string()),
+    );
+    if let Some(link) = page.link(repo) {
+        let v = HeaderValue::from_str(&link)
+            .map_err(|e| ProxyError::internal("the tag list's Link header", e))?;
+        resp.headers_mut().insert(header::LINK, v);
     }
     Ok(resp)
 }

@@ -34,6 +34,10 @@ pub fn status_and_code(e: &ProxyError) -> (StatusCode, &'static str) {
             AuthError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
         },
         ProxyError::Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
+        ProxyError::NameUnknown => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+        // A limit of this proxy, not the client's request nor the upstream's fault; the
+        // whole list cannot be served and a part would pass for the whole.
+        ProxyError::TagListTooLong { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
         ProxyError::UserConnections { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
         ProxyError::FormBody | ProxyError::UploadStartBody(_) | ProxyError::UnexpectedBody(_) => {
             (StatusCode::BAD_REQUEST, "UNSUPPORTED")
@@ -229,6 +233,8 @@ mod tests {
             (RouteError::DigestInvalid("x").into(), 400, "DIGEST_INVALID"),
             (RouteError::UploadInvalid.into(), 400, "BLOB_UPLOAD_INVALID"),
             (RouteError::QueryInvalid("x").into(), 400, "UNSUPPORTED"),
+            (ProxyError::NameUnknown, 404, "NAME_UNKNOWN"),
+            (ProxyError::TagListTooLong { max: 5 }, 500, "UNKNOWN"),
             (
                 ProxyError::ManifestTooLarge { limit: 1 },
                 413,

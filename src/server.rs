@@ -123,6 +123,7 @@ impl Server {
             policy: cfg.access.as_ref().map(|a| a.policy.clone()),
             audit,
             catalog_max_n: cfg.limits.catalog_max_n,
+            max_tags: cfg.limits.max_tags,
             realm: cfg.realm().to_owned(),
             max_unauthenticated_body: cfg.max_unauthenticated_body(),
             user_connections: handler::UserConnections::new(cfg.limits.max_connections_per_user),

@@ -84,6 +84,7 @@ pub(super) struct RawLimits {
     pub(super) max_manifest_bytes: Option<u64>,
     pub(super) shutdown_grace: Option<String>,
     pub(super) catalog_max_n: Option<usize>,
+    pub(super) max_tags: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -20,6 +20,7 @@ fn minimal_config_has_defaults() {
     assert_eq!(c.limits.header_read_timeout, Duration::from_secs(10));
     assert_eq!(c.limits.max_connections_per_address, 128);
     assert_eq!(c.limits.max_connections_per_user, 512);
+    assert_eq!(c.limits.max_tags, DEFAULT_MAX_TAGS);
     assert_eq!(c.log.format, LogFormat::Text);
 }
 
@@ -181,6 +182,12 @@ fn messages_name_the_key() {
             format!("{MIN}limits:\n  catalog_max_n: 0\n"),
             "limits.catalog_max_n",
         ),
+        (format!("{MIN}limits:\n  max_tags: 0\n"), "limits.max_tags"),
+        (
+            format!("{MIN}limits:\n  max_tags: 1000001\n"),
+            "limits.max_tags",
+        ),
+        (format!("{MIN}limits:\n  max_tags: -1\n"), "limits.max_tags"),
         (
             format!("{MIN}limits:\n  max_connections: 18446744073709551615\n"),
             "limits.max_connections",

@@ -187,6 +187,9 @@ pub struct Limits {
     pub shutdown_grace: Duration,
     /// Largest catalog page served (CVE-2023-2253 was an unbounded `n`).
     pub catalog_max_n: usize,
+    /// Most tags the proxy reads of one repository to answer a tag list (sorted and paged
+    /// by the proxy); a longer list is refused whole, never served short.
+    pub max_tags: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,6 +214,11 @@ pub const DEFAULT_MAX_UNAUTHENTICATED_BODY: u64 = 1024 * 1024;
 pub const MIN_HEADER_BYTES: usize = 8192;
 /// A header cap above this is no cap.
 pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
+/// `limits.max_tags` when the config gives none.
+pub const DEFAULT_MAX_TAGS: usize = 100_000;
+/// A tag list is held whole in memory to be sorted: past a million tags (over 100 MiB of
+/// upstream JSON) a limit is no limit.
+pub const MAX_MAX_TAGS: usize = 1_000_000;
 /// More connections than this is a typo (and more than a semaphore can count).
 pub const MAX_CONNECTIONS: usize = 1 << 20;
 /// Longest timeout or period accepted: longer ones are typos, and overflow clocks.

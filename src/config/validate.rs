@@ -697,6 +697,12 @@ impl TryFrom<RawLimits> for Limits {
                 Duration::from_secs(30),
             )?,
             catalog_max_n: ranged("limits.catalog_max_n", l.catalog_max_n, 1000, 1..=10_000)?,
+            max_tags: ranged(
+                "limits.max_tags",
+                l.max_tags,
+                DEFAULT_MAX_TAGS,
+                1..=MAX_MAX_TAGS,
+            )?,
         })
     }
 }

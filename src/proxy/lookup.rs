@@ -1,6 +1,7 @@
 //! Requests the proxy makes to the upstream on its own behalf, to decide or to answer:
-//! does a tag exist (protected tags), which tags point at a digest (deletes), and the
-//! catalog pages a filtered catalog page is filled from. Every lookup is bounded in
+//! does a tag exist (protected tags), a repository's whole tag list (the tag lists the
+//! proxy answers, protected tags, deletes), which tags point at a digest (deletes), and
+//! the catalog pages a filtered catalog page is filled from. Every lookup is bounded in
 //! count and size; the proxy's own upstream authentication is used (Basic, or a token
 //! for the lookup's scope: `repository:<name>:pull`, `registry:catalog:*`).
 
@@ -131,16 +132,39 @@ fn next_last(resp: &http::Response<hyper::body::Incoming>) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// Up to `max` tags of `repo`, and whether that is all of them.
-pub async fn tags(
-    up: &Upstream,
-    repo: &str,
-    max: usize,
-) -> Result<(Vec<String>, bool), ProxyError> {
-    let mut out = Vec::new();
+/// What the proxy read of a repository's tags.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Tags {
+    /// Sorted in byte order, without duplicates (`registry::tags::sort`), at most the
+    /// `max` asked for.
+    pub tags: Vec<String>,
+    /// Whether that is every tag. A list cut short is never called complete.
+    pub complete: bool,
+}
+
+/// Tags asked of the upstream per page: distribution 3 pages by `n` and `last` and
+/// follows with a `Link`; distribution 2.8 ignores both and answers every tag at once.
+const TAG_PAGE: usize = 1000;
+
+/// Bytes of one tag in a JSON list at most: 128 characters, quotes and a comma.
+const TAG_JSON_BYTES: usize = 131;
+
+/// The one reader of a repository's tags (the tag lists the proxy answers, the protected
+/// tag check, the tags an audited delete removes): every upstream page, followed by its
+/// `Link` to the end or past `max`, sorted. `None`: the upstream does not know the
+/// repository. Past `max` the first `max` tags (in order) are returned, not complete.
+pub async fn tags(up: &Upstream, repo: &str, max: usize) -> Result<Option<Tags>, ProxyError> {
+    // An upstream that ignores `n` sends every tag in one answer: room for `max` and one
+    // more, so a longer list is seen to be longer rather than failing to read.
+    let body_cap = MAX_JSON.max(
+        (max + 1)
+            .saturating_mul(TAG_JSON_BYTES)
+            .saturating_add(4096),
+    );
+    let mut out: Vec<String> = Vec::new();
     let mut last: Option<String> = None;
-    loop {
-        let mut pq = format!("/v2/{repo}/tags/list?n=1000");
+    let complete = loop {
+        let mut pq = format!("/v2/{repo}/tags/list?n={TAG_PAGE}");
         if let Some(l) = &last {
             pq.push_str("&last=");
             pq.extend(form_urlencoded::byte_serialize(l.as_bytes()));
@@ -148,28 +172,41 @@ pub async fn tags(
         let resp = request(up, Method::GET, &pq, &Need::pull(repo)).await?;
         match resp.status() {
             StatusCode::OK => {}
-            StatusCode::NOT_FOUND => return Ok((out, true)),
+            StatusCode::NOT_FOUND if last.is_none() => return Ok(None),
             s => return Err(unexpected("tag listing", s)),
         }
         let next = next_last(&resp);
-        let page: TagList = json(resp).await?;
-        out.extend(page.tags.unwrap_or_default());
-        // distribution 2.8 ignores `n` and answers every tag at once: a list cut to
-        // `max` is never called complete.
+        let body = match Limited::new(resp.into_body(), body_cap).collect().await {
+            Ok(b) => b.to_bytes(),
+            // More bytes than `max` tags can take: more tags than `max`.
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => break false,
+            Err(e) => return Err(ProxyError::upstream("reading a tag list", e)),
+        };
+        let page: TagList = serde_json::from_slice(&body)
+            .map_err(|e| ProxyError::upstream("the tag list is not the expected JSON", e))?;
+        let got = page.tags.unwrap_or_default();
+        let empty = got.is_empty();
+        out.extend(got);
         if out.len() > max {
-            out.truncate(max);
-            return Ok((out, false));
-        }
-        if out.len() == max {
-            return Ok((out, next.is_none()));
+            break false;
         }
         match next {
-            Some(n) if Some(&n) != last.as_ref() => last = Some(n),
-            // A `Link` that does not move on: the listing cannot be trusted to be whole.
-            Some(_) => return Ok((out, false)),
-            None => return Ok((out, true)),
+            None => break true,
+            // `max` read and the upstream says there is more, or a `Link` that does not
+            // move on or follows an empty page: the listing cannot be called whole.
+            Some(_) if out.len() == max || empty => break false,
+            Some(n) if Some(&n) == last.as_ref() => break false,
+            Some(n) => last = Some(n),
         }
-    }
+    };
+    // Sorted before it is cut: a list cut at `max` is the first `max` tags in order,
+    // whatever order the upstream sent them in.
+    crate::registry::tags::sort(&mut out);
+    out.truncate(max);
+    Ok(Some(Tags {
+        tags: out,
+        complete,
+    }))
 }
 
 /// One upstream catalog page after `last`: names, and the cursor of the next page if
@@ -201,7 +238,10 @@ pub async fn tags_pointing_at(
     digest: &str,
     max: usize,
 ) -> Result<(Vec<String>, bool), ProxyError> {
-    let (tags, complete) = tags(up, repo, max).await?;
+    let Tags { tags, complete } = tags(up, repo, max).await?.unwrap_or(Tags {
+        tags: Vec::new(),
+        complete: true,
+    });
     let mut out = Vec::new();
     for t in tags {
         if manifest_digest(up, repo, &t).await?.as_deref() == Some(digest) {

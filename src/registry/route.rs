@@ -125,8 +125,13 @@ pub enum Target {
         n: Option<u32>,
         last: Option<String>,
     },
-    /// `/v2/<name>/tags/list`.
-    TagsList { repo: String },
+    /// `/v2/<name>/tags/list`, answered by the proxy from the whole list (see
+    /// `registry::tags`).
+    TagsList {
+        repo: String,
+        n: Option<u32>,
+        last: Option<String>,
+    },
     /// `/v2/<name>/manifests/<tag|digest>`.
     Manifest { repo: String, reference: Reference },
     /// `/v2/<name>/blobs/<digest>`.
@@ -165,7 +170,7 @@ impl Route {
     pub fn repo(&self) -> Option<&str> {
         match &self.target {
             Target::Base | Target::Catalog { .. } => None,
-            Target::TagsList { repo }
+            Target::TagsList { repo, .. }
             | Target::Manifest { repo, .. }
             | Target::Blob { repo, .. }
             | Target::UploadStart { repo, .. }
@@ -204,7 +209,7 @@ impl Route {
         match &self.target {
             Target::Base => "/v2/".to_owned(),
             Target::Catalog { .. } => "/v2/_catalog".to_owned(),
-            Target::TagsList { repo } => format!("/v2/{repo}/tags/list"),
+            Target::TagsList { repo, .. } => format!("/v2/{repo}/tags/list"),
             Target::Manifest { repo, reference } => {
                 format!("/v2/{repo}/manifests/{}", reference.as_str())
             }
@@ -337,8 +342,8 @@ fn parse_target(rest: &str, query: Option<&str>) -> Result<Target, RouteError> {
     let repo_of = |k: usize| name(&segs[..n - k].join("/"));
     if n >= 3 && tail(2) == "tags" && last == "list" {
         let repo = repo_of(2)?;
-        page_params(query, grammar::is_tag)?;
-        return Ok(Target::TagsList { repo });
+        let (n, last) = page_params(query, grammar::is_tag)?;
+        return Ok(Target::TagsList { repo, n, last });
     }
     if n >= 3 && tail(2) == "manifests" {
         let repo = repo_of(2)?;

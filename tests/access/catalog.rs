@@ -1,5 +1,4 @@
-//! Section G: the catalog filtered, capped and paged by the proxy; tag lists paged by
-//! the upstream and passed through.
+//! Section G: the catalog filtered, capped and paged by the proxy (tag lists: `tags`).
 
 use super::*;
 
@@ -301,46 +300,4 @@ fn the_catalog_scan_is_bounded_per_page_even_when_the_upstream_pages_are_small()
         .cloned()
         .collect();
     assert_complete("root from team-9899", &pages, &after);
-}
-
-#[test]
-fn tag_lists_pass_n_last_and_the_upstream_link_through_unchanged() {
-    let fake = FakeUpstream::on_thread(|_| {
-        Reply::new(200)
-            .header("link", "</v2/team/app/tags/list?last=v3&n=2>; rel=\"next\"")
-            .json(serde_json::json!({"name": "team/app", "tags": ["v2", "v3"]}))
-    });
-    let proxy = table_proxy(&fake.url);
-    let r = proxy_call(&proxy, "GET", "/v2/team/app/tags/list?n=2&last=v1")
-        .user("puller", "pw")
-        .send();
-    assert_eq!(r.status, 200, "{}", r.describe());
-    assert_eq!(
-        r.all("link"),
-        ["</v2/team/app/tags/list?last=v3&n=2>; rel=\"next\""]
-    );
-    assert_eq!(
-        r.json(),
-        serde_json::json!({"name": "team/app", "tags": ["v2", "v3"]})
-    );
-    let seen = fake.seen();
-    assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].target, "/v2/team/app/tags/list?n=2&last=v1");
-    fake.take();
-    // Parameter order and encoding are the client's.
-    proxy_call(&proxy, "GET", "/v2/team/app/tags/list?last=v%2D1&n=0")
-        .user("puller", "pw")
-        .send();
-    assert_eq!(
-        fake.take()[0].target,
-        "/v2/team/app/tags/list?last=v%2D1&n=0"
-    );
-    // A repeated n, or a last that is no tag, never reaches the upstream.
-    for q in ["n=1&n=2", "last=a/b", "n=x"] {
-        let r = proxy_call(&proxy, "GET", &format!("/v2/team/app/tags/list?{q}"))
-            .user("puller", "pw")
-            .send();
-        assert_eq!(r.status, 400, "{q}: {}", r.describe());
-        assert!(fake.take().is_empty(), "{q}");
-    }
 }

@@ -1,13 +1,14 @@
 //! Access rules (checklist sections A, F, G) against the registry-guard binary in front of
 //! a small fake upstream that records what reaches it: the actions every route needs,
 //! refusals that reveal nothing, mount parameters and form bodies, the filtered catalog
-//! with its own paging, tag list paging passed through, `explain` and `check`.
+//! with its own paging, tag lists sorted and paged by the proxy, `explain` and `check`.
 //!
 //! Topics: `routes` (the actions every route needs, refusals that reveal nothing),
-//! `forms` (mount parameters, form bodies), `catalog` (the filtered catalog, tag list
-//! paging), `protected_tags` (deletes of what protected tags reference), `explain`
-//! (`explain` and `check`), and `e2e` (the same rules against Debian's docker-registry,
-//! driven by skopeo and curl).
+//! `forms` (mount parameters, form bodies), `catalog` (the filtered catalog), `tags`
+//! (tag lists read whole, sorted and paged by the proxy, also against Debian's
+//! docker-registry), `protected_tags` (deletes of what protected tags reference),
+//! `explain` (`explain` and `check`), and `e2e` (the same rules against Debian's
+//! docker-registry, driven by skopeo and curl).
 #[path = "../common/mod.rs"]
 mod common;
 use common::client::h2_request;
@@ -26,6 +27,7 @@ mod explain;
 mod forms;
 mod protected_tags;
 mod routes;
+mod tags;
 
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 const OTHER_DIGEST: &str =

@@ -81,7 +81,21 @@ fn every_route_needs_its_actions_and_refusals_are_403_denied_without_a_challenge
             let r = table_call(&proxy, method, &path, name).send();
             let seen = fake.take();
             let what = format!("{name} {method} {path}");
-            if needs & has == needs {
+            if needs & has == needs && path.ends_with("/tags/list") {
+                // Answered by the proxy from its own read of the whole list.
+                assert_eq!(r.status, 200, "{what}: {}", r.describe());
+                assert_eq!(
+                    r.json(),
+                    serde_json::json!({"name": "team/app", "tags": []}),
+                    "{what}"
+                );
+                assert_eq!(seen.len(), 1, "{what}: {seen:#?}");
+                assert_eq!(
+                    (seen[0].method.as_str(), seen[0].target.as_str()),
+                    ("GET", "/v2/team/app/tags/list?n=1000"),
+                    "{what}"
+                );
+            } else if needs & has == needs {
                 assert_eq!(r.status, 200, "{what}: {}", r.describe());
                 assert_eq!(r.header("x-fake-upstream"), Some("yes"), "{what}");
                 assert_eq!(seen.len(), 1, "{what}: {seen:#?}");

@@ -15,7 +15,7 @@ const UPSTREAM_PW: &str = "up:str3am pw!#s3cret";
 /// and one with client credentials over HTTP/2; returns what the upstream saw of each.
 async fn send_hop_by_hop(proxy: &Proxy, upstream: &FakeUpstream) -> [Seen; 2] {
     let head = format!(
-        "GET /v2/a/tags/list HTTP/1.1\r\n\
+        "GET /v2/a/manifests/latest HTTP/1.1\r\n\
          Host: {}\r\n\
          Connection: keep-alive, X-Named-Hop\r\n\
          X-Named-Hop: 1\r\n\
@@ -51,7 +51,7 @@ async fn send_hop_by_hop(proxy: &Proxy, upstream: &FakeUpstream) -> [Seen; 2] {
     assert_eq!(seen.all("x-end-to-end"), ["kept"]);
 
     // HTTP/2 forbids connection-specific headers; TE: trailers is the one allowed.
-    let req = request(proxy, "GET", "/v2/a/tags/list")
+    let req = request(proxy, "GET", "/v2/a/manifests/latest")
         .header("te", "trailers")
         .header(
             "proxy-authorization",
