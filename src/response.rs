@@ -262,6 +262,17 @@ mod tests {
             &body[..],
             br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}"#
         );
+        // docker's challenge (auth::token::choose): the same answer, another header.
+        let bearer = Challenge::Bearer {
+            origin: "https://registry.example:5443".into(),
+        };
+        let r = refusal(&AuthError::Missing.into(), &Method::GET, &bearer, false);
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.headers()[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"https://registry.example:5443/auth/token\",service=\"registry-guard\""
+        );
+        assert_eq!(r.headers()[API_VERSION_HEADER], "registry/2.0");
         let r = refusal(
             &AuthError::Throttled(Duration::from_millis(2500)).into(),
             &Method::GET,

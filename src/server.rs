@@ -63,7 +63,7 @@ pub struct Server {
 
 /// Reads `auth.token_key_file`: like the audit key, no one else may read it and no
 /// group member may write it (whoever holds it can mint any user's token).
-fn token_key(path: &Path) -> Result<crate::auth::token::TokenKey, ConfigError> {
+pub(crate) fn token_key(path: &Path) -> Result<crate::auth::token::TokenKey, ConfigError> {
     use std::os::unix::fs::PermissionsExt;
     let key = "auth.token_key_file";
     let fail = |m: String| ConfigError::new(key, format!("{}: {m}", path.display()));

@@ -20,6 +20,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_token_route_is_get_of_exactly_its_path() {
+        let r = parse(
+            &Method::GET,
+            TOKEN_PATH,
+            Some("service=x&scope=repository:a:pull"),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.kind(), r.repo(), r.actions()),
+            ("token", None, Actions::NONE)
+        );
+        assert_eq!(r.path(), TOKEN_PATH);
+        for (m, p) in [
+            (Method::POST, "/auth/token"),
+            (Method::HEAD, "/auth/token"),
+            (Method::GET, "/auth/token/"),
+            (Method::GET, "/auth/tokens"),
+            (Method::GET, "/auth/%74oken"),
+            (Method::GET, "/v2/auth/token/x"),
+        ] {
+            assert!(
+                !matches!(
+                    parse(&m, p, None),
+                    Ok(Route {
+                        target: Target::Token,
+                        ..
+                    })
+                ),
+                "{m} {p}"
+            );
+        }
+        let long = "a".repeat(MAX_QUERY + 1);
+        assert!(parse(&Method::GET, TOKEN_PATH, Some(&long)).is_err());
+    }
+
+    #[test]
     fn stripping_mount_keeps_everything_else_byte_for_byte() {
         let q = "mount=sha256%3Aab&from=bob%2Fapp&x=1%2B2&%6Dount=y&digest=sha256:cd";
         assert_eq!(
