@@ -7,7 +7,7 @@
 //! The catalog is the one route the proxy answers from several upstream requests: it is
 //! filtered to what the identity may pull (`catalog`). The token route (`/auth/token`,
 //! for docker: see `auth::token`) is the one the proxy answers alone, right after the
-//! identity stage (`token`).
+//! identity stage (`issue_token`).
 //!
 //! [`handle`] is the outer function: it never fails; it renders every error through
 //! `response.rs`, drains an unwanted request body when that lets the client read the
