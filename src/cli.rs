@@ -459,6 +459,18 @@ fn check_config(path: &std::path::Path) -> Result<String, ConfigError> {
                 users.len(),
                 a.users_file.display()
             );
+            if let Some(k) = &a.token_key_file {
+                crate::server::token_key(k).map_err(in_file)?;
+            }
+            if a.settings.docker_bearer {
+                s.push_str(&format!(
+                    "\n  docker: Bearer challenge and tokens, key {}",
+                    a.token_key_file.as_ref().map_or_else(
+                        || "random per process".to_owned(),
+                        |k| k.display().to_string()
+                    )
+                ));
+            }
             if let Some(access) = &cfg.access {
                 access.check_groups(&users).map_err(in_file)?;
                 s.push_str(&format!(

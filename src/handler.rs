@@ -7,6 +7,8 @@
 //! Two routes the proxy answers itself from upstream lookups: the catalog, filtered to
 //! what the identity may pull (`catalog`), and tag lists, read whole, sorted and paged
 //! as the OCI spec says whatever the upstream does with `n` and `last` (`tags_list`).
+//! The token route (`/auth/token`, for docker: see `auth::token`) is answered by the
+//! proxy alone, right after the identity stage (`issue_token`).
 //!
 //! [`handle`] is the outer function: it never fails; it renders every error through
 //! `response.rs`, drains an unwanted request body when that lets the client read the
@@ -15,6 +17,7 @@
 
 use crate::acl::{self, Check, Policy, Verdict};
 use crate::audit::{self, AuditLog, Outcome, Phase};
+use crate::auth::token::{self, Challenge};
 use crate::auth::{AuthError, Authenticator, Identity};
 use crate::error::{Fault, ProxyError};
 use crate::log::{next_request_id, AccessRecord, ConnActivity, InFlight};
@@ -246,6 +249,7 @@ pub async fn handle(
     record.in_flight = Some(InFlight::new(conn.activity.clone()));
     let (parts, body) = req.into_parts();
     let hint = DrainHint::of(&parts);
+    let challenge = challenge_for(&state, &parts);
 
     let mut body = Some(body);
     let result = serve(&state, &conn, client, parts, &mut body, &mut record).await;
@@ -274,7 +278,7 @@ pub async fn handle(
                 Some(b) => !drain(&hint, b, state.max_unauthenticated_body).await,
                 None => false,
             };
-            response::refusal(&e, &method, &state.realm, body_left)
+            response::refusal(&e, &method, &challenge, body_left)
         }
     };
     record.status = resp.status().as_u16();
@@ -282,6 +286,24 @@ pub async fn handle(
         resp.headers_mut().insert("x-request-id", v);
     }
     resp.map(|b| b.metered(record))
+}
+
+/// The `WWW-Authenticate` challenge should this request get a 401: see
+/// [`token::choose`].
+fn challenge_for(state: &State, parts: &http::request::Parts) -> Challenge {
+    token::choose(
+        state
+            .auth
+            .as_ref()
+            .is_some_and(Authenticator::issues_tokens),
+        parts.uri.path() == token::TOKEN_PATH,
+        parts
+            .headers
+            .get(header::USER_AGENT)
+            .map(HeaderValue::as_bytes),
+        &state.realm,
+        || public_origin(state, parts).origin,
+    )
 }
 
 /// The one client address of a request, used by the throttle, the logs, the audit and
@@ -312,6 +334,9 @@ async fn serve(
     let route = registry::parse(&parts.method, parts.uri.path(), parts.uri.query())?;
     record.route = route.kind();
     record.repo = route.repo().map(str::to_owned);
+    if route.target == Target::Token {
+        check_token_request(state, &parts.headers)?;
+    }
 
     // No credentials, bad ones, throttled: answered without an audit record, so requests
     // nobody vouches for cannot fill the audit disk.
@@ -344,6 +369,9 @@ async fn serve(
         route,
         identity,
     };
+    if ctx.route.target == Target::Token {
+        return issue_token(&ctx);
+    }
     let audited = audit_target(&ctx);
     let permit = match permit(&ctx).await {
         Ok(p) => p,
@@ -373,6 +401,53 @@ async fn serve(
         Some(target) => audited_forward(ctx, body, permit, target).await,
         None => forward(&ctx, body, permit).await,
     }
+}
+
+/// Refuses a token request the proxy does not answer: no tokens issued (`auth.disabled`,
+/// `auth.docker_bearer` off), or a token offered for a token (only a login, or no
+/// credentials for an anonymous token, can get one: a token cannot renew itself).
+fn check_token_request(state: &State, headers: &http::HeaderMap) -> Result<(), ProxyError> {
+    if !state
+        .auth
+        .as_ref()
+        .is_some_and(Authenticator::issues_tokens)
+    {
+        return Err(registry::RouteError::NotFound("this proxy issues no tokens").into());
+    }
+    let bearer = headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .any(|v| token::bearer(v.as_bytes()).is_some());
+    if bearer {
+        return Err(AuthError::Invalid("a token is not exchanged for a token: log in").into());
+    }
+    Ok(())
+}
+
+/// Answers `GET /auth/token` for the identity just established (a login, or anonymous
+/// when `auth.anonymous` is on): the token format docker reads. Never logged.
+fn issue_token(ctx: &Ctx) -> Result<Response<ResponseBody>, ProxyError> {
+    let (Some(auth), Some(id)) = (&ctx.state.auth, &ctx.identity) else {
+        return Err(registry::RouteError::NotFound("this proxy issues no tokens").into());
+    };
+    let now = crate::auth::unix_now();
+    let token = auth
+        .issue_token(id, now)
+        .ok_or(AuthError::Invalid("the user left the user file"))?;
+    let body = serde_json::json!({
+        "token": token,
+        "access_token": token,
+        "expires_in": token::LIFETIME.as_secs(),
+        "issued_at": audit::record::now_rfc3339(),
+    });
+    let mut resp = response::own(
+        http::StatusCode::OK,
+        &ctx.parts.method,
+        Bytes::from(body.to_string()),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
 }
 
 /// Refuses what the upstream could read differently from what was decided: a body on

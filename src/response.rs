@@ -3,6 +3,7 @@
 //! all carry `Docker-Distribution-API-Version: registry/2.0`. [`status_and_code`] is the
 //! one mapping from error to status and code; a test pins it.
 
+use crate::auth::token::Challenge;
 use crate::auth::AuthError;
 use crate::error::ProxyError;
 use crate::proxy::body::ResponseBody;
@@ -135,12 +136,13 @@ pub fn closes_connection(e: &ProxyError, body_left: bool) -> bool {
         )
 }
 
-/// Renders an error. `realm` goes into the Basic challenge of a 401; `body_left`: the
-/// request body was neither forwarded nor read away (see [`closes_connection`]).
+/// Renders an error. `challenge` is the `WWW-Authenticate` of a 401 (Basic, or Bearer
+/// for docker: `auth::token::choose`); `body_left`: the request body was neither
+/// forwarded nor read away (see [`closes_connection`]).
 pub fn refusal(
     e: &ProxyError,
     method: &Method,
-    realm: &str,
+    challenge: &Challenge,
     body_left: bool,
 ) -> Response<ResponseBody> {
     let (status, code) = status_and_code(e);
@@ -150,7 +152,7 @@ pub fn refusal(
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     if status == StatusCode::UNAUTHORIZED {
-        if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\"")) {
+        if let Ok(v) = HeaderValue::from_str(&challenge.header()) {
             h.insert(header::WWW_AUTHENTICATE, v);
         }
     }
@@ -218,6 +220,12 @@ mod tests {
     use http_body_util::BodyExt;
     use std::time::Duration;
 
+    fn basic(realm: &str) -> Challenge {
+        Challenge::Basic {
+            realm: realm.into(),
+        }
+    }
+
     #[test]
     fn mapping_is_pinned() {
         let cases: Vec<(ProxyError, u16, &str)> = vec![
@@ -277,7 +285,7 @@ mod tests {
         let r = refusal(
             &RouteError::NotFound("not a v2 path").into(),
             &Method::GET,
-            "r",
+            &basic("r"),
             false,
         );
         assert_eq!(r.status(), 404);
@@ -291,7 +299,12 @@ mod tests {
 
     #[tokio::test]
     async fn head_refusals_have_no_body_but_keep_the_length() {
-        let r = refusal(&RouteError::NotFound("x").into(), &Method::HEAD, "r", false);
+        let r = refusal(
+            &RouteError::NotFound("x").into(),
+            &Method::HEAD,
+            &basic("r"),
+            false,
+        );
         assert_ne!(r.headers()[header::CONTENT_LENGTH], "0");
         assert!(r.into_body().collect().await.unwrap().to_bytes().is_empty());
     }
@@ -301,7 +314,7 @@ mod tests {
         let r = refusal(
             &AuthError::Missing.into(),
             &Method::GET,
-            "registry-guard",
+            &basic("registry-guard"),
             false,
         );
         assert_eq!(r.status(), 401);
@@ -315,10 +328,21 @@ mod tests {
             &body[..],
             br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}"#
         );
+        // docker's challenge (auth::token::choose): the same answer, another header.
+        let bearer = Challenge::Bearer {
+            origin: "https://registry.example:5443".into(),
+        };
+        let r = refusal(&AuthError::Missing.into(), &Method::GET, &bearer, false);
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.headers()[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"https://registry.example:5443/auth/token\",service=\"registry-guard\""
+        );
+        assert_eq!(r.headers()[API_VERSION_HEADER], "registry/2.0");
         let r = refusal(
             &AuthError::Throttled(Duration::from_millis(2500)).into(),
             &Method::GET,
-            "r",
+            &basic("r"),
             false,
         );
         assert_eq!(r.status(), 429);
@@ -335,7 +359,7 @@ mod tests {
             ProxyError::upstream_auth("the token realm http://10.1.2.3/token answered 401", "x");
         assert!(client_message(&e).contains("upstream authentication failed"));
         assert!(!client_message(&e).contains("10.1.2.3"));
-        let r = refusal(&e, &Method::GET, "registry-guard", false);
+        let r = refusal(&e, &Method::GET, &basic("registry-guard"), false);
         assert_eq!(r.status(), 502);
         assert!(!r.headers().contains_key(header::WWW_AUTHENTICATE));
         let e = ProxyError::AuditUnavailable(crate::audit::writer::WriteError::File {

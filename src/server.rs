@@ -61,6 +61,23 @@ pub struct Server {
     users_file: Option<PathBuf>,
 }
 
+/// Reads `auth.token_key_file`: like the audit key, no one else may read it and no
+/// group member may write it (whoever holds it can mint any user's token).
+pub(crate) fn token_key(path: &Path) -> Result<crate::auth::token::TokenKey, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let key = "auth.token_key_file";
+    let fail = |m: String| ConfigError::new(key, format!("{}: {m}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o027 != 0 {
+        return Err(fail(format!(
+            "mode {mode:o} lets others read or group members write it: chmod 600 (or 640)"
+        )));
+    }
+    let text = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    crate::auth::token::TokenKey::from_file_text(&text).map_err(fail)
+}
+
 impl Server {
     /// Loads TLS material, builds the upstream client and binds the listener. Every
     /// failure here is a start-up failure with a message naming the key.
@@ -78,7 +95,16 @@ impl Server {
                     }
                 }
                 tracing::info!(users = users.len(), file = %a.users_file.display(), "user file loaded");
-                Some(Authenticator::new(users, &a.settings, metrics.clone()))
+                let auth = Authenticator::new(users, &a.settings, metrics.clone());
+                match &a.token_key_file {
+                    Some(path) => Some(auth.with_token_key(token_key(path)?)),
+                    None => {
+                        if auth.issues_tokens() {
+                            tracing::info!("docker bearer tokens signed with a random key of this process (replicas behind one address need auth.token_key_file)");
+                        }
+                        Some(auth)
+                    }
+                }
             }
             None => {
                 tracing::warn!("auth.disabled: true: every well-formed request is forwarded without a credential check");

@@ -281,6 +281,27 @@ fn bad_cases() -> Vec<Bad> {
             expect: vec!["audit.key_file: ".into(), "no-such.key: cannot read".into()],
         },
         Bad {
+            what: "token key file missing",
+            yaml: plain.replace(
+                "auth:\n  disabled: true\n",
+                "auth:\n  users_file: users.yaml\n  anonymous: true\n  token_key_file: no-such.key\naccess:\n  rules: []\n",
+            ),
+            files: vec![("users.yaml", b"users: []\n".to_vec())],
+            expect: vec!["auth.token_key_file: ".into(), "no-such.key: cannot read".into()],
+        },
+        Bad {
+            what: "token key readable by everyone",
+            yaml: plain.replace(
+                "auth:\n  disabled: true\n",
+                "auth:\n  users_file: users.yaml\n  anonymous: true\n  token_key_file: token.key\naccess:\n  rules: []\n",
+            ),
+            files: vec![
+                ("users.yaml", b"users: []\n".to_vec()),
+                ("token.key", "ab".repeat(32).into_bytes()),
+            ],
+            expect: vec!["auth.token_key_file: ".into(), "chmod 600".into()],
+        },
+        Bad {
             what: "audit key readable by everyone",
             yaml: format!("{plain}audit:\n  file: audit.jsonl\n  key_file: audit.key\n"),
             files: vec![("audit.key", "ab".repeat(32).into_bytes())],

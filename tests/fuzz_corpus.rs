@@ -13,6 +13,7 @@ const TARGETS: &[(&str, Entry)] = &[
     ("config", registry_guard::fuzzing::config),
     ("upload_start", registry_guard::fuzzing::upload_start),
     ("basic", registry_guard::fuzzing::basic),
+    ("token", registry_guard::fuzzing::token),
     ("users", registry_guard::fuzzing::users),
     ("audit_verify", registry_guard::fuzzing::audit_verify),
     ("challenge", registry_guard::fuzzing::challenge),

@@ -13,10 +13,14 @@
 //! - The argon2 working memory is bounded by `verify_concurrency` × `m_cost` and given
 //!   back when the verification threads are idle (see [`Argon2Pool`]).
 //! - User names are logged through `log::Escaped` only.
+//! - A bearer token (`token`) is never logged; one is honoured only while its user still
+//!   exists, is not disabled and has the hash it had at issue, and an anonymous one only
+//!   while `auth.anonymous` is on.
 
 pub mod basic;
 pub mod cache;
 pub(crate) mod throttle;
+pub mod token;
 pub mod users;
 
 use crate::log::Escaped;
@@ -84,6 +88,8 @@ pub struct AuthSettings {
     pub cache_max_entries: usize,
     pub verify_concurrency: usize,
     pub throttle: throttle::Limits,
+    /// Answer docker with a Bearer challenge and issue tokens (`auth.docker_bearer`).
+    pub docker_bearer: bool,
 }
 
 #[derive(Debug)]
@@ -98,6 +104,9 @@ pub struct Authenticator {
     /// last [`Ticket`].
     in_flight: FlightMap,
     anonymous: bool,
+    /// The token key when the proxy issues tokens (`auth.docker_bearer`); `None`: Bearer
+    /// credentials are refused as malformed, as before tokens existed.
+    tokens: Option<token::TokenKey>,
     metrics: Arc<Metrics>,
 }
 
@@ -110,7 +119,72 @@ impl Authenticator {
             argon2: Argon2Pool::new(settings.verify_concurrency.max(1), metrics.clone()),
             in_flight: std::sync::Mutex::new(HashMap::new()),
             anonymous: settings.anonymous,
+            tokens: settings.docker_bearer.then(token::TokenKey::random),
             metrics,
+        }
+    }
+
+    /// Signs tokens with `key` (`auth.token_key_file`, shared by replicas) instead of the
+    /// random per-process key. No effect when the proxy issues no tokens.
+    pub fn with_token_key(mut self, key: token::TokenKey) -> Self {
+        if self.tokens.is_some() {
+            self.tokens = Some(key);
+        }
+        self
+    }
+
+    /// Whether the proxy issues tokens and sends docker a Bearer challenge.
+    pub fn issues_tokens(&self) -> bool {
+        self.tokens.is_some()
+    }
+
+    /// A token for `id` (just identified), valid for [`token::LIFETIME`] from `now`
+    /// (unix seconds). `None`: no tokens issued, or the user left the file meanwhile.
+    pub fn issue_token(&self, id: &Identity, now: u64) -> Option<String> {
+        let key = self.tokens.as_ref()?;
+        let subject = match id {
+            Identity::Anonymous => token::Subject::Anonymous,
+            Identity::User { name, .. } => token::Subject::User {
+                name: name.clone(),
+                fingerprint: key.fingerprint(&self.users.load().get(name)?.hash),
+            },
+        };
+        Some(token::mint(key, &subject, now, token::LIFETIME))
+    }
+
+    /// The identity a bearer token stands for, checked against the current user file.
+    fn identify_token(
+        &self,
+        key: &token::TokenKey,
+        value: &[u8],
+        client: IpAddr,
+    ) -> Result<Identity, AuthError> {
+        const REFUSED: AuthError = AuthError::Invalid("invalid or expired token");
+        let refused = |reason: &str, user: &str| {
+            self.metrics.auth_failures.inc();
+            tracing::info!(user = %Escaped(user), %client, reason, "token refused");
+            REFUSED
+        };
+        let claims = std::str::from_utf8(value)
+            .map_err(|_| token::TokenError::Malformed)
+            .and_then(|t| token::verify(key, t, unix_now()))
+            .map_err(|e| refused(&e.to_string(), ""))?;
+        match claims.subject {
+            token::Subject::Anonymous if self.anonymous => Ok(Identity::Anonymous),
+            token::Subject::Anonymous => Err(refused("anonymous access is off", "anonymous")),
+            token::Subject::User { name, fingerprint } => {
+                let snapshot = self.users.load();
+                match snapshot.get(&name) {
+                    Some(u) if !u.disabled && key.fingerprint(&u.hash) == fingerprint => {
+                        Ok(identity_of(Some(u)))
+                    }
+                    // The user left, was disabled or changed password since the issue.
+                    _ => Err(refused(
+                        "the user changed since the token was issued",
+                        &name,
+                    )),
+                }
+            }
         }
     }
 
@@ -151,6 +225,9 @@ impl Authenticator {
             (Some(_), Some(_)) => return Err(AuthError::Ambiguous),
             (Some(v), None) => v,
         };
+        if let (Some(key), Some(t)) = (&self.tokens, token::bearer(value.as_bytes())) {
+            return self.identify_token(key, t, client);
+        }
         let creds = match basic::parse(value.as_bytes()) {
             Ok(c) => c,
             // containers/image's "no login" (`Basic Og==`): the same as no header.
@@ -491,6 +568,13 @@ fn work(shared: &Shared, metrics: &Metrics) {
     }
 }
 
+/// Seconds since the Unix epoch (0 for a clock before it, which expires every token).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn identity_of(user: Option<&users::User>) -> Identity {
     match user {
         Some(u) => Identity::User {
@@ -506,12 +590,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn authenticator(max_failures: u32) -> Arc<Authenticator> {
-        // Default-cost hash: slow enough that requests are cancelled while it runs.
-        let hash = users::hash_password("alice-pw", 19456, 2, 1).unwrap();
-        let users =
-            Users::from_yaml(&format!("users:\n  - name: alice\n    hash: '{hash}'\n")).unwrap();
-        let settings = AuthSettings {
+    fn settings(max_failures: u32) -> AuthSettings {
+        AuthSettings {
             anonymous: false,
             cache_ttl: Duration::from_secs(60),
             cache_max_entries: 100,
@@ -524,8 +604,20 @@ mod tests {
                 max_in_flight_per_address: 100,
                 max_in_flight_per_user: 100,
             },
-        };
-        Arc::new(Authenticator::new(users, &settings, Arc::default()))
+            docker_bearer: false,
+        }
+    }
+
+    fn authenticator(max_failures: u32) -> Arc<Authenticator> {
+        // Default-cost hash: slow enough that requests are cancelled while it runs.
+        let hash = users::hash_password("alice-pw", 19456, 2, 1).unwrap();
+        let users =
+            Users::from_yaml(&format!("users:\n  - name: alice\n    hash: '{hash}'\n")).unwrap();
+        Arc::new(Authenticator::new(
+            users,
+            &settings(max_failures),
+            Arc::default(),
+        ))
     }
 
     fn headers(user: &str, password: &str) -> HeaderMap {
@@ -548,6 +640,65 @@ mod tests {
         tokio::time::sleep(after).await;
         set.abort_all();
         while set.join_next().await.is_some() {}
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        h
+    }
+
+    /// Tokens stand for their user only while the user file still says the same: a new
+    /// hash, a disable or a removal refuses them; anonymous ones need anonymous on.
+    #[tokio::test]
+    async fn tokens_follow_the_current_user_file() {
+        let cheap = |pw: &str| users::hash_password(pw, 8, 1, 1).unwrap();
+        let file = |hash: &str, disabled: bool| {
+            Users::from_yaml(&format!(
+                "users:\n  - name: alice\n    hash: '{hash}'\n    groups: [g]\n    disabled: {disabled}\n"
+            ))
+            .unwrap()
+        };
+        let first = cheap("one");
+        let mut settings = settings(10);
+        settings.docker_bearer = true;
+        let auth = Authenticator::new(file(&first, false), &settings, Arc::default());
+        let client: IpAddr = [192, 0, 2, 1].into();
+        let alice = auth
+            .identify(&headers("alice", "one"), client)
+            .await
+            .unwrap();
+        let t = auth.issue_token(&alice, unix_now()).unwrap();
+        assert_eq!(auth.identify(&bearer(&t), client).await, Ok(alice.clone()));
+        // Another key (another replica without the shared key file): refused.
+        let other = Authenticator::new(file(&first, false), &settings, Arc::default());
+        assert!(other.identify(&bearer(&t), client).await.is_err());
+        // Disabled, then a new password: refused; the old hash back: good again.
+        auth.replace_users(file(&first, true));
+        assert!(auth.identify(&bearer(&t), client).await.is_err());
+        auth.replace_users(file(&cheap("two"), false));
+        assert!(auth.identify(&bearer(&t), client).await.is_err());
+        auth.replace_users(file(&first, false));
+        assert_eq!(auth.identify(&bearer(&t), client).await, Ok(alice));
+        // Anonymous tokens only while anonymous access is on.
+        let anon = auth.issue_token(&Identity::Anonymous, unix_now()).unwrap();
+        assert!(auth.identify(&bearer(&anon), client).await.is_err());
+        settings.anonymous = true;
+        let open = Authenticator::new(file(&first, false), &settings, Arc::default())
+            .with_token_key(token::TokenKey::new(&[1; 32]));
+        let anon = open.issue_token(&Identity::Anonymous, unix_now()).unwrap();
+        assert_eq!(
+            open.identify(&bearer(&anon), client).await,
+            Ok(Identity::Anonymous)
+        );
+        // Without tokens, a Bearer value is malformed credentials, as before.
+        settings.docker_bearer = false;
+        let off = Authenticator::new(file(&first, false), &settings, Arc::default());
+        assert!(off.issue_token(&Identity::Anonymous, unix_now()).is_none());
+        assert_eq!(
+            off.identify(&bearer(&anon), client).await,
+            Err(AuthError::Invalid("malformed Basic credentials"))
+        );
     }
 
     #[test]

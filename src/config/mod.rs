@@ -98,6 +98,9 @@ impl Config {
         }
         if let Some(auth) = &mut self.auth {
             fix(&mut auth.users_file);
+            if let Some(k) = &mut auth.token_key_file {
+                fix(k);
+            }
         }
         if let Some(audit) = &mut self.audit {
             fix(&mut audit.settings.file);

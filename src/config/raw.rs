@@ -102,6 +102,8 @@ pub(super) struct RawAuth {
     #[serde(default)]
     pub(super) throttle: RawThrottle,
     pub(super) max_unauthenticated_body: Option<u64>,
+    pub(super) docker_bearer: Option<String>,
+    pub(super) token_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

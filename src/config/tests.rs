@@ -248,6 +248,45 @@ fn auth_defaults() {
     assert!(Config::from_yaml(MIN).unwrap().auth.is_none());
 }
 
+/// `auth.docker_bearer`: auto follows `auth.anonymous`, on and off force it, anything
+/// else is named; a token key without tokens is a mistake worth naming.
+#[test]
+fn docker_bearer_follows_anonymous_unless_forced() {
+    let bearer = |extra: &str| {
+        Config::from_yaml(&format!("{WITH_USERS}{extra}"))
+            .unwrap()
+            .auth
+            .unwrap()
+            .settings
+            .docker_bearer
+    };
+    assert!(!bearer(""));
+    assert!(bearer("  anonymous: true\n"));
+    assert!(bearer("  anonymous: true\n  docker_bearer: auto\n"));
+    assert!(!bearer("  anonymous: true\n  docker_bearer: off\n"));
+    assert!(bearer("  docker_bearer: on\n"));
+    let a = Config::from_yaml(&format!(
+        "{WITH_USERS}  anonymous: true\n  token_key_file: keys/token.key\n"
+    ))
+    .unwrap()
+    .auth
+    .unwrap();
+    assert_eq!(
+        a.token_key_file.as_deref(),
+        Some(std::path::Path::new("keys/token.key"))
+    );
+    let e = err(&format!("{WITH_USERS}  docker_bearer: yes-please\n"));
+    assert!(
+        e.contains("auth.docker_bearer") && e.contains("yes-please"),
+        "{e}"
+    );
+    let e = err(&format!("{WITH_USERS}  token_key_file: k\n"));
+    assert!(
+        e.contains("auth.token_key_file") && e.contains("issues no tokens"),
+        "{e}"
+    );
+}
+
 #[test]
 fn self_signed_defaults_its_names() {
     let y = MIN.replace(

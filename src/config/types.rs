@@ -83,6 +83,9 @@ pub struct Auth {
     pub users_file: PathBuf,
     pub realm: String,
     pub settings: crate::auth::AuthSettings,
+    /// The key docker's bearer tokens are signed with (`auth.token_key_file`), read at
+    /// start; `None`: a random key per process (replicas then refuse each other's tokens).
+    pub token_key_file: Option<PathBuf>,
     /// A request refused before forwarding whose body was sent without
     /// `Expect: 100-continue` is read and discarded up to this many bytes, so the client
     /// sees the refusal instead of a reset connection.

@@ -378,11 +378,29 @@ impl TryFrom<RawAuth> for Auth {
                 1..,
             )?,
             throttle: crate::auth::throttle::Limits::try_from(a.throttle)?,
+            docker_bearer: match a.docker_bearer.as_deref() {
+                None | Some("auto") => a.anonymous,
+                Some("on") => true,
+                Some("off") => false,
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        "auth.docker_bearer",
+                        format!("{other:?} is not auto, on or off"),
+                    ))
+                }
+            },
         };
+        if a.token_key_file.is_some() && !settings.docker_bearer {
+            return Err(ConfigError::new(
+                "auth.token_key_file",
+                "set, but the proxy issues no tokens (auth.docker_bearer is off, or auto with auth.anonymous off)",
+            ));
+        }
         Ok(Auth {
             users_file,
             realm,
             settings,
+            token_key_file: a.token_key_file,
             max_unauthenticated_body: a
                 .max_unauthenticated_body
                 .unwrap_or(DEFAULT_MAX_UNAUTHENTICATED_BODY),

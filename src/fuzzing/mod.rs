@@ -142,6 +142,39 @@ pub fn basic(data: &[u8]) {
     assert_eq!(back.as_ref(), Ok(&creds), "credentials do not round-trip");
 }
 
+/// `auth::token::verify` must never panic on any `Authorization: Bearer` value, and must
+/// accept no token it did not sign: whatever arrives, under a key the input cannot know,
+/// is refused; a token minted from the input's bytes (as user name) verifies to exactly
+/// that user, and is refused once any one byte of it changes.
+///
+/// Input: the token text; its bytes (lossily UTF-8) also serve as a user name.
+pub fn token(data: &[u8]) {
+    use crate::auth::token::{bearer, mint, verify, Subject, TokenKey, LIFETIME};
+    const NOW: u64 = 1_800_000_000;
+    let key = TokenKey::new(b"registry-guard fuzz key, 32 bytes or more");
+    let text = String::from_utf8_lossy(data);
+    assert!(verify(&key, &text, NOW).is_err(), "accepted {text:?}");
+    if let Some(t) = bearer(data) {
+        if let Ok(t) = std::str::from_utf8(t) {
+            assert!(verify(&key, t, NOW).is_err(), "accepted bearer {t:?}");
+        }
+    }
+    let subject = Subject::User {
+        name: text.chars().take(128).collect(),
+        fingerprint: key.fingerprint(&text),
+    };
+    let minted = mint(&key, &subject, NOW, LIFETIME);
+    let claims = verify(&key, &minted, NOW);
+    assert_eq!(claims.map(|c| c.subject).as_ref(), Ok(&subject), "{minted}");
+    if let Some(&b) = data.first() {
+        let i = usize::from(b) % minted.len();
+        let mut changed = minted.clone().into_bytes();
+        changed[i] = if changed[i] == b'x' { b'y' } else { b'x' };
+        let changed = String::from_utf8_lossy(&changed);
+        assert!(verify(&key, &changed, NOW).is_err(), "accepted {changed:?}");
+    }
+}
+
 /// The user file parser (`users::Checked::from_yaml`: YAML, names, hashes, groups,
 /// duplicates) must never panic on any text: a bad user file is an error naming the user,
 /// never a crash of `check`, `serve` or a reload. What it accepts holds only valid names

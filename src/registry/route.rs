@@ -10,13 +10,50 @@
 //! - Every accepted route renders back to the same path ([`Route::path`]); a property
 //!   test holds the parser to that.
 //! - `/v1/...` and every other non-v2 path are refused: they carry ids that belong to no
-//!   namespace, so no per-namespace rule could be enforced on them.
+//!   namespace, so no per-namespace rule could be enforced on them. The one exception is
+//!   [`TOKEN_PATH`], which the proxy answers itself and never forwards.
 
 use super::grammar;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_route_is_get_of_exactly_its_path() {
+        let r = parse(
+            &Method::GET,
+            TOKEN_PATH,
+            Some("service=x&scope=repository:a:pull"),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.kind(), r.repo(), r.actions()),
+            ("token", None, Actions::NONE)
+        );
+        assert_eq!(r.path(), TOKEN_PATH);
+        for (m, p) in [
+            (Method::POST, "/auth/token"),
+            (Method::HEAD, "/auth/token"),
+            (Method::GET, "/auth/token/"),
+            (Method::GET, "/auth/tokens"),
+            (Method::GET, "/auth/%74oken"),
+            (Method::GET, "/v2/auth/token/x"),
+        ] {
+            assert!(
+                !matches!(
+                    parse(&m, p, None),
+                    Ok(Route {
+                        target: Target::Token,
+                        ..
+                    })
+                ),
+                "{m} {p}"
+            );
+        }
+        let long = "a".repeat(MAX_QUERY + 1);
+        assert!(parse(&Method::GET, TOKEN_PATH, Some(&long)).is_err());
+    }
 
     #[test]
     fn stripping_mount_keeps_everything_else_byte_for_byte() {
@@ -142,6 +179,10 @@ pub enum Target {
     Upload { repo: String, id: String },
     /// `/v2/<name>/referrers/<digest>`.
     Referrers { repo: String, digest: String },
+    /// `/auth/token` (GET): the proxy's own token endpoint for docker (`auth::token`);
+    /// never forwarded. Its query (`service`, `scope`, `account`) is not read: a token
+    /// proves an identity, never scopes.
+    Token,
 }
 
 /// A well-formed v2 request: its method, what it addresses and what it needs.
@@ -163,13 +204,14 @@ impl Route {
             Target::UploadStart { .. } => "upload_start",
             Target::Upload { .. } => "upload",
             Target::Referrers { .. } => "referrers",
+            Target::Token => "token",
         }
     }
 
     /// The repository addressed, if any (`/v2/` and `/v2/_catalog` address none).
     pub fn repo(&self) -> Option<&str> {
         match &self.target {
-            Target::Base | Target::Catalog { .. } => None,
+            Target::Base | Target::Catalog { .. } | Target::Token => None,
             Target::TagsList { repo, .. }
             | Target::Manifest { repo, .. }
             | Target::Blob { repo, .. }
@@ -188,7 +230,7 @@ impl Route {
     pub fn actions(&self) -> Actions {
         let m = &self.method;
         match &self.target {
-            Target::Base | Target::Catalog { .. } => Actions::NONE,
+            Target::Base | Target::Catalog { .. } | Target::Token => Actions::NONE,
             Target::TagsList { .. } | Target::Referrers { .. } => Actions::PULL,
             Target::Manifest { .. } | Target::Blob { .. } if *m == Method::DELETE => {
                 Actions::DELETE.union(Actions::PULL)
@@ -217,6 +259,7 @@ impl Route {
             Target::UploadStart { repo, .. } => format!("/v2/{repo}/blobs/uploads/"),
             Target::Upload { repo, id } => format!("/v2/{repo}/blobs/uploads/{id}"),
             Target::Referrers { repo, digest } => format!("/v2/{repo}/referrers/{digest}"),
+            Target::Token => TOKEN_PATH.to_owned(),
         }
     }
 }
@@ -253,13 +296,22 @@ pub const MAX_PATH: usize = 2048;
 /// Longest query accepted (upload `_state` tokens run to a few hundred bytes).
 pub const MAX_QUERY: usize = 8192;
 
+/// The proxy's token endpoint for docker (see `auth::token`), outside `/v2/`.
+pub const TOKEN_PATH: &str = "/auth/token";
+
 /// Parses a request. `path` and `query` are the raw, undecoded request-target parts.
 pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, RouteError> {
-    let rest = check_path(path)?;
+    let rest = match path {
+        TOKEN_PATH => None,
+        _ => Some(check_path(path)?),
+    };
     if query.is_some_and(|q| q.len() > MAX_QUERY) {
         return Err(RouteError::QueryInvalid("query string too long"));
     }
-    let target = parse_target(rest, query).map_err(|e| unknown_to_reads(method, rest, e))?;
+    let target = match rest {
+        None => Target::Token,
+        Some(rest) => parse_target(rest, query).map_err(|e| unknown_to_reads(method, rest, e))?,
+    };
     let route = Route {
         method: method.clone(),
         target,
@@ -502,6 +554,7 @@ fn allows(route: &Route) -> bool {
     let read = *m == Method::GET || *m == Method::HEAD;
     match route.target {
         Target::Base => read,
+        Target::Token => *m == Method::GET,
         Target::Catalog { .. } | Target::TagsList { .. } | Target::Referrers { .. } => {
             *m == Method::GET
         }

@@ -7,7 +7,8 @@
 //! per-address and per-name tables must be told apart.
 //!
 //! Topics: `challenge` (the challenge, valid and refused credentials, Basic parsing),
-//! `throttle` (failures per pair and per address, cancelled requests), `cache_and_reload`
+//! `throttle` (failures per pair and per address, cancelled requests), `docker_bearer`
+//! (the Bearer challenge for docker, the token route, tokens), `cache_and_reload`
 //! (the verification cache, user file reloads, argon2 memory), `bodies` (refused bodies
 //! read away or cut), `logs` (no credential in any log line), and `e2e` (skopeo, curl and
 //! the seed flows against Debian's docker-registry). The `hash-password` / `user` / `check`
@@ -36,6 +37,7 @@ use tokio_rustls::client::TlsStream;
 mod bodies;
 mod cache_and_reload;
 mod challenge;
+mod docker_bearer;
 mod e2e;
 mod logs;
 mod throttle;

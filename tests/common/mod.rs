@@ -32,7 +32,9 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_registry-guard"))
 }
 
-fn required() -> bool {
+/// Whether real parts are required (`RG_REQUIRE_REAL=1` or `CI=true`): then a missing one
+/// fails the test instead of skipping it.
+pub fn required() -> bool {
     std::env::var("RG_REQUIRE_REAL").is_ok_and(|v| v == "1")
         || std::env::var("CI").is_ok_and(|v| v == "true")
 }

@@ -1,6 +1,6 @@
 //! The pain points of registries behind proxies (issue 10, point 4), each pinned against
 //! Debian's real docker-registry (distribution 2.8) behind registry-guard, driven by real
-//! clients: curl, skopeo and podman.
+//! clients: curl, skopeo, podman and docker (a dockerd of the test's own, as root).
 //!
 //! Topics: `transfers` (a 2 GiB push slower than 60 s with flat memory; HTTP/2 and
 //! chunked uploads without Content-Length to an HTTP/1.1 upstream), `locations` (the
