@@ -448,6 +448,21 @@ impl Proxy {
         }
     }
 
+    /// A registry-guard started by other means (a container): what clients need to
+    /// reach it. Nothing is stopped when it is dropped.
+    pub fn external(addr: SocketAddr, cert_dir: &std::path::Path, ca: &std::path::Path) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        Proxy {
+            addr,
+            base: format!("https://{addr}"),
+            ca: ca.to_owned(),
+            cert_dir: cert_dir.to_owned(),
+            config_path: dir.path().join("none"),
+            dir,
+            child: None,
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
