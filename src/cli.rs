@@ -364,7 +364,7 @@ fn serve(path: PathBuf, addr_file: Option<PathBuf>) -> ExitCode {
     };
     rt.block_on(async move {
         let server = match Server::bind(&cfg).await {
-            Ok(s) => s,
+            Ok(s) => s.reload_from(&path),
             Err(e @ ServeError::Config(_)) => return fail(EXIT_CONFIG, &with_file(&path, e)),
             Err(e @ ServeError::Users(_)) => return fail(EXIT_CONFIG, &e),
             Err(e) => return fail(EXIT_UNAVAILABLE, &e),

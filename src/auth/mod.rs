@@ -21,7 +21,6 @@ pub mod users;
 
 use crate::log::Escaped;
 use crate::metrics::Metrics;
-use arc_swap::ArcSwap;
 use cache::VerifyCache;
 use http::header::{HeaderMap, AUTHORIZATION};
 use std::collections::HashMap;
@@ -77,7 +76,7 @@ pub enum AuthError {
 }
 
 /// Settings of the identity stage (from `auth:` in the config).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuthSettings {
     pub anonymous: bool,
     pub cache_ttl: Duration,
@@ -86,17 +85,22 @@ pub struct AuthSettings {
     pub throttle: throttle::Limits,
 }
 
+/// One user file snapshot and the settings of `auth:`. A reload makes a new one
+/// ([`Authenticator::reloaded`]) that shares the state worth keeping (throttle counts,
+/// verified credentials, argon2 threads) with the old one where its settings did not
+/// change; requests under way keep the one they started with.
 #[derive(Debug)]
 pub struct Authenticator {
-    users: ArcSwap<Users>,
-    cache: VerifyCache,
-    throttle: Throttle,
-    argon2: Argon2Pool,
+    users: Arc<Users>,
+    settings: AuthSettings,
+    cache: Arc<VerifyCache>,
+    throttle: Arc<Throttle>,
+    argon2: Arc<Argon2Pool>,
     /// One lock per credential being verified: concurrent requests with the same
     /// credentials (64 connections of one client at start) wait for one argon2 run and
     /// then hit the cache, instead of running argon2 64 times. Entries leave with the
     /// last [`Ticket`].
-    in_flight: FlightMap,
+    in_flight: Arc<FlightMap>,
     anonymous: bool,
     metrics: Arc<Metrics>,
 }
@@ -104,24 +108,71 @@ pub struct Authenticator {
 impl Authenticator {
     pub fn new(users: Users, settings: &AuthSettings, metrics: Arc<Metrics>) -> Self {
         Authenticator {
-            users: ArcSwap::from_pointee(users),
-            cache: VerifyCache::new(settings.cache_ttl, settings.cache_max_entries),
-            throttle: Throttle::new(settings.throttle.clone()),
-            argon2: Argon2Pool::new(settings.verify_concurrency.max(1), metrics.clone()),
-            in_flight: std::sync::Mutex::new(HashMap::new()),
+            users: Arc::new(users),
+            settings: settings.clone(),
+            cache: Arc::new(VerifyCache::new(
+                settings.cache_ttl,
+                settings.cache_max_entries,
+            )),
+            throttle: Arc::new(Throttle::new(settings.throttle.clone())),
+            argon2: Arc::new(Argon2Pool::new(
+                settings.verify_concurrency.max(1),
+                metrics.clone(),
+            )),
+            in_flight: Default::default(),
             anonymous: settings.anonymous,
             metrics,
         }
     }
 
-    /// Swaps in a new user file snapshot; cached verifications of changed or removed
-    /// users stop matching because the stored hash is part of their key.
-    pub fn replace_users(&self, users: Users) {
-        self.users.store(Arc::new(users));
+    /// The authenticator of a reloaded configuration: `users` and `settings`, keeping
+    /// this one's throttle state (failure counts, known-good pairs), verification cache
+    /// and argon2 threads wherever their settings are unchanged, so a reload neither
+    /// forgets a brute-force attempt nor costs every user an argon2 run. Cached
+    /// verifications of changed or removed users stop matching because the stored hash
+    /// is part of their key.
+    pub fn reloaded(&self, users: Users, settings: &AuthSettings) -> Authenticator {
+        let old = &self.settings;
+        let metrics = self.metrics.clone();
+        Authenticator {
+            users: Arc::new(users),
+            settings: settings.clone(),
+            cache: if (old.cache_ttl, old.cache_max_entries)
+                == (settings.cache_ttl, settings.cache_max_entries)
+            {
+                self.cache.clone()
+            } else {
+                Arc::new(VerifyCache::new(
+                    settings.cache_ttl,
+                    settings.cache_max_entries,
+                ))
+            },
+            throttle: if old.throttle == settings.throttle {
+                self.throttle.clone()
+            } else {
+                Arc::new(Throttle::new(settings.throttle.clone()))
+            },
+            argon2: if old.verify_concurrency == settings.verify_concurrency {
+                self.argon2.clone()
+            } else {
+                Arc::new(Argon2Pool::new(
+                    settings.verify_concurrency.max(1),
+                    metrics.clone(),
+                ))
+            },
+            in_flight: self.in_flight.clone(),
+            anonymous: settings.anonymous,
+            metrics,
+        }
     }
 
     pub fn users(&self) -> Arc<Users> {
-        self.users.load_full()
+        self.users.clone()
+    }
+
+    /// Whether `other` keeps this one's throttle state (the same failure counts).
+    pub fn shares_throttle(&self, other: &Authenticator) -> bool {
+        Arc::ptr_eq(&self.throttle, &other.throttle)
     }
 
     /// Establishes the identity of a request from its headers. `client` is the one
@@ -175,7 +226,7 @@ impl Authenticator {
             }
         };
         let name = Escaped(&creds.user);
-        let snapshot = self.users.load_full();
+        let snapshot = self.users.clone();
         let user = snapshot.get(&creds.user).cloned();
         let fingerprint = user.as_ref().filter(|u| !u.disabled).map(|u| {
             self.cache
@@ -263,7 +314,7 @@ impl Authenticator {
         let mut map = lock(&self.in_flight);
         let lock = map.entry(fp).or_default().clone();
         Ticket {
-            map: &self.in_flight,
+            map: &*self.in_flight,
             fp,
             lock,
         }
