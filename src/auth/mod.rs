@@ -314,7 +314,7 @@ impl Authenticator {
         let mut map = lock(&self.in_flight);
         let lock = map.entry(fp).or_default().clone();
         Ticket {
-            map: &*self.in_flight,
+            map: &self.in_flight,
             fp,
             lock,
         }
@@ -599,6 +599,35 @@ mod tests {
         tokio::time::sleep(after).await;
         set.abort_all();
         while set.join_next().await.is_some() {}
+    }
+
+    #[test]
+    fn a_reload_keeps_throttle_counts_unless_the_throttle_settings_change() {
+        let auth = authenticator(2);
+        let ip: IpAddr = [192, 0, 2, 9].into();
+        let now = Instant::now();
+        for _ in 0..2 {
+            auth.throttle().fail_now(ip, "alice", now).unwrap();
+        }
+        assert!(auth.throttle().reserve(ip, "alice", now).is_err());
+        let users = || Users::from_yaml("users: []\n").unwrap();
+        // Same settings (a rule or user edit): the counts stay, brute force goes on
+        // being refused.
+        let same = auth.reloaded(users(), &auth.settings);
+        assert!(same.shares_throttle(&auth));
+        assert!(Arc::ptr_eq(&same.cache, &auth.cache) && Arc::ptr_eq(&same.argon2, &auth.argon2));
+        assert!(same.throttle().reserve(ip, "alice", now).is_err());
+        assert!(same.users().is_empty());
+        // Other throttle limits: a new throttle, under its own limits.
+        let mut changed = auth.settings.clone();
+        changed.throttle.max_failures = 5;
+        let other = same.reloaded(users(), &changed);
+        assert!(!other.shares_throttle(&auth));
+        assert!(
+            Arc::ptr_eq(&other.cache, &auth.cache),
+            "the cache settings did not change"
+        );
+        assert!(other.throttle().reserve(ip, "alice", now).is_ok());
     }
 
     #[test]

@@ -279,18 +279,18 @@ fn rules_and_certificate_reload_during_a_push_and_a_broken_config_changes_nothin
         //    the reload happen now rather than at the next poll).
         std::fs::write(&proxy.config_path, config_with(&base, RULES_BOB_PUSHES, "")).unwrap();
         signal(proxy.pid(), "HUP");
-        wait_metric(metrics, RELOAD_OK, 1, &proxy);
+        wait_metric(metrics, RELOAD_OK, 1, proxy);
         during.push(!push.is_finished());
-        assert_eq!(bob_upload_start(&proxy), 202, "after the SIGHUP reload");
+        assert_eq!(bob_upload_start(proxy), 202, "after the SIGHUP reload");
 
         // 2. An edit in place, seen by the poll: bob's push is gone again.
         let ok = scrape(metrics).get(RELOAD_OK);
         std::fs::write(&proxy.config_path, config_with(&base, RULES_BASE, "")).unwrap();
-        wait_metric(metrics, RELOAD_OK, ok + 1, &proxy);
+        wait_metric(metrics, RELOAD_OK, ok + 1, proxy);
         // (A poll may have taken the file before the SIGHUP: then the SIGHUP's reload
         // is the one counted, and the edit's follows.)
         wait_for(Duration::from_secs(10), || {
-            (bob_upload_start(&proxy) == 403).then_some(())
+            (bob_upload_start(proxy) == 403).then_some(())
         })
         .unwrap_or_else(|| panic!("bob still pushes after the edit:\n{}", proxy.logs()));
         during.push(!push.is_finished());
@@ -305,13 +305,13 @@ fn rules_and_certificate_reload_during_a_push_and_a_broken_config_changes_nothin
         );
         secret.update(&cert2, &key2);
         wait_for(Duration::from_secs(15), || {
-            (served_certificate(&proxy) == der2).then_some(())
+            (served_certificate(proxy) == der2).then_some(())
         })
         .unwrap_or_else(|| panic!("the second certificate is not served:\n{}", proxy.logs()));
         assert!(scrape(metrics).get(RELOAD_OK) > ok);
         during.push(!push.is_finished());
         assert_eq!(
-            bob_upload_start(&proxy),
+            bob_upload_start(proxy),
             202,
             "after the rename and the swap"
         );
