@@ -31,9 +31,19 @@ enum Command {
         addr_file: Option<PathBuf>,
     },
     /// Check a configuration: keys, values, certificates, key files, secrets, user file.
+    /// With --against OLD, also print what changes from OLD to it for every user, group
+    /// and anonymous on every repository (`bob: +push team-a/app`), and which changed
+    /// settings a running proxy only takes at a restart.
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// The configuration in force, to compare with.
+        #[arg(long, value_name = "OLD")]
+        against: Option<PathBuf>,
+        /// The repositories to compare on, one per line (default: the upstream's
+        /// catalog, read with the new configuration's upstream settings).
+        #[arg(long, value_name = "FILE", requires = "against")]
+        repos: Option<PathBuf>,
     },
     /// Explain what the rules decide for a request, with the same code as serving.
     Explain {
@@ -169,7 +179,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, addr_file } => serve(config, addr_file),
-        Command::Check { config } => check(config),
+        Command::Check {
+            config,
+            against,
+            repos,
+        } => check(config, against, repos),
         Command::Explain {
             config,
             user,
@@ -364,7 +378,7 @@ fn serve(path: PathBuf, addr_file: Option<PathBuf>) -> ExitCode {
     };
     rt.block_on(async move {
         let server = match Server::bind(&cfg).await {
-            Ok(s) => s,
+            Ok(s) => s.reload_from(&path),
             Err(e @ ServeError::Config(_)) => return fail(EXIT_CONFIG, &with_file(&path, e)),
             Err(e @ ServeError::Users(_)) => return fail(EXIT_CONFIG, &e),
             Err(e) => return fail(EXIT_UNAVAILABLE, &e),
@@ -402,14 +416,194 @@ async fn shutdown_signal() {
     }
 }
 
-fn check(path: PathBuf) -> ExitCode {
+fn check(path: PathBuf, against: Option<PathBuf>, repos: Option<PathBuf>) -> ExitCode {
     match check_config(&path) {
-        Ok(summary) => {
-            println!("{}: OK\n{summary}", path.display());
+        Ok(summary) => println!("{}: OK\n{summary}", path.display()),
+        Err(e) => return fail(EXIT_CONFIG, &e),
+    }
+    let Some(old) = against else {
+        return ExitCode::SUCCESS;
+    };
+    match compare(&path, &old, repos.as_deref()) {
+        Ok(text) => {
+            print!("{text}");
             ExitCode::SUCCESS
         }
-        Err(e) => fail(EXIT_CONFIG, &e),
+        Err(CompareError::Config(e)) => fail(EXIT_CONFIG, &e),
+        Err(CompareError::Catalog(e)) => fail(EXIT_UNAVAILABLE, &e),
     }
+}
+
+enum CompareError {
+    /// The old configuration, its user file, or the repository list is unusable.
+    Config(String),
+    /// The upstream's catalog could not be read.
+    Catalog(String),
+}
+
+/// The user file of a configuration (None: `auth.disabled`).
+fn users_of(cfg: &Config) -> Result<Option<users::Users>, CompareError> {
+    cfg.auth
+        .as_ref()
+        .map(|a| users::Users::load(&a.users_file))
+        .transpose()
+        .map_err(|e| CompareError::Config(e.to_string()))
+}
+
+/// `check --against`: access gained and lost from `old` to `new`, by the decision
+/// serving makes (`acl::diff`), and the settings a running proxy would not take live.
+fn compare(
+    new_path: &std::path::Path,
+    old_path: &std::path::Path,
+    repos_file: Option<&std::path::Path>,
+) -> Result<String, CompareError> {
+    use crate::acl::diff::{self, Side, Subject};
+    use crate::auth::Identity;
+    use std::collections::BTreeSet;
+    use std::fmt::Write;
+    let load =
+        |p: &std::path::Path| Config::load(p).map_err(|e| CompareError::Config(e.to_string()));
+    let (new, old) = (load(new_path)?, load(old_path)?);
+    let (new_users, old_users) = (users_of(&new)?, users_of(&old)?);
+    // How a side identifies a user: auth.disabled lets anyone through; otherwise only
+    // users of its file who are not disabled.
+    let as_user = |users: &Option<users::Users>, name: &str| match users {
+        None => Some(Identity::User {
+            name: name.to_owned(),
+            groups: Vec::new(),
+        }),
+        Some(u) => u.get(name).filter(|u| !u.disabled).map(|u| Identity::User {
+            name: u.name.clone(),
+            groups: u.groups.clone(),
+        }),
+    };
+    // A group as a member of it alone would have it (a name no `${user}` pattern can
+    // make a repository of).
+    let as_group = |users: &Option<users::Users>, group: &str| {
+        let exists = users
+            .as_ref()
+            .map_or(true, |u| u.groups().any(|g| g == group));
+        exists.then(|| Identity::User {
+            name: format!("group {group}"),
+            groups: vec![group.to_owned()],
+        })
+    };
+    let anonymous = |cfg: &Config| match &cfg.auth {
+        None => Some(Identity::Anonymous),
+        Some(a) => a.settings.anonymous.then_some(Identity::Anonymous),
+    };
+    let names: BTreeSet<String> = [&old_users, &new_users]
+        .into_iter()
+        .flatten()
+        .flat_map(|u| u.names().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    let groups: BTreeSet<String> = [&old_users, &new_users]
+        .into_iter()
+        .flatten()
+        .flat_map(|u| u.groups().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    let mut subjects: Vec<Subject> = names
+        .iter()
+        .map(|n| Subject {
+            label: n.clone(),
+            old: as_user(&old_users, n),
+            new: as_user(&new_users, n),
+        })
+        .collect();
+    subjects.extend(groups.iter().map(|g| Subject {
+        label: format!("group {g}"),
+        old: as_group(&old_users, g),
+        new: as_group(&new_users, g),
+    }));
+    subjects.push(Subject {
+        label: "anonymous".into(),
+        old: anonymous(&old),
+        new: anonymous(&new),
+    });
+    let repos = match repos_file {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| CompareError::Config(format!("{}: {e}", f.display())))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect(),
+        None => catalog(&new).map_err(CompareError::Catalog)?,
+    };
+    let side = |cfg: &Config| -> Option<crate::acl::Policy> {
+        cfg.access.as_ref().map(|a| a.policy.clone())
+    };
+    let (old_policy, new_policy) = (side(&old), side(&new));
+    let (changes, invalid) = diff::diff(
+        Side {
+            policy: old_policy.as_ref(),
+        },
+        Side {
+            policy: new_policy.as_ref(),
+        },
+        &subjects,
+        &repos,
+    );
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "access from {} to {} ({} users, {} groups and anonymous on {} repositories):",
+        old_path.display(),
+        new_path.display(),
+        names.len(),
+        groups.len(),
+        repos.len() - invalid.len()
+    );
+    if changes.is_empty() {
+        let _ = writeln!(out, "  no changes");
+    }
+    for c in &changes {
+        let _ = writeln!(out, "  {c}");
+    }
+    for r in &invalid {
+        let _ = writeln!(out, "skipped (not a repository name): {r:?}");
+    }
+    for key in crate::reload::restart_needed(&old, &new) {
+        let _ = writeln!(out, "needs a restart: {key}");
+    }
+    Ok(out)
+}
+
+/// Every repository the upstream's catalog lists, read with `cfg`'s upstream settings
+/// (and credentials) through the proxy's own lookup code.
+fn catalog(cfg: &Config) -> Result<Vec<String>, String> {
+    const PAGE: usize = 1000;
+    const MAX_PAGES: usize = 1000;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(async {
+        let up = crate::proxy::upstream::Upstream::new(&cfg.upstream).map_err(|e| e.to_string())?;
+        let mut repos = Vec::new();
+        let mut last: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let (page, next) = crate::proxy::lookup::catalog_page(&up, last.as_deref(), PAGE)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "cannot read the catalog of {} ({e}); give the repositories with --repos FILE",
+                        cfg.upstream.origin
+                    )
+                })?;
+            let done = next.is_none() || page.is_empty();
+            last = page.last().cloned();
+            repos.extend(page);
+            if done {
+                return Ok(repos);
+            }
+        }
+        Err(format!(
+            "the catalog of {} has more than {} repositories; give them with --repos FILE",
+            cfg.upstream.origin,
+            PAGE * MAX_PAGES
+        ))
+    })
 }
 
 /// Everything `serve` would load, without binding or writing anything.

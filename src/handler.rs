@@ -30,6 +30,7 @@ use crate::proxy::upstream::{OutBody, Upstream};
 use crate::proxy::upstream_token::Need;
 use crate::registry::{self, Actions, Reference, Route, Target};
 use crate::response;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, Version};
 use http_body_util::{BodyExt, Limited};
@@ -38,16 +39,38 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What every request needs, built once at start-up.
+/// What every request needs. The parts a reload may change live in one [`Snapshot`],
+/// swapped whole; the rest is fixed at start-up (changing it needs a restart).
 #[derive(Debug)]
 pub struct State {
-    /// The delete audit trail and its settings, if configured.
-    pub audit: Option<Audit>,
-    pub upstream: Upstream,
+    /// The reloadable configuration: each request loads it once and keeps it to its end,
+    /// so a reload never changes the rules, users or upstream under a request.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// The delete audit trail's writer, if configured (its file and key need a restart).
+    pub audit_log: Option<AuditLog>,
+    pub metrics: Arc<Metrics>,
+    /// How clients reach the proxy: `https`, or `http` in plaintext mode.
+    pub scheme: Scheme,
+    pub local_addr: SocketAddr,
+    /// Peers whose `X-Forwarded-For` gives the client address (`server.trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Connections per user (`limits.max_connections_per_user`).
+    pub user_connections: Arc<UserConnections>,
+}
+
+/// The configuration a reload replaces in one swap (see `crate::reload`): everything a
+/// request decides by, built and validated whole before it is stored.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Shared with the previous snapshot when `upstream:` and its files did not change
+    /// (its connection pool and tokens are kept).
+    pub upstream: Arc<Upstream>,
     /// `None`: `auth.disabled`, every well-formed request is forwarded.
     pub auth: Option<Authenticator>,
     /// The access rules; present exactly when `auth` is.
     pub policy: Option<Policy>,
+    /// What is audited, present exactly when [`State::audit_log`] is.
+    pub audit: Option<crate::config::Audit>,
     /// Largest catalog page (`n`) served.
     pub catalog_max_n: usize,
     /// Most tags read to answer a tag list (`limits.max_tags`).
@@ -56,17 +79,11 @@ pub struct State {
     /// Bytes of an unwanted request body read (and discarded) so the client sees the
     /// refusal; see [`drain`].
     pub max_unauthenticated_body: u64,
-    pub metrics: Arc<Metrics>,
     /// Configured public origin; `None`: from each request's Host.
     pub public_origin: Option<PublicOrigin>,
-    /// How clients reach the proxy: `https`, or `http` in plaintext mode.
-    pub scheme: Scheme,
     pub max_manifest_bytes: u64,
-    pub local_addr: SocketAddr,
-    /// Peers whose `X-Forwarded-For` gives the client address (`server.trusted_proxies`).
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// Connections per user (`limits.max_connections_per_user`).
-    pub user_connections: Arc<UserConnections>,
+    /// The TLS server config new handshakes use (`None`: plaintext).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The origin clients use (`https://host[:port]`) and its host part, split once.
@@ -95,13 +112,6 @@ impl PublicOrigin {
                 .to_owned(),
         }
     }
-}
-
-/// The audit trail: the writer and the settings it was started with.
-#[derive(Debug)]
-pub struct Audit {
-    pub log: AuditLog,
-    pub settings: crate::config::Audit,
 }
 
 /// How clients reach the proxy.
@@ -202,6 +212,8 @@ pub struct Permit {
 #[derive(Clone)]
 struct Ctx {
     state: Arc<State>,
+    /// The configuration this request started with (the same for all its stages).
+    snap: Arc<Snapshot>,
     /// The one client address (see [`client_of`]).
     client: IpAddr,
     request_id: String,
@@ -249,10 +261,11 @@ pub async fn handle(
     record.in_flight = Some(InFlight::new(conn.activity.clone()));
     let (parts, body) = req.into_parts();
     let hint = DrainHint::of(&parts);
-    let challenge = challenge_for(&state, &parts);
+    let snap = state.snapshot.load_full();
+    let challenge = challenge_for(&state, &snap, &parts);
 
     let mut body = Some(body);
-    let result = serve(&state, &conn, client, parts, &mut body, &mut record).await;
+    let result = serve(&state, &snap, &conn, client, parts, &mut body, &mut record).await;
     let mut resp = match result {
         Ok(resp) => {
             record.upstream_status = Some(resp.status().as_u16());
@@ -275,7 +288,7 @@ pub async fn handle(
             // The body was never forwarded: read it away where that lets the client see
             // this answer, else the connection closes after it.
             let body_left = match body.take() {
-                Some(b) => !drain(&hint, b, state.max_unauthenticated_body).await,
+                Some(b) => !drain(&hint, b, snap.max_unauthenticated_body).await,
                 None => false,
             };
             response::refusal(&e, &method, &challenge, body_left)
@@ -290,19 +303,16 @@ pub async fn handle(
 
 /// The `WWW-Authenticate` challenge should this request get a 401: see
 /// [`token::choose`].
-fn challenge_for(state: &State, parts: &http::request::Parts) -> Challenge {
+fn challenge_for(state: &State, snap: &Snapshot, parts: &http::request::Parts) -> Challenge {
     token::choose(
-        state
-            .auth
-            .as_ref()
-            .is_some_and(Authenticator::issues_tokens),
+        snap.auth.as_ref().is_some_and(Authenticator::issues_tokens),
         parts.uri.path() == token::TOKEN_PATH,
         parts
             .headers
             .get(header::USER_AGENT)
             .map(HeaderValue::as_bytes),
-        &state.realm,
-        || public_origin(state, parts).origin,
+        &snap.realm,
+        || public_origin(state, snap, parts).origin,
     )
 }
 
@@ -325,6 +335,7 @@ fn client_of(state: &State, conn: &ConnInfo, headers: &http::HeaderMap) -> IpAdd
 /// Route, identity, permit, forward.
 async fn serve(
     state: &Arc<State>,
+    snap: &Arc<Snapshot>,
     conn: &ConnInfo,
     client: IpAddr,
     parts: http::request::Parts,
@@ -335,12 +346,12 @@ async fn serve(
     record.route = route.kind();
     record.repo = route.repo().map(str::to_owned);
     if route.target == Target::Token {
-        check_token_request(state, &parts.headers)?;
+        check_token_request(snap, &parts.headers)?;
     }
 
     // No credentials, bad ones, throttled: answered without an audit record, so requests
     // nobody vouches for cannot fill the audit disk.
-    let identity = match &state.auth {
+    let identity = match &snap.auth {
         Some(auth) => Some(auth.identify(&parts.headers, client).await?),
         None => None,
     };
@@ -363,6 +374,7 @@ async fn serve(
     }
     let ctx = Ctx {
         state: state.clone(),
+        snap: snap.clone(),
         client,
         request_id: record.request_id.clone(),
         parts,
@@ -386,7 +398,7 @@ async fn serve(
     };
     check_body_headers(&ctx.route, &ctx.parts.headers)?;
     match &ctx.route.target {
-        Target::Catalog { n, last } if ctx.state.policy.is_some() => {
+        Target::Catalog { n, last } if ctx.snap.policy.is_some() => {
             return catalog(&ctx, *n, last.as_deref()).await;
         }
         Target::TagsList { repo, n, last } => {
@@ -406,12 +418,8 @@ async fn serve(
 /// Refuses a token request the proxy does not answer: no tokens issued (`auth.disabled`,
 /// `auth.docker_bearer` off), or a token offered for a token (only a login, or no
 /// credentials for an anonymous token, can get one: a token cannot renew itself).
-fn check_token_request(state: &State, headers: &http::HeaderMap) -> Result<(), ProxyError> {
-    if !state
-        .auth
-        .as_ref()
-        .is_some_and(Authenticator::issues_tokens)
-    {
+fn check_token_request(snap: &Snapshot, headers: &http::HeaderMap) -> Result<(), ProxyError> {
+    if !snap.auth.as_ref().is_some_and(Authenticator::issues_tokens) {
         return Err(registry::RouteError::NotFound("this proxy issues no tokens").into());
     }
     let bearer = headers
@@ -427,7 +435,7 @@ fn check_token_request(state: &State, headers: &http::HeaderMap) -> Result<(), P
 /// Answers `GET /auth/token` for the identity just established (a login, or anonymous
 /// when `auth.anonymous` is on): the token format docker reads. Never logged.
 fn issue_token(ctx: &Ctx) -> Result<Response<ResponseBody>, ProxyError> {
-    let (Some(auth), Some(id)) = (&ctx.state.auth, &ctx.identity) else {
+    let (Some(auth), Some(id)) = (&ctx.snap.auth, &ctx.identity) else {
         return Err(registry::RouteError::NotFound("this proxy issues no tokens").into());
     };
     let now = crate::auth::unix_now();
@@ -477,7 +485,7 @@ fn check_body_headers(route: &Route, headers: &http::HeaderMap) -> Result<(), Pr
 /// What an audited request is, if it is one: deletes of manifests and blobs, and
 /// manifest pushes when `audit.manifest_pushes` is on.
 fn audit_target(ctx: &Ctx) -> Option<audit::Target> {
-    let settings = &ctx.state.audit.as_ref()?.settings;
+    let settings = ctx.snap.audit.as_ref()?;
     match (&ctx.route.method, &ctx.route.target) {
         (
             &Method::DELETE,
@@ -550,7 +558,7 @@ fn audit_record(ctx: &Ctx, target: audit::Target) -> audit::Record {
 /// Records an authenticated user's refused audited request, within the user's
 /// `audit.max_denials_per_minute` (the rest are summarized by the writer).
 async fn audit_refusal(ctx: &Ctx, target: audit::Target, error: &ProxyError) {
-    let Some(audit) = &ctx.state.audit else {
+    let Some(log) = &ctx.state.audit_log else {
         return;
     };
     let mut r = audit_record(ctx, target);
@@ -559,7 +567,7 @@ async fn audit_refusal(ctx: &Ctx, target: audit::Target, error: &ProxyError) {
     r.reason = error.to_string();
     r.outcome = Some(Outcome::Denied);
     r.duration_ms = Some(0);
-    if let Err(e) = audit.log.write_denial(r).await {
+    if let Err(e) = log.write_denial(r).await {
         tracing::error!(error = %e, request_id = ctx.request_id, "audit record of a refusal not written");
     }
 }
@@ -574,14 +582,14 @@ async fn audited_forward(
     permit: Permit,
     target: audit::Target,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let Some(audit) = &ctx.state.audit else {
+    let (Some(log), Some(settings)) = (&ctx.state.audit_log, &ctx.snap.audit) else {
         return forward(&ctx, body, permit).await;
     };
-    let (log, max_tags) = (audit.log.clone(), audit.settings.max_tags);
+    let (log, max_tags) = (log.clone(), settings.max_tags);
     let started = std::time::Instant::now();
     let mut rec = audit_record(&ctx, target);
     rec.reason = permit.reason.clone();
-    let (upstream, repo) = (&ctx.state.upstream, ctx.repo());
+    let (upstream, repo) = (&*ctx.snap.upstream, ctx.repo());
     if target == audit::Target::ManifestByTag {
         match lookup::manifest_digest(upstream, repo, &rec.reference).await {
             Ok(d) => rec.digest = d,
@@ -651,7 +659,7 @@ async fn audited_forward(
 /// Decides whether the identity may make the request: the pure decision of
 /// `acl::decide` (the same one `explain` prints), then the upstream lookups it asks for.
 async fn permit(ctx: &Ctx) -> Result<Permit, ProxyError> {
-    let (state, route, identity) = (&ctx.state, &ctx.route, ctx.identity.as_ref());
+    let (snap, route, identity) = (&ctx.snap, &ctx.route, ctx.identity.as_ref());
     let query = ctx.parts.uri.query();
     let refusal = |verdict: Verdict| -> ProxyError {
         match verdict {
@@ -660,10 +668,10 @@ async fn permit(ctx: &Ctx) -> Result<Permit, ProxyError> {
             Verdict::Allow(_) => ProxyError::Denied(String::new()),
         }
     };
-    let allowance = match acl::decide(state.policy.as_ref(), identity, route, query) {
+    let allowance = match acl::decide(snap.policy.as_ref(), identity, route, query) {
         Verdict::Allow(a) => a,
         refused => {
-            if let (Some(id), Some(policy), Some(repo)) = (identity, &state.policy, route.repo()) {
+            if let (Some(id), Some(policy), Some(repo)) = (identity, &snap.policy, route.repo()) {
                 let why = policy.decide(id, repo, route.actions()).reason();
                 tracing::debug!(user = %crate::log::Escaped(id.name()), repo, reason = %why, "refused");
             }
@@ -671,17 +679,17 @@ async fn permit(ctx: &Ctx) -> Result<Permit, ProxyError> {
         }
     };
     // The explained reason only where it is kept (an audit record).
-    let reason = match (identity, &state.policy) {
+    let reason = match (identity, &snap.policy) {
         (Some(id), Some(policy)) if audit_target(ctx).is_some() => {
             acl::verdict::explained_reason(policy, id, route)
         }
         _ => allowance.reason,
     };
-    if let (Some(id), Some(policy), Some(repo)) = (identity, &state.policy, route.repo()) {
+    if let (Some(id), Some(policy), Some(repo)) = (identity, &snap.policy, route.repo()) {
         for check in &allowance.checks {
             let failed = match check {
                 Check::TagAbsent { tag, protection } => {
-                    lookup::manifest_digest(&state.upstream, repo, tag)
+                    lookup::manifest_digest(&snap.upstream, repo, tag)
                         .await?
                         .map(|_| {
                             format!(
@@ -690,7 +698,7 @@ async fn permit(ctx: &Ctx) -> Result<Permit, ProxyError> {
                         })
                 }
                 Check::NotProtected { digest } => {
-                    match protected_references(state, policy, id, repo, digest).await {
+                    match protected_references(&snap.upstream, policy, id, repo, digest).await {
                         Ok(()) => None,
                         Err(ProxyError::Denied(r)) => Some(r),
                         Err(other) => return Err(other),
@@ -724,13 +732,13 @@ const MAX_MANIFESTS_WALKED: usize = 256;
 /// (config, layers, children). Fails closed: when not every tag can be listed or a
 /// protected manifest cannot be read, the delete is refused and the reason says why.
 async fn protected_references(
-    state: &State,
+    upstream: &Upstream,
     policy: &Policy,
     id: &Identity,
     repo: &str,
     digest: &str,
 ) -> Result<(), ProxyError> {
-    let lookup::Tags { tags, complete } = lookup::tags(&state.upstream, repo, MAX_TAGS_EXAMINED)
+    let lookup::Tags { tags, complete } = lookup::tags(upstream, repo, MAX_TAGS_EXAMINED)
         .await?
         .unwrap_or(lookup::Tags {
             tags: Vec::new(),
@@ -755,8 +763,7 @@ async fn protected_references(
                     "protected tags of {repo} reference more than {MAX_MANIFESTS_WALKED} manifests: they cannot all be checked"
                 )));
             }
-            let Some((found, body)) = lookup::manifest(&state.upstream, repo, &reference).await?
-            else {
+            let Some((found, body)) = lookup::manifest(upstream, repo, &reference).await? else {
                 continue;
             };
             if found == digest {
@@ -794,11 +801,11 @@ async fn catalog(
     n: Option<u32>,
     last: Option<&str>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let state = &ctx.state;
-    let (Some(policy), Some(id)) = (&state.policy, &ctx.identity) else {
+    let snap = &ctx.snap;
+    let (Some(policy), Some(id)) = (&snap.policy, &ctx.identity) else {
         return Err(AuthError::Missing.into());
     };
-    let n = n.map_or(100, |n| n as usize).min(state.catalog_max_n);
+    let n = n.map_or(100, |n| n as usize).min(snap.catalog_max_n);
     let mut out: Vec<String> = Vec::new();
     let mut cursor = last.map(str::to_owned);
     let mut more = n > 0;
@@ -806,7 +813,7 @@ async fn catalog(
     while more && out.len() < n && pages < MAX_CATALOG_PAGES {
         pages += 1;
         let (names, next) =
-            lookup::catalog_page(&state.upstream, cursor.as_deref(), CATALOG_CHUNK).await?;
+            lookup::catalog_page(&snap.upstream, cursor.as_deref(), CATALOG_CHUNK).await?;
         more = next.is_some() && !names.is_empty();
         for name in names {
             cursor = Some(name.clone());
@@ -849,8 +856,8 @@ async fn tags_list(
     n: Option<u32>,
     last: Option<&str>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let max = ctx.state.max_tags;
-    let listing = lookup::tags(&ctx.state.upstream, repo, max)
+    let max = ctx.snap.max_tags;
+    let listing = lookup::tags(&ctx.snap.upstream, repo, max)
         .await?
         .ok_or(ProxyError::NameUnknown)?;
     if !listing.complete {
@@ -877,9 +884,10 @@ async fn forward(
     body: Incoming,
     permit: Permit,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let (state, route, query) = (&ctx.state, &ctx.route, permit.query.as_deref());
+    let (state, snap) = (&ctx.state, &ctx.snap);
+    let (route, query) = (&ctx.route, permit.query.as_deref());
     let mut parts = ctx.parts.clone();
-    let public = public_origin(state, &parts);
+    let public = public_origin(state, snap, &parts);
     let public_host = Some(public.host.as_str());
     let path_and_query = match query {
         // A query the permit stage rewrote (never empty-with-`?`).
@@ -891,7 +899,7 @@ async fn forward(
             .map_or("/", |p| p.as_str())
             .to_owned(),
     };
-    parts.uri = state.upstream.uri(&path_and_query)?;
+    parts.uri = snap.upstream.uri(&path_and_query)?;
     parts.version = Version::HTTP_11;
     headers::forward_request(
         &mut parts.headers,
@@ -902,7 +910,7 @@ async fn forward(
         },
     );
 
-    let limit = state.max_manifest_bytes;
+    let limit = snap.max_manifest_bytes;
     let body = if !matches!(route.method, Method::PUT | Method::PATCH) {
         // No client body reaches the upstream, and no type it could parse a form from:
         // GET, HEAD and DELETE have none (an announced one was refused before); an upload
@@ -946,12 +954,12 @@ async fn forward(
     };
 
     let body_limit = is_manifest_put(route).then_some(limit);
-    let resp = state
+    let resp = snap
         .upstream
         .send_authorized(parts, body, &Need::for_route(route), body_limit)
         .await?;
     let (mut parts, body) = resp.into_parts();
-    headers::forward_response(&mut parts.headers, &state.upstream.origin, &public.origin);
+    headers::forward_response(&mut parts.headers, &snap.upstream.origin, &public.origin);
     Ok(Response::from_parts(parts, ResponseBody::upstream(body)))
 }
 
@@ -1026,8 +1034,8 @@ async fn drain(hint: &DrainHint, mut body: Incoming, max_bytes: u64) -> bool {
 
 /// The origin clients used: the configured one, else the request's own authority (h2) or
 /// Host (h1) when it is a plausible host, else the listening address.
-fn public_origin(state: &State, parts: &http::request::Parts) -> PublicOrigin {
-    if let Some(o) = &state.public_origin {
+fn public_origin(state: &State, snap: &Snapshot, parts: &http::request::Parts) -> PublicOrigin {
+    if let Some(o) = &snap.public_origin {
         return o.clone();
     }
     let host = parts

@@ -28,6 +28,7 @@ pub(crate) mod log;
 pub(crate) mod metrics;
 pub mod proxy;
 pub mod registry;
+pub(crate) mod reload;
 pub(crate) mod response;
 pub(crate) mod server;
 pub mod tls;

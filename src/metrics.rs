@@ -20,6 +20,10 @@ pub const AUDIT_DENIALS_SUPPRESSED: &str = "registry_guard_audit_denials_suppres
 pub const AUDIT_DISK_FREE_BYTES: &str = "registry_guard_audit_disk_free_bytes";
 pub const AUDIT_DISK_LOW: &str = "registry_guard_audit_disk_low";
 pub const AUDIT_WRITER_FAILING: &str = "registry_guard_audit_writer_failing";
+/// Labelled `result="ok"|"error"`.
+pub const CONFIG_RELOAD: &str = "registry_guard_config_reload_total";
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str =
+    "registry_guard_config_last_reload_success_timestamp_seconds";
 
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -68,6 +72,11 @@ pub struct Metrics {
     pub audit_disk_low: Gauge,
     /// 1 while audit writes fail: not ready.
     pub audit_writer_failing: Gauge,
+    /// Reloads applied (`result="ok"`) and refused (`result="error"`).
+    pub config_reload_ok: Counter,
+    pub config_reload_error: Counter,
+    /// Unix time of the last configuration put in force (start-up or reload).
+    pub config_last_reload_success: Gauge,
 }
 
 impl Metrics {
@@ -127,7 +136,7 @@ impl Metrics {
         ]
     }
 
-    fn gauges(&self) -> [(&'static str, &'static str, &Gauge); 3] {
+    fn gauges(&self) -> [(&'static str, &'static str, &Gauge); 4] {
         [
             (
                 AUDIT_DISK_FREE_BYTES,
@@ -143,6 +152,11 @@ impl Metrics {
                 AUDIT_WRITER_FAILING,
                 "1 while audit writes fail (not ready).",
                 &self.audit_writer_failing,
+            ),
+            (
+                CONFIG_LAST_RELOAD_SUCCESS,
+                "Unix time the configuration in force was loaded (start-up or reload).",
+                &self.config_last_reload_success,
             ),
         ]
     }
@@ -178,6 +192,12 @@ impl Metrics {
                 g.get()
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP {CONFIG_RELOAD} Configuration reloads, applied (ok) or refused with the old configuration kept (error).\n# TYPE {CONFIG_RELOAD} counter\n{CONFIG_RELOAD}{{result=\"ok\"}} {}\n{CONFIG_RELOAD}{{result=\"error\"}} {}",
+            self.config_reload_ok.get(),
+            self.config_reload_error.get()
+        );
         out
     }
 }
@@ -196,8 +216,12 @@ mod tests {
             text.contains("\nregistry_guard_auth_cache_hits_total 2\n"),
             "{text}"
         );
-        assert_eq!(text.matches("# TYPE ").count(), 14);
-        assert_eq!(text.matches(" gauge\n").count(), 3);
+        assert_eq!(text.matches("# TYPE ").count(), 16);
+        assert_eq!(text.matches(" gauge\n").count(), 4);
+        m.config_reload_error.inc();
+        assert!(m
+            .render()
+            .contains("\nregistry_guard_config_reload_total{result=\"error\"} 1\n"));
     }
 
     #[test]

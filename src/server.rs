@@ -10,13 +10,10 @@
 //! first byte of a request head to its end; the first request's head has to be complete
 //! within `min(idle_timeout, header_read_timeout)` of the accept.
 
-use crate::auth::users::Users;
-use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, Limits, Tls};
 use crate::handler::{self, ConnInfo, State};
 use crate::log::{now_ms, ConnActivity};
 use crate::metrics::Metrics;
-use crate::proxy::upstream::Upstream;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -55,10 +52,11 @@ pub enum ServeError {
 pub struct Server {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
-    acceptor: Option<TlsAcceptor>,
     state: Arc<State>,
-    limits: Limits,
-    users_file: Option<PathBuf>,
+    /// The configuration started with: what a reload cannot change stays as it says.
+    config: Config,
+    /// The file to reload from (SIGHUP, or a change of it or of a file it names).
+    config_path: Option<PathBuf>,
 }
 
 /// Reads `auth.token_key_file`: like the audit key, no one else may read it and no
@@ -82,35 +80,27 @@ impl Server {
     /// Loads TLS material, builds the upstream client and binds the listener. Every
     /// failure here is a start-up failure with a message naming the key.
     pub async fn bind(cfg: &Config) -> Result<Server, ServeError> {
-        let tls = crate::tls::server_config(&cfg.server.tls)?;
-        let upstream = Upstream::new(&cfg.upstream)?;
         let metrics = Arc::new(Metrics::default());
-        let auth = match &cfg.auth {
-            Some(a) => {
-                let users = Users::load(&a.users_file)?;
+        let snapshot = crate::reload::build(cfg, cfg, None, &metrics).map_err(|e| match e {
+            crate::reload::ReloadError::Config(e) => ServeError::Config(e),
+            crate::reload::ReloadError::Users(e) => ServeError::Users(e),
+        })?;
+        match (&cfg.auth, &snapshot.auth) {
+            (Some(a), Some(auth)) => {
                 if let Some(access) = &cfg.access {
-                    access.check_groups(&users)?;
                     for w in &access.warnings {
                         tracing::warn!("{w}");
                     }
                 }
-                tracing::info!(users = users.len(), file = %a.users_file.display(), "user file loaded");
-                let auth = Authenticator::new(users, &a.settings, metrics.clone());
-                match &a.token_key_file {
-                    Some(path) => Some(auth.with_token_key(token_key(path)?)),
-                    None => {
-                        if auth.issues_tokens() {
-                            tracing::info!("docker bearer tokens signed with a random key of this process (replicas behind one address need auth.token_key_file)");
-                        }
-                        Some(auth)
-                    }
+                tracing::info!(users = auth.users().len(), file = %a.users_file.display(), "user file loaded");
+                if a.token_key_file.is_none() && auth.issues_tokens() {
+                    tracing::info!("docker bearer tokens signed with a random key of this process (replicas behind one address need auth.token_key_file)");
                 }
             }
-            None => {
+            _ => {
                 tracing::warn!("auth.disabled: true: every well-formed request is forwarded without a credential check");
-                None
             }
-        };
+        }
         let addr = cfg.server.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -131,51 +121,46 @@ impl Server {
             ),
             None => None,
         };
-        let audit = match &cfg.audit {
+        let audit_log = match &cfg.audit {
             Some(a) => {
                 let log = crate::audit::AuditLog::start(a.settings.clone(), metrics.clone())
                     .map_err(|e| ConfigError::new(e.config_key(), e.to_string()))?;
                 tracing::info!(file = %a.settings.file.display(), "audit log open");
-                Some(handler::Audit {
-                    log,
-                    settings: a.clone(),
-                })
+                Some(log)
             }
             None => None,
         };
+        let scheme = if snapshot.tls.is_some() {
+            handler::Scheme::Https
+        } else {
+            handler::Scheme::Http
+        };
+        metrics
+            .config_last_reload_success
+            .set(crate::reload::unix_now());
         let state = Arc::new(State {
-            upstream,
-            auth,
-            policy: cfg.access.as_ref().map(|a| a.policy.clone()),
-            audit,
-            catalog_max_n: cfg.limits.catalog_max_n,
-            max_tags: cfg.limits.max_tags,
-            realm: cfg.realm().to_owned(),
-            max_unauthenticated_body: cfg.max_unauthenticated_body(),
+            snapshot: arc_swap::ArcSwap::from_pointee(snapshot),
+            audit_log,
             user_connections: handler::UserConnections::new(cfg.limits.max_connections_per_user),
             metrics,
-            public_origin: cfg
-                .server
-                .public_origin
-                .as_deref()
-                .map(handler::PublicOrigin::parse),
-            scheme: if tls.is_some() {
-                handler::Scheme::Https
-            } else {
-                handler::Scheme::Http
-            },
-            max_manifest_bytes: cfg.limits.max_manifest_bytes,
+            scheme,
             local_addr,
             trusted_proxies: cfg.server.trusted_proxies.clone(),
         });
         Ok(Server {
             listener,
             metrics_listener,
-            acceptor: tls.map(TlsAcceptor::from),
             state,
-            limits: cfg.limits.clone(),
-            users_file: cfg.auth.as_ref().map(|a| a.users_file.clone()),
+            config: cfg.clone(),
+            config_path: None,
         })
+    }
+
+    /// Reloads from `path` (the file `cfg` was loaded from) on SIGHUP and whenever it or
+    /// a file it names changes. Without it, SIGHUP only reopens the audit file.
+    pub fn reload_from(mut self, path: &Path) -> Self {
+        self.config_path = Some(path.to_owned());
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -199,16 +184,19 @@ impl Server {
         let Server {
             listener,
             metrics_listener,
-            acceptor,
             state,
-            limits,
-            users_file,
+            config,
+            config_path,
         } = self;
         if let Some(l) = metrics_listener {
             tokio::spawn(serve_metrics(l, state.metrics.clone()));
         }
-        tokio::spawn(reload(users_file, state.clone()));
-        let limits = Arc::new(limits);
+        let limits = Arc::new(config.limits.clone());
+        let tls = !matches!(config.server.tls, Tls::Plaintext);
+        match config_path {
+            Some(path) => tokio::spawn(crate::reload::watch(path, config, state.clone())),
+            None => tokio::spawn(reopen_on_hangup(state.clone())),
+        };
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         let per_address = Arc::new(AddressCap::new(
             limits.max_connections_per_address,
@@ -216,7 +204,7 @@ impl Server {
         ));
         // Each connection holds a receiver; `closed()` resolves when the last is gone.
         let (stop_tx, stop_rx) = watch::channel(false);
-        tracing::info!(addr = %state.local_addr, tls = acceptor.is_some(), upstream = %state.upstream.origin, "listening");
+        tracing::info!(addr = %state.local_addr, tls, upstream = %state.snapshot.load().upstream.origin, "listening");
         let mut shutdown = pin!(shutdown);
         loop {
             // Take a connection slot before accepting: at the cap, new connections wait
@@ -250,12 +238,10 @@ impl Server {
                 drop(tcp);
                 continue;
             };
-            let (state, acceptor, limits, stop_rx) = (
-                state.clone(),
-                acceptor.clone(),
-                limits.clone(),
-                stop_rx.clone(),
-            );
+            // The certificate of the snapshot in force at accept: a reload's new one
+            // serves the next handshake.
+            let acceptor = state.snapshot.load().tls.clone().map(TlsAcceptor::from);
+            let (state, limits, stop_rx) = (state.clone(), limits.clone(), stop_rx.clone());
             tokio::spawn(async move {
                 let _permit = permit;
                 let _slot = slot;
@@ -272,7 +258,7 @@ impl Server {
         {
             tracing::warn!("shutdown grace period over: closing the remaining connections");
         }
-        if let Some(handler::Audit { log, .. }) = &state.audit {
+        if let Some(log) = &state.audit_log {
             // Pending denial summaries and a last checkpoint: the log's last checkpoint
             // is then the file's end.
             log.close().await;
@@ -720,51 +706,17 @@ impl Drop for AddressSlot {
     }
 }
 
-/// Reloads the user file when it changes (checked every 2 s, and at once on SIGHUP), and
-/// on SIGHUP has the audit writer start a new file (after logrotate moved it). A user
-/// file that fails to load keeps the previous snapshot and says why.
-async fn reload(users: Option<PathBuf>, state: Arc<State>) {
+/// Without a config file to reload from: SIGHUP has the audit writer start a new file
+/// (after logrotate moved it).
+async fn reopen_on_hangup(state: Arc<State>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let stamp = |p: &Path| {
-        std::fs::metadata(p).ok().map(|m| {
-            (
-                m.modified().ok(),
-                m.len(),
-                std::os::unix::fs::MetadataExt::ino(&m),
-            )
-        })
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
     };
-    let mut last = users.as_deref().and_then(stamp);
-    let mut hup = signal(SignalKind::hangup()).ok();
-    loop {
-        let forced = tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(2)) => false,
-            Some(_) = async { match &mut hup { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
-        };
-        if forced {
-            if let Some(handler::Audit { log, .. }) = &state.audit {
-                log.reopen().await;
-                tracing::info!("SIGHUP: the audit log starts a new file at its next record");
-            }
-        }
-        let (Some(path), Some(auth)) = (&users, &state.auth) else {
-            continue;
-        };
-        let now = stamp(path);
-        if !forced && now == last {
-            continue;
-        }
-        last = now;
-        let p = path.clone();
-        match tokio::task::spawn_blocking(move || Users::load(&p)).await {
-            Ok(Ok(users)) => {
-                tracing::info!(users = users.len(), file = %path.display(), "user file reloaded");
-                auth.replace_users(users);
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "user file not reloaded; the previous one stays in force")
-            }
-            Err(e) => tracing::error!(error = %e, "user file reload failed"),
+    while hup.recv().await.is_some() {
+        if let Some(log) = &state.audit_log {
+            log.reopen().await;
+            tracing::info!("SIGHUP: the audit log starts a new file at its next record");
         }
     }
 }

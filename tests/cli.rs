@@ -927,3 +927,108 @@ fn bad_user_files_are_refused_by_check_and_serve_naming_the_user() {
         assert!(!addr_file.exists(), "serve listened with {who}'s entry");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// check --against: what a new configuration changes for whom.
+
+#[test]
+fn check_against_prints_what_changes_for_whom() {
+    let config = |port: u16, users: &str, anonymous: bool, rules: &str| {
+        format!(
+            "server:\n  listen: 127.0.0.1:{port}\n  plaintext: true\nupstream:\n  url: http://127.0.0.1:5000\nauth:\n  users_file: {users}\n  anonymous: {anonymous}\naccess:\n  rules:\n{rules}"
+        )
+    };
+    let old_rules = "    - repos: ['public/**']\n      users: ['*']\n      anonymous: true\n      actions: [pull]\n    - repos: ['team-a/**']\n      groups: [team-a]\n      actions: [pull]\n";
+    let new_rules = "    - repos: ['public/**']\n      users: ['*']\n      actions: [pull]\n    - repos: ['team-a/**']\n      groups: [team-a]\n      actions: [pull, push]\n";
+    let case = Case::new(&config(5443, "users-new.yaml", false, new_rules));
+    case.write(
+        "old.yaml",
+        config(5443, "users-old.yaml", true, old_rules).replace("5443", "5444"),
+    );
+    case.write(
+        "users-old.yaml",
+        users_yaml(&[user("bob", "pw", &["team-a"]), user("dave", "pw", &[])]),
+    );
+    case.write(
+        "users-new.yaml",
+        users_yaml(&[user("bob", "pw", &["team-a"]), user("erin", "pw", &[])]),
+    );
+    case.write(
+        "repos.txt",
+        "team-a/app\n# a comment\npublic/base\n\nNot/Valid\n",
+    );
+    let args = |old: &str| {
+        vec![
+            "check".to_owned(),
+            "--config".to_owned(),
+            case.config.to_str().unwrap().to_owned(),
+            "--against".to_owned(),
+            case.path(old).to_str().unwrap().to_owned(),
+            "--repos".to_owned(),
+            case.path("repos.txt").to_str().unwrap().to_owned(),
+        ]
+    };
+    let run = |a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        run_cli(&a, case.dir.path())
+    };
+    let out = run(args("old.yaml"));
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let changes: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("  ") && l.contains(": "))
+        .map(str::trim)
+        .filter(|l| l.contains(": +") || l.contains(": -"))
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            // auth.anonymous turned off: anonymous loses its pulls.
+            "anonymous: -pull public/base",
+            "bob: +push team-a/app",
+            // Removed from the user file.
+            "dave: -pull public/base",
+            // Added to it.
+            "erin: +pull public/base",
+            "group team-a: +push team-a/app",
+        ],
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("(3 users, 1 groups and anonymous on 2 repositories)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("skipped (not a repository name): \"Not/Valid\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("needs a restart: server.listen"),
+        "{stdout}"
+    );
+
+    // Against itself: no changes.
+    let out = run(args("registry-guard.yaml"));
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("  no changes\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(!text(&out.stdout).contains("needs a restart"));
+
+    // A broken old configuration: 64, naming its file and key.
+    case.write(
+        "broken.yaml",
+        config(5443, "users-old.yaml", true, old_rules)
+            .replace("anonymous: true\naccess", "anonymous: maybe\naccess"),
+    );
+    let out = run(args("broken.yaml"));
+    assert_eq!(code(&out), Some(64), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("broken.yaml") && err.contains("anonymous"),
+        "{err}"
+    );
+}

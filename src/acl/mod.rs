@@ -9,6 +9,7 @@
 //! component) so one decision is a handful of pattern matches, even with thousands of
 //! rules.
 
+pub mod diff;
 pub mod glob;
 pub(crate) mod verdict;
 

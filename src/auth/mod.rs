@@ -25,7 +25,6 @@ pub mod users;
 
 use crate::log::Escaped;
 use crate::metrics::Metrics;
-use arc_swap::ArcSwap;
 use cache::VerifyCache;
 use http::header::{HeaderMap, AUTHORIZATION};
 use std::collections::HashMap;
@@ -81,7 +80,7 @@ pub enum AuthError {
 }
 
 /// Settings of the identity stage (from `auth:` in the config).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuthSettings {
     pub anonymous: bool,
     pub cache_ttl: Duration,
@@ -92,17 +91,22 @@ pub struct AuthSettings {
     pub docker_bearer: bool,
 }
 
+/// One user file snapshot and the settings of `auth:`. A reload makes a new one
+/// ([`Authenticator::reloaded`]) that shares the state worth keeping (throttle counts,
+/// verified credentials, argon2 threads) with the old one where its settings did not
+/// change; requests under way keep the one they started with.
 #[derive(Debug)]
 pub struct Authenticator {
-    users: ArcSwap<Users>,
-    cache: VerifyCache,
-    throttle: Throttle,
-    argon2: Argon2Pool,
+    users: Arc<Users>,
+    settings: AuthSettings,
+    cache: Arc<VerifyCache>,
+    throttle: Arc<Throttle>,
+    argon2: Arc<Argon2Pool>,
     /// One lock per credential being verified: concurrent requests with the same
     /// credentials (64 connections of one client at start) wait for one argon2 run and
     /// then hit the cache, instead of running argon2 64 times. Entries leave with the
     /// last [`Ticket`].
-    in_flight: FlightMap,
+    in_flight: Arc<FlightMap>,
     anonymous: bool,
     /// The token key when the proxy issues tokens (`auth.docker_bearer`); `None`: Bearer
     /// credentials are refused as malformed, as before tokens existed.
@@ -113,11 +117,18 @@ pub struct Authenticator {
 impl Authenticator {
     pub fn new(users: Users, settings: &AuthSettings, metrics: Arc<Metrics>) -> Self {
         Authenticator {
-            users: ArcSwap::from_pointee(users),
-            cache: VerifyCache::new(settings.cache_ttl, settings.cache_max_entries),
-            throttle: Throttle::new(settings.throttle.clone()),
-            argon2: Argon2Pool::new(settings.verify_concurrency.max(1), metrics.clone()),
-            in_flight: std::sync::Mutex::new(HashMap::new()),
+            users: Arc::new(users),
+            settings: settings.clone(),
+            cache: Arc::new(VerifyCache::new(
+                settings.cache_ttl,
+                settings.cache_max_entries,
+            )),
+            throttle: Arc::new(Throttle::new(settings.throttle.clone())),
+            argon2: Arc::new(Argon2Pool::new(
+                settings.verify_concurrency.max(1),
+                metrics.clone(),
+            )),
+            in_flight: Default::default(),
             anonymous: settings.anonymous,
             tokens: settings.docker_bearer.then(token::TokenKey::random),
             metrics,
@@ -146,7 +157,7 @@ impl Authenticator {
             Identity::Anonymous => token::Subject::Anonymous,
             Identity::User { name, .. } => token::Subject::User {
                 name: name.clone(),
-                fingerprint: key.fingerprint(&self.users.load().get(name)?.hash),
+                fingerprint: key.fingerprint(&self.users.get(name)?.hash),
             },
         };
         Some(token::mint(key, &subject, now, token::LIFETIME))
@@ -173,8 +184,7 @@ impl Authenticator {
             token::Subject::Anonymous if self.anonymous => Ok(Identity::Anonymous),
             token::Subject::Anonymous => Err(refused("anonymous access is off", "anonymous")),
             token::Subject::User { name, fingerprint } => {
-                let snapshot = self.users.load();
-                match snapshot.get(&name) {
+                match self.users.get(&name) {
                     Some(u) if !u.disabled && key.fingerprint(&u.hash) == fingerprint => {
                         Ok(identity_of(Some(u)))
                     }
@@ -188,14 +198,61 @@ impl Authenticator {
         }
     }
 
-    /// Swaps in a new user file snapshot; cached verifications of changed or removed
-    /// users stop matching because the stored hash is part of their key.
-    pub fn replace_users(&self, users: Users) {
-        self.users.store(Arc::new(users));
+    /// The authenticator of a reloaded configuration: `users` and `settings`, keeping
+    /// this one's throttle state (failure counts, known-good pairs), verification cache
+    /// and argon2 threads wherever their settings are unchanged, so a reload neither
+    /// forgets a brute-force attempt nor costs every user an argon2 run. Cached
+    /// verifications of changed or removed users stop matching because the stored hash
+    /// is part of their key.
+    pub fn reloaded(&self, users: Users, settings: &AuthSettings) -> Authenticator {
+        let old = &self.settings;
+        let metrics = self.metrics.clone();
+        Authenticator {
+            users: Arc::new(users),
+            settings: settings.clone(),
+            cache: if (old.cache_ttl, old.cache_max_entries)
+                == (settings.cache_ttl, settings.cache_max_entries)
+            {
+                self.cache.clone()
+            } else {
+                Arc::new(VerifyCache::new(
+                    settings.cache_ttl,
+                    settings.cache_max_entries,
+                ))
+            },
+            throttle: if old.throttle == settings.throttle {
+                self.throttle.clone()
+            } else {
+                Arc::new(Throttle::new(settings.throttle.clone()))
+            },
+            argon2: if old.verify_concurrency == settings.verify_concurrency {
+                self.argon2.clone()
+            } else {
+                Arc::new(Argon2Pool::new(
+                    settings.verify_concurrency.max(1),
+                    metrics.clone(),
+                ))
+            },
+            in_flight: self.in_flight.clone(),
+            anonymous: settings.anonymous,
+            // The per-process key stays (tokens already issued stay good); a key file
+            // is loaded again by the caller (`with_token_key`).
+            tokens: match (&self.tokens, settings.docker_bearer) {
+                (_, false) => None,
+                (Some(key), true) => Some(key.clone()),
+                (None, true) => Some(token::TokenKey::random()),
+            },
+            metrics,
+        }
     }
 
     pub fn users(&self) -> Arc<Users> {
-        self.users.load_full()
+        self.users.clone()
+    }
+
+    /// Whether `other` keeps this one's throttle state (the same failure counts).
+    pub fn shares_throttle(&self, other: &Authenticator) -> bool {
+        Arc::ptr_eq(&self.throttle, &other.throttle)
     }
 
     /// Establishes the identity of a request from its headers. `client` is the one
@@ -252,7 +309,7 @@ impl Authenticator {
             }
         };
         let name = Escaped(&creds.user);
-        let snapshot = self.users.load_full();
+        let snapshot = self.users.clone();
         let user = snapshot.get(&creds.user).cloned();
         let fingerprint = user.as_ref().filter(|u| !u.disabled).map(|u| {
             self.cache
@@ -674,11 +731,12 @@ mod tests {
         let other = Authenticator::new(file(&first, false), &settings, Arc::default());
         assert!(other.identify(&bearer(&t), client).await.is_err());
         // Disabled, then a new password: refused; the old hash back: good again.
-        auth.replace_users(file(&first, true));
+        // (a reload: the per-process key carries over)
+        let auth = auth.reloaded(file(&first, true), &settings);
         assert!(auth.identify(&bearer(&t), client).await.is_err());
-        auth.replace_users(file(&cheap("two"), false));
+        let auth = auth.reloaded(file(&cheap("two"), false), &settings);
         assert!(auth.identify(&bearer(&t), client).await.is_err());
-        auth.replace_users(file(&first, false));
+        let auth = auth.reloaded(file(&first, false), &settings);
         assert_eq!(auth.identify(&bearer(&t), client).await, Ok(alice));
         // Anonymous tokens only while anonymous access is on.
         let anon = auth.issue_token(&Identity::Anonymous, unix_now()).unwrap();
@@ -699,6 +757,35 @@ mod tests {
             off.identify(&bearer(&anon), client).await,
             Err(AuthError::Invalid("malformed Basic credentials"))
         );
+    }
+
+    #[test]
+    fn a_reload_keeps_throttle_counts_unless_the_throttle_settings_change() {
+        let auth = authenticator(2);
+        let ip: IpAddr = [192, 0, 2, 9].into();
+        let now = Instant::now();
+        for _ in 0..2 {
+            auth.throttle().fail_now(ip, "alice", now).unwrap();
+        }
+        assert!(auth.throttle().reserve(ip, "alice", now).is_err());
+        let users = || Users::from_yaml("users: []\n").unwrap();
+        // Same settings (a rule or user edit): the counts stay, brute force goes on
+        // being refused.
+        let same = auth.reloaded(users(), &auth.settings);
+        assert!(same.shares_throttle(&auth));
+        assert!(Arc::ptr_eq(&same.cache, &auth.cache) && Arc::ptr_eq(&same.argon2, &auth.argon2));
+        assert!(same.throttle().reserve(ip, "alice", now).is_err());
+        assert!(same.users().is_empty());
+        // Other throttle limits: a new throttle, under its own limits.
+        let mut changed = auth.settings.clone();
+        changed.throttle.max_failures = 5;
+        let other = same.reloaded(users(), &changed);
+        assert!(!other.shares_throttle(&auth));
+        assert!(
+            Arc::ptr_eq(&other.cache, &auth.cache),
+            "the cache settings did not change"
+        );
+        assert!(other.throttle().reserve(ip, "alice", now).is_ok());
     }
 
     #[test]

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 pub const KNOWN_GOOD_FOR: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The limits (from `auth.throttle` in the config).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     pub max_failures: u32,
     pub max_failures_per_address: u32,

@@ -37,6 +37,7 @@ pub const MIN_KEY_BYTES: usize = 32;
 const PREFIX: &str = "rgb1.";
 
 /// The HMAC key tokens are signed with.
+#[derive(Clone)]
 pub struct TokenKey(hmac::Key);
 
 impl std::fmt::Debug for TokenKey {

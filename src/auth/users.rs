@@ -270,6 +270,11 @@ impl Users {
         self.by_name.is_empty()
     }
 
+    /// Every user's name.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
     /// Every group some user is in (rules may only name these).
     pub fn groups(&self) -> impl Iterator<Item = &str> {
         self.by_name

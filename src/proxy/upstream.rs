@@ -105,6 +105,9 @@ pub struct Upstream {
     /// learned of the upstream's token service.
     tokens: Tokens,
     response_header_timeout: Duration,
+    /// SHA-256 of what this client was built from: the `upstream:` settings, the
+    /// credentials read and the CA file's bytes (see [`Upstream::same_settings`]).
+    settings_id: Vec<u8>,
 }
 
 /// A request body as the upstream client sees it: whether it can be sent twice. Bodies
@@ -220,7 +223,17 @@ impl Upstream {
                 Some(v)
             }
         };
+        let mut id = ring::digest::Context::new(&ring::digest::SHA256);
+        id.update(format!("{cfg:?}").as_bytes());
+        if let Some(b) = &basic {
+            id.update(b.as_bytes());
+        }
+        if let Some(ca) = &cfg.ca_file {
+            // Read once more (after the CA was loaded above): a reload compares bytes.
+            id.update(&std::fs::read(ca).unwrap_or_default());
+        }
         Ok(Upstream {
+            settings_id: id.finish().as_ref().to_vec(),
             client,
             scheme: cfg.scheme,
             authority: cfg.authority.clone(),
@@ -228,6 +241,12 @@ impl Upstream {
             tokens: Tokens::new(cfg.credentials.as_ref().map(|c| c.username.clone()), basic),
             response_header_timeout: cfg.response_header_timeout,
         })
+    }
+
+    /// Whether `other` was built from the same settings, credentials and CA bytes: a
+    /// reload then keeps this client, its pooled connections and the tokens it holds.
+    pub fn same_settings(&self, other: &Upstream) -> bool {
+        self.settings_id == other.settings_id
     }
 
     /// The upstream URI for a request's path and query, kept byte for byte.

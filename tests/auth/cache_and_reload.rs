@@ -129,7 +129,7 @@ async fn user_file_edits_apply_within_seconds_and_a_broken_file_keeps_the_old_on
     assert!(out.status.success(), "{}", text(&out.stderr));
     let took = until_login(&proxy, "bob", "bob-pw", 401, RELOAD).await;
     eprintln!("user del in force after {took:?}");
-    assert!(proxy.logs().contains("user file reloaded"));
+    assert!(proxy.logs().contains("configuration reloaded"));
 
     // A broken file (a plaintext password) written over it: not loaded, the previous
     // snapshot stays: alice's new password and carol's (never used, so no cache hit)
