@@ -436,6 +436,8 @@ fn audit_record(ctx: &Ctx, target: audit::Target) -> audit::Record {
     };
     audit::Record {
         time: audit::record::now_rfc3339(),
+        // The writer names the replica.
+        instance: None,
         phase: Phase::Intent,
         request_id: ctx.request_id.clone(),
         user: ctx
