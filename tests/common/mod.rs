@@ -199,6 +199,13 @@ impl Drop for Registry {
 pub enum TlsMode {
     SelfSigned,
     Plaintext,
+    /// `tls.cert` and `tls.key` files (several proxies may share them), and the CA that
+    /// signed the certificate, for clients.
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+        ca: PathBuf,
+    },
 }
 
 /// The registry-guard binary, started with a config written to a temporary folder,
@@ -325,11 +332,23 @@ impl ProxyBuilder {
     pub fn start(self) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
-        let tls = match self.tls {
+        let tls = match &self.tls {
             TlsMode::SelfSigned => {
                 format!("  tls:\n    self_signed:\n      ca_out: {}\n", ca.display())
             }
             TlsMode::Plaintext => "  plaintext: true\n".to_owned(),
+            TlsMode::Files {
+                cert,
+                key,
+                ca: from,
+            } => {
+                std::fs::copy(from, &ca).unwrap();
+                format!(
+                    "  tls:\n    cert: {}\n    key: {}\n",
+                    cert.display(),
+                    key.display()
+                )
+            }
         };
         let auth = if self.users.is_empty() && self.access.is_none() && self.users_file.is_none() {
             "auth:\n  disabled: true\n".to_owned()
@@ -361,7 +380,7 @@ impl ProxyBuilder {
             dir,
             &yaml,
             &self.env,
-            matches!(self.tls, TlsMode::SelfSigned),
+            !matches!(self.tls, TlsMode::Plaintext),
         )
     }
 }
