@@ -92,7 +92,9 @@ enum Command {
 enum AuditAction {
     /// Check JSON and the keyed hash chain across the files, in the order given (oldest
     /// first); print counts and the first broken place; exit 1 when broken. The first
-    /// record must start the chain (genesis), or continue from --start.
+    /// record must start the chain (genesis), or continue from --start. Files of several
+    /// replicas (told apart by the `instance` of their first record) are verified as one
+    /// chain per replica.
     Verify {
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -108,15 +110,18 @@ enum AuditAction {
         #[arg(long)]
         unkeyed: bool,
         /// Where the first file continues the chain: `SEQ:HASH`, e.g. the `chain ends at`
-        /// of the file before it, or a checkpoint from the log.
-        #[arg(long, value_name = "SEQ:HASH")]
-        start: Option<crate::audit::Position>,
+        /// of the file before it, or a checkpoint from the log; `INSTANCE:SEQ:HASH` for
+        /// one replica's files among several. Repeatable (once per replica).
+        #[arg(long, value_name = "[INSTANCE:]SEQ:HASH")]
+        start: Vec<ReplicaPosition>,
         /// A checkpoint from the proxy's log (`audit checkpoint checkpoint=SEQ:HASH`): the
-        /// files must reach it and match it, or their end was cut. Repeatable.
-        #[arg(long = "checkpoint", value_name = "SEQ:HASH")]
-        checkpoints: Vec<crate::audit::Position>,
+        /// files must reach it and match it, or their end was cut; `INSTANCE:SEQ:HASH`
+        /// among several replicas. Repeatable.
+        #[arg(long = "checkpoint", value_name = "[INSTANCE:]SEQ:HASH")]
+        checkpoints: Vec<ReplicaPosition>,
     },
-    /// Print the records as a table, oldest first.
+    /// Print the records as a table, oldest first; the records of several replicas'
+    /// files are merged by time, with an INSTANCE column.
     Show {
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -134,6 +139,33 @@ enum AuditAction {
     /// Make a new audit key (32 random bytes, hex) in FILE, mode 0600, for
     /// audit.key_file. Never replaces an existing file.
     Keygen { file: PathBuf },
+}
+
+/// A chain position, for one replica's files when it names an instance.
+#[derive(Debug, Clone)]
+struct ReplicaPosition {
+    instance: Option<String>,
+    at: crate::audit::Position,
+}
+
+impl std::str::FromStr for ReplicaPosition {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        // Instance ids hold no colon, so two colons mean INSTANCE:SEQ:HASH.
+        match s.split_once(':') {
+            Some((i, rest)) if rest.contains(':') => {
+                crate::config::check_instance(i)?;
+                Ok(ReplicaPosition {
+                    instance: Some(i.to_owned()),
+                    at: rest.parse()?,
+                })
+            }
+            _ => Ok(ReplicaPosition {
+                instance: None,
+                at: s.parse()?,
+            }),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -870,6 +902,62 @@ fn read_files(files: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>, String> {
         .collect()
 }
 
+/// A record's instance for `audit show`: `-` in files from before replicas were named.
+fn instance_of(i: &Option<String>) -> String {
+    i.clone().unwrap_or_else(|| "-".to_owned())
+}
+
+/// Prints one chain's report as `audit verify` shows it; true when it is broken.
+fn print_report(
+    r: &crate::audit::verify::Report,
+    opts: &crate::audit::verify::Options,
+    keyed: bool,
+) -> bool {
+    println!(
+        "records: {}\ndeletes: {}\npushes: {}\ndenials: {}\nfailures: {}\nunknown outcomes: {}",
+        r.records, r.deletes, r.pushes, r.denials, r.failures, r.unknown
+    );
+    for id in &r.unknown_ids {
+        println!("  intent without outcome: request {id}");
+    }
+    println!(
+        "denial summaries: {} (for {} denials not recorded one by one)",
+        r.denial_summaries, r.summarized_denials
+    );
+    println!("repairs: {}", r.repairs);
+    println!("checkpoints: {}", r.checkpoints);
+    if let Some(c) = &r.last_checkpoint {
+        println!("last checkpoint: {c}");
+    }
+    if !opts.checkpoints.is_empty() {
+        println!(
+            "checkpoints matched: {} of {}",
+            r.checkpoints_matched,
+            opts.checkpoints.len()
+        );
+    }
+    if let Some(start) = &r.chain_start {
+        println!("chain starts at: {start}");
+    }
+    if let Some(end) = &r.chain_end {
+        println!("chain ends at: {end}");
+    }
+    match &r.broken {
+        Some(b) => {
+            println!("BROKEN: {b}");
+            true
+        }
+        None if !keyed => {
+            println!("chain: intact (unkeyed SHA-256: proves nothing against whoever can write the files)");
+            false
+        }
+        None => {
+            println!("chain: intact");
+            false
+        }
+    }
+}
+
 fn audit_command(action: AuditAction) -> ExitCode {
     match action {
         AuditAction::Verify {
@@ -890,57 +978,78 @@ fn audit_command(action: AuditAction) -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(EXIT_CONFIG, &e),
             };
-            let opts = crate::audit::verify::Options {
-                chain: &chain,
-                start,
-                checkpoints,
-            };
-            let r = crate::audit::verify::verify(
+            let replicas = crate::audit::verify::by_instance(
                 contents.iter().map(|(n, c)| (n.as_str(), c.as_slice())),
-                &opts,
             );
-            println!(
-                "records: {}\ndeletes: {}\npushes: {}\ndenials: {}\nfailures: {}\nunknown outcomes: {}",
-                r.records, r.deletes, r.pushes, r.denials, r.failures, r.unknown
-            );
-            for id in &r.unknown_ids {
-                println!("  intent without outcome: request {id}");
+            let several = replicas.len() > 1;
+            // Which replica a --start or --checkpoint is for: the one it names, or the
+            // only one.
+            let place = |p: &ReplicaPosition, what: &str| -> Result<usize, String> {
+                match &p.instance {
+                    Some(i) => replicas
+                        .iter()
+                        .position(|r| r.instance.as_deref() == Some(i.as_str()))
+                        .ok_or_else(|| {
+                            format!("--{what} {i}:...: no file given is of instance {i:?}")
+                        }),
+                    None if several => Err(format!(
+                        "--{what} {}: the files are of {} replicas: name one, INSTANCE:SEQ:HASH",
+                        p.at,
+                        replicas.len()
+                    )),
+                    None => Ok(0),
+                }
+            };
+            let mut starts: Vec<Option<crate::audit::Position>> = vec![None; replicas.len().max(1)];
+            let mut checks: Vec<Vec<crate::audit::Position>> =
+                vec![Vec::new(); replicas.len().max(1)];
+            for s in &start {
+                match place(s, "start") {
+                    Ok(i) if starts[i].is_none() => starts[i] = Some(s.at.clone()),
+                    Ok(_) => return fail(EXIT_CONFIG, &"--start given twice for one replica"),
+                    Err(e) => return fail(EXIT_CONFIG, &e),
+                }
             }
-            println!(
-                "denial summaries: {} (for {} denials not recorded one by one)",
-                r.denial_summaries, r.summarized_denials
-            );
-            println!("repairs: {}", r.repairs);
-            println!("checkpoints: {}", r.checkpoints);
-            if let Some(c) = &r.last_checkpoint {
-                println!("last checkpoint: {c}");
+            for c in &checkpoints {
+                match place(c, "checkpoint") {
+                    Ok(i) => checks[i].push(c.at.clone()),
+                    Err(e) => return fail(EXIT_CONFIG, &e),
+                }
             }
-            if !opts.checkpoints.is_empty() {
+            let mut broken = false;
+            for (i, replica) in replicas.iter().enumerate() {
+                if several {
+                    let names: Vec<&str> = replica.files.iter().map(|(n, _)| *n).collect();
+                    println!(
+                        "{}instance {} ({})",
+                        if i > 0 { "\n" } else { "" },
+                        replica.instance.as_deref().unwrap_or("(unnamed)"),
+                        names.join(", ")
+                    );
+                }
+                let opts = crate::audit::verify::Options {
+                    chain: &chain,
+                    start: starts[i].take(),
+                    checkpoints: std::mem::take(&mut checks[i]),
+                };
+                let r = crate::audit::verify::verify(replica.files.iter().copied(), &opts);
+                broken |= print_report(&r, &opts, key_file.is_some());
+            }
+            if several {
                 println!(
-                    "checkpoints matched: {} of {}",
-                    r.checkpoints_matched,
-                    opts.checkpoints.len()
+                    "\nreplicas: {}, {}",
+                    replicas.len(),
+                    if broken {
+                        "BROKEN"
+                    } else {
+                        "every chain intact"
+                    }
                 );
             }
-            if let Some(start) = &r.chain_start {
-                println!("chain starts at: {start}");
-            }
-            if let Some(end) = &r.chain_end {
-                println!("chain ends at: {end}");
-            }
-            match &r.broken {
-                Some(b) => {
-                    println!("BROKEN: {b}");
-                    ExitCode::from(1)
-                }
-                None if key_file.is_none() => {
-                    println!("chain: intact (unkeyed SHA-256: proves nothing against whoever can write the files)");
-                    ExitCode::SUCCESS
-                }
-                None => {
-                    println!("chain: intact");
-                    ExitCode::SUCCESS
-                }
+            if broken {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
             }
         }
         AuditAction::Keygen { file } => match crate::audit::key::generate(&file) {
@@ -971,10 +1080,9 @@ fn audit_command(action: AuditAction) -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(EXIT_CONFIG, &e),
             };
-            println!(
-                "{:<24} {:<8} {:<12} {:<15} {:<7} {:<28} {:<20} DETAIL",
-                "TIME", "PHASE", "USER", "CLIENT", "STATUS", "REPOSITORY", "REFERENCE"
-            );
+            // (time, instance, the row after TIME): merged by time across the files of
+            // several replicas; a stable sort keeps each file's order for equal times.
+            let mut rows: Vec<(String, String, String)> = Vec::new();
             for (name, c) in &contents {
                 for (i, line) in c.split(|&b| b == b'\n').enumerate() {
                     if line.is_empty() {
@@ -992,9 +1100,8 @@ fn audit_command(action: AuditAction) -> ExitCode {
                             {
                                 continue;
                             }
-                            println!(
-                                "{:<24} {:<8} {:<12} {:<15} {:<7} {:<28} {:<20} {}",
-                                e.time,
+                            let row = format!(
+                                "{:<8} {:<12} {:<15} {:<7} {:<28} {:<20} {}",
                                 e.phase.as_str(),
                                 e.user.as_deref().unwrap_or("-"),
                                 "-",
@@ -1003,6 +1110,7 @@ fn audit_command(action: AuditAction) -> ExitCode {
                                 "-",
                                 e.reason
                             );
+                            rows.push((e.time.clone(), instance_of(&e.instance), row));
                             continue;
                         }
                         Err(_) => {
@@ -1049,10 +1157,40 @@ fn audit_command(action: AuditAction) -> ExitCode {
                     } else {
                         r.reference.clone()
                     };
-                    println!(
-                        "{:<24} {:<8} {:<12} {:<15} {:<7} {:<28} {:<20} {}",
-                        r.time, phase, r.user, r.client, status, r.repo, reference, detail
+                    let row = format!(
+                        "{:<8} {:<12} {:<15} {:<7} {:<28} {:<20} {}",
+                        phase, r.user, r.client, status, r.repo, reference, detail
                     );
+                    rows.push((r.time.clone(), instance_of(&r.instance), row));
+                }
+            }
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            // One replica (or files from before replicas were named): the table as it
+            // always was; several: which one wrote each row.
+            let several = rows.iter().any(|r| r.1 != rows[0].1);
+            if several {
+                println!(
+                    "{:<24} {:<16} {:<8} {:<12} {:<15} {:<7} {:<28} {:<20} DETAIL",
+                    "TIME",
+                    "INSTANCE",
+                    "PHASE",
+                    "USER",
+                    "CLIENT",
+                    "STATUS",
+                    "REPOSITORY",
+                    "REFERENCE"
+                );
+            } else {
+                println!(
+                    "{:<24} {:<8} {:<12} {:<15} {:<7} {:<28} {:<20} DETAIL",
+                    "TIME", "PHASE", "USER", "CLIENT", "STATUS", "REPOSITORY", "REFERENCE"
+                );
+            }
+            for (time, instance, row) in &rows {
+                if several {
+                    println!("{time:<24} {instance:<16} {row}");
+                } else {
+                    println!("{time:<24} {row}");
                 }
             }
             ExitCode::SUCCESS

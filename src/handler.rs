@@ -134,6 +134,9 @@ impl Scheme {
 /// The client connection a request came on.
 #[derive(Debug)]
 pub struct ConnInfo {
+    /// The client's address: the TCP peer, or, behind a trusted load balancer speaking
+    /// the PROXY protocol, the address its header declares (see `server`). Every
+    /// consumer (per-address cap, throttle, logs, audit) starts from this one.
     pub peer: SocketAddr,
     pub activity: Arc<ConnActivity>,
     /// Set once a request on this connection carried valid credentials: the server's
@@ -142,6 +145,17 @@ pub struct ConnInfo {
     /// The user the connection is counted for (`limits.max_connections_per_user`): the
     /// first whose credentials it carried. Released when the connection ends.
     pub user: std::sync::OnceLock<UserSlot>,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, activity: Arc<ConnActivity>) -> Arc<ConnInfo> {
+        Arc::new(ConnInfo {
+            peer,
+            activity,
+            authenticated: Default::default(),
+            user: Default::default(),
+        })
+    }
 }
 
 /// Connections per user, from any address (`limits.max_connections_per_user`): one
@@ -519,6 +533,8 @@ fn audit_record(ctx: &Ctx, target: audit::Target) -> audit::Record {
     };
     audit::Record {
         time: audit::record::now_rfc3339(),
+        // The writer names the replica.
+        instance: None,
         phase: Phase::Intent,
         request_id: ctx.request_id.clone(),
         user: ctx

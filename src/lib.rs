@@ -7,8 +7,8 @@
 //! ```
 //!
 //! The pure cores (`registry`, `auth::basic`, `acl`, `audit::verify`, `proxy::headers`,
-//! `response`, `config` validation) do no I/O and are unit-tested, property-tested and
-//! fuzzed; only `server`, `proxy::upstream`, `proxy::lookup`, `audit::writer`, `tls` and
+//! `proxy_protocol`, `response`, `config` validation) do no I/O and are unit-tested,
+//! property-tested and fuzzed; only `server`, `proxy::upstream`, `proxy::lookup`, `audit::writer`, `tls` and
 //! `cli` touch the outside world.
 //!
 //! Public are the modules that tests, benches and fuzz targets use (the pure cores, the
@@ -27,6 +27,7 @@ pub(crate) mod handler;
 pub(crate) mod log;
 pub(crate) mod metrics;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod registry;
 pub(crate) mod reload;
 pub(crate) mod response;

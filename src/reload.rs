@@ -176,6 +176,10 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         "server.trusted_proxies",
     );
     check(
+        a.proxy_protocol != b.proxy_protocol,
+        "server.proxy_protocol",
+    );
+    check(
         running.metrics_listen != new.metrics_listen,
         "metrics.listen",
     );
@@ -213,6 +217,7 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
             check(a.file != b.file, "audit.file");
             check(a.key_file != b.key_file, "audit.key_file");
             check(a.rotate_bytes != b.rotate_bytes, "audit.rotate_bytes");
+            check(a.instance != b.instance, "audit.instance");
             check(a.stdout != b.stdout, "audit.stdout");
             check(
                 a.checkpoint_every != b.checkpoint_every,

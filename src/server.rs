@@ -9,6 +9,15 @@
 //! frames it exchanges. An HTTP/1.1 connection then has `header_read_timeout` from the
 //! first byte of a request head to its end; the first request's head has to be complete
 //! within `min(idle_timeout, header_read_timeout)` of the accept.
+//!
+//! Behind a TCP load balancer (`server.proxy_protocol`), a connection from a peer in
+//! `server.trusted_proxies` must open with a PROXY protocol header (v1 or v2), read
+//! right after accept and before TLS, within the same deadline; the address it declares
+//! becomes the connection's client address ([`ConnInfo::peer`]), so the per-address cap,
+//! the throttle, the logs and the audit all see the client, never the balancer. A v2
+//! `LOCAL` header (the balancer's health check) keeps the balancer's address. A PROXY
+//! header from any other peer, or with the option off, closes the connection: only a
+//! trusted balancer may speak for a client.
 
 use crate::config::{Config, ConfigError, Limits, Tls};
 use crate::handler::{self, ConnInfo, State};
@@ -57,6 +66,8 @@ pub struct Server {
     config: Config,
     /// The file to reload from (SIGHUP, or a change of it or of a file it names).
     config_path: Option<PathBuf>,
+    /// `server.proxy_protocol`: trusted proxies open with a PROXY header.
+    proxy_protocol: bool,
 }
 
 /// Reads `auth.token_key_file`: like the audit key, no one else may read it and no
@@ -153,6 +164,7 @@ impl Server {
             state,
             config: cfg.clone(),
             config_path: None,
+            proxy_protocol: cfg.server.proxy_protocol,
         })
     }
 
@@ -187,6 +199,7 @@ impl Server {
             state,
             config,
             config_path,
+            proxy_protocol,
         } = self;
         if let Some(l) = metrics_listener {
             tokio::spawn(serve_metrics(l, state.metrics.clone()));
@@ -225,27 +238,84 @@ impl Server {
                 },
                 _ = shutdown.as_mut() => break,
             };
-            let conn = Arc::new(ConnInfo {
-                peer,
-                activity: Arc::new(ConnActivity::new()),
-                authenticated: Default::default(),
-                user: Default::default(),
-            });
-            let Ok(slot) = per_address.admit(&conn) else {
-                // Closed before TLS: refusing costs the proxy no handshake.
-                state.metrics.connections_refused_per_address.inc();
-                tracing::debug!(%peer, max = limits.max_connections_per_address, "unauthenticated connections per address at limits.max_connections_per_address: connection closed");
-                drop(tcp);
-                continue;
+            // A trusted balancer's connection is admitted under the address its PROXY
+            // header declares, once read (in the connection's task: a slow balancer
+            // must not hold up the accept loop); any other right away, before TLS:
+            // refusing costs the proxy no handshake.
+            let proxied = proxy_protocol && per_address.is_exempt(peer.ip());
+            let activity = Arc::new(ConnActivity::new());
+            let early = if proxied {
+                None
+            } else {
+                let conn = ConnInfo::new(peer, activity.clone());
+                let Ok(slot) = per_address.admit(&conn) else {
+                    state.metrics.connections_refused_per_address.inc();
+                    tracing::debug!(%peer, max = limits.max_connections_per_address, "unauthenticated connections per address at limits.max_connections_per_address: connection closed");
+                    drop(tcp);
+                    continue;
+                };
+                Some((conn, slot))
             };
             // The certificate of the snapshot in force at accept: a reload's new one
             // serves the next handshake.
             let acceptor = state.snapshot.load().tls.clone().map(TlsAcceptor::from);
-            let (state, limits, stop_rx) = (state.clone(), limits.clone(), stop_rx.clone());
+            let (state, limits, stop_rx, per_address) = (
+                state.clone(),
+                limits.clone(),
+                stop_rx.clone(),
+                per_address.clone(),
+            );
             tokio::spawn(async move {
                 let _permit = permit;
+                let mut tcp = tcp;
+                let mut stop_rx = stop_rx;
+                let _ = tcp.set_nodelay(true);
+                let deadline = limits.header_read_timeout.min(limits.idle_timeout);
+                let first = tokio::time::timeout(deadline, read_preface(&mut tcp, proxied));
+                let first = tokio::select! {
+                    r = first => r,
+                    // Nothing to drain yet: a shutdown closes it at once.
+                    _ = stop_rx.changed() => return,
+                };
+                let preface = match first {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(Refused::Untrusted)) => {
+                        tracing::debug!(%peer, "a PROXY protocol header from a peer not allowed to send one (server.trusted_proxies with server.proxy_protocol: true): connection closed");
+                        return;
+                    }
+                    Ok(Err(Refused::Header(e))) => {
+                        tracing::warn!(%peer, error = %e, "server.proxy_protocol: a trusted proxy's connection without a valid PROXY header: closed");
+                        return;
+                    }
+                    Ok(Err(Refused::Io(e))) => {
+                        tracing::debug!(%peer, error = %e, "connection failed before its first bytes");
+                        return;
+                    }
+                    Err(_) => {
+                        if proxied {
+                            tracing::warn!(%peer, "server.proxy_protocol: no PROXY header from a trusted proxy within limits.header_read_timeout: connection closed");
+                        } else {
+                            tracing::debug!(%peer, "no first bytes in time: connection closed");
+                        }
+                        return;
+                    }
+                };
+                let (conn, slot) = match early {
+                    Some(admitted) => admitted,
+                    None => {
+                        let client = preface.source.unwrap_or(peer);
+                        let conn = ConnInfo::new(client, activity);
+                        let Ok(slot) = per_address.admit(&conn) else {
+                            state.metrics.connections_refused_per_address.inc();
+                            tracing::debug!(%client, via = %peer, max = limits.max_connections_per_address, "unauthenticated connections per address at limits.max_connections_per_address: connection closed");
+                            return;
+                        };
+                        (conn, slot)
+                    }
+                };
                 let _slot = slot;
-                serve_connection(tcp, conn, acceptor, state, &limits, stop_rx).await;
+                let io = Rewind::new(preface.rest, tcp);
+                serve_connection(io, conn, acceptor, state, &limits, stop_rx).await;
             });
         }
         drop(listener);
@@ -266,15 +336,148 @@ impl Server {
     }
 }
 
+/// Why a connection is closed before TLS or HTTP.
+enum Refused {
+    /// A PROXY header from a peer that may not send one.
+    Untrusted,
+    /// No valid PROXY header from a trusted proxy that must send one.
+    Header(crate::proxy_protocol::Error),
+    Io(io::Error),
+}
+
+/// What arrived before TLS or HTTP: the client's address if a PROXY header declared one,
+/// and the bytes read past the header (replayed to TLS or HTTP by [`Rewind`]).
+struct Preface {
+    source: Option<SocketAddr>,
+    rest: Vec<u8>,
+}
+
+/// Reads a connection's first bytes: the PROXY header a trusted proxy must send
+/// (`expect`), or, from anyone else, just enough to tell that it is none (the first
+/// byte, for TLS and HTTP). Bounded: a header is at most
+/// [`crate::proxy_protocol::V2_MAX`] bytes, and what was read past it is kept.
+async fn read_preface(tcp: &mut TcpStream, expect: bool) -> Result<Preface, Refused> {
+    use crate::proxy_protocol::{self as pp, Sniff};
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 2048];
+    loop {
+        if expect {
+            match pp::parse(&buf) {
+                Ok(Some(h)) => {
+                    return Ok(Preface {
+                        source: h.source,
+                        rest: buf.split_off(h.len),
+                    })
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Refused::Header(e)),
+            }
+        } else {
+            match pp::sniff(&buf) {
+                Sniff::Proxy => return Err(Refused::Untrusted),
+                Sniff::NotProxy => {
+                    return Ok(Preface {
+                        source: None,
+                        rest: buf,
+                    })
+                }
+                Sniff::NeedMore => {}
+            }
+        }
+        let n = tcp.read(&mut chunk).await.map_err(Refused::Io)?;
+        if n == 0 {
+            return Err(Refused::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A socket whose first bytes were read already (to look for a PROXY header): they are
+/// read again first, then the socket.
+struct Rewind<T> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    fn new(prefix: Vec<u8>, inner: T) -> Self {
+        Rewind {
+            prefix,
+            at: 0,
+            inner,
+        }
+    }
+}
+
+impl Rewind<TcpStream> {
+    /// The first byte not read yet, waiting for it if need be (`None`: the peer closed).
+    async fn peek_byte(&self) -> io::Result<Option<u8>> {
+        if let Some(&b) = self.prefix.get(self.at) {
+            return Ok(Some(b));
+        }
+        let mut first = [0u8; 1];
+        let n = self.inner.peek(&mut first).await?;
+        Ok((n > 0).then_some(first[0]))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.prefix.len() {
+            let n = buf.remaining().min(this.prefix.len() - this.at);
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 async fn serve_connection(
-    tcp: TcpStream,
+    tcp: Rewind<TcpStream>,
     conn: Arc<ConnInfo>,
     acceptor: Option<TlsAcceptor>,
     state: Arc<State>,
     limits: &Limits,
     stop: watch::Receiver<bool>,
 ) {
-    let _ = tcp.set_nodelay(true);
     let peer = conn.peer;
     let activity = conn.activity.clone();
     let svc = service_fn(move |req| {
@@ -358,10 +561,8 @@ fn http1_builder(limits: &Limits) -> http1::Builder {
 /// Whether the client's first byte opens a TLS handshake record (0x16). Anything else on
 /// the TLS port is plain text: an HTTP request from a client that fell back to `http://`
 /// (docker and containerd do for registries they take for insecure).
-async fn starts_with_tls(tcp: &TcpStream) -> io::Result<bool> {
-    let mut first = [0u8; 1];
-    let n = tcp.peek(&mut first).await?;
-    Ok(n == 0 || first[0] == 0x16)
+async fn starts_with_tls(tcp: &Rewind<TcpStream>) -> io::Result<bool> {
+    Ok(tcp.peek_byte().await?.map_or(true, |b| b == 0x16))
 }
 
 /// The answer to plain HTTP on the TLS port, as Go's and nginx's TLS servers give one: an
@@ -369,7 +570,7 @@ async fn starts_with_tls(tcp: &TcpStream) -> io::Result<bool> {
 /// connection closes, instead of a TLS alert that clients print as
 /// `malformed HTTP response "\x15\x03\x03..."`. What the client sent is read away
 /// (briefly, bounded) so that closing does not reset the answer away.
-async fn answer_plain_http(tcp: &mut TcpStream) {
+async fn answer_plain_http(tcp: &mut Rewind<TcpStream>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let body = crate::response::error_body(
         "UNSUPPORTED",
@@ -670,12 +871,18 @@ impl AddressCap {
         }
     }
 
+    /// Whether an address is a trusted proxy's (not capped; may send a PROXY header).
+    fn is_exempt(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.exempt.iter().any(|n| n.contains(&ip))
+    }
+
     /// Takes a place for a new connection (none for an exempt peer), or refuses it when
     /// its address already has `max` unauthenticated connections open. Connections that
     /// have authenticated meanwhile leave the count here, so it is exact at every decision.
     fn admit(self: &Arc<Self>, conn: &Arc<ConnInfo>) -> Result<Option<AddressSlot>, AtCap> {
         let ip = conn.peer.ip().to_canonical();
-        if self.exempt.iter().any(|n| n.contains(&ip)) {
+        if self.is_exempt(ip) {
             return Ok(None);
         }
         let key = crate::auth::throttle::addr_key(ip);
@@ -875,5 +1082,69 @@ mod tests {
         for _ in 0..5 {
             assert!(matches!(cap.admit(&conn("10.9.3.4")), Ok(None)));
         }
+    }
+
+    /// A loopback pair: the accepted side and the client's.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        (l.accept().await.unwrap().0, c)
+    }
+
+    #[tokio::test]
+    async fn the_preface_is_a_proxy_header_from_trusted_proxies_only() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let v1 = b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 5443\r\n".as_slice();
+        // Trusted: the header, trickled, is taken; what follows is replayed.
+        let (mut server, mut client) = pair().await;
+        tokio::spawn(async move {
+            for b in v1.iter().chain(b"GET /") {
+                client.write_all(&[*b]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            client
+        });
+        let Ok(p) = read_preface(&mut server, true).await else {
+            panic!("refused")
+        };
+        assert_eq!(p.source, Some("203.0.113.7:40000".parse().unwrap()));
+        let mut io = Rewind::new(p.rest, server);
+        let mut got = [0u8; 5];
+        io.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"GET /");
+        // Trusted, without a header: refused.
+        let (mut server, mut client) = pair().await;
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert!(matches!(
+            read_preface(&mut server, true).await,
+            Err(Refused::Header(crate::proxy_protocol::Error::Missing))
+        ));
+        // Anyone else: a header is refused, TLS or HTTP pass untouched.
+        let (mut server, mut client) = pair().await;
+        client.write_all(v1).await.unwrap();
+        assert!(matches!(
+            read_preface(&mut server, false).await,
+            Err(Refused::Untrusted)
+        ));
+        let (mut server, mut client) = pair().await;
+        client
+            .write_all(crate::proxy_protocol::V2_SIGNATURE)
+            .await
+            .unwrap();
+        assert!(matches!(
+            read_preface(&mut server, false).await,
+            Err(Refused::Untrusted)
+        ));
+        let (mut server, mut client) = pair().await;
+        client.write_all(&[0x16, 3, 1]).await.unwrap();
+        let Ok(p) = read_preface(&mut server, false).await else {
+            panic!("refused")
+        };
+        assert_eq!(
+            (p.source, p.rest.as_slice()),
+            (None, [0x16, 3, 1].as_slice())
+        );
+        let io = Rewind::new(p.rest, server);
+        assert!(starts_with_tls(&io).await.unwrap());
     }
 }

@@ -17,6 +17,7 @@ const TARGETS: &[(&str, Entry)] = &[
     ("users", registry_guard::fuzzing::users),
     ("audit_verify", registry_guard::fuzzing::audit_verify),
     ("challenge", registry_guard::fuzzing::challenge),
+    ("proxy_protocol", registry_guard::fuzzing::proxy_protocol),
 ];
 
 fn fuzz_dir() -> &'static Path {

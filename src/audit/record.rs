@@ -191,6 +191,10 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub time: String,
+    /// The replica that wrote it (`audit.instance`, default the host name); absent in
+    /// files from before replicas were named. Set by the writer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     pub phase: Phase,
     pub request_id: String,
     pub user: String,
@@ -234,6 +238,9 @@ pub struct Record {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub time: String,
+    /// As [`Record::instance`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     pub phase: Phase,
     /// Denials summary: whose denials.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -265,6 +272,7 @@ impl Event {
     pub fn new(phase: Phase, reason: String) -> Event {
         Event {
             time: now_rfc3339(),
+            instance: None,
             phase,
             user: None,
             count: None,
@@ -330,6 +338,23 @@ impl Entry {
             Entry::Request(r) => &r.time,
             Entry::Event(e) => &e.time,
         }
+    }
+
+    /// The replica that wrote it; `None` in files from before replicas were named.
+    pub fn instance(&self) -> Option<&str> {
+        match self {
+            Entry::Request(r) => r.instance.as_deref(),
+            Entry::Event(e) => e.instance.as_deref(),
+        }
+    }
+
+    /// Names the replica writing it (the writer does, for every line).
+    pub fn set_instance(&mut self, instance: &str) {
+        let slot = match self {
+            Entry::Request(r) => &mut r.instance,
+            Entry::Event(e) => &mut e.instance,
+        };
+        *slot = Some(instance.to_owned());
     }
 
     /// The line for this entry at chain position `seq` after `prev`, ending in its own
@@ -488,6 +513,7 @@ mod tests {
     fn rec() -> Record {
         Record {
             time: "2026-11-23T19:00:00.000Z".into(),
+            instance: None,
             phase: Phase::Intent,
             request_id: "r1".into(),
             user: "alice".into(),

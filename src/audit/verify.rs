@@ -249,6 +249,47 @@ fn missed_checkpoint(end: Option<&Position>, opts: &Options, last_name: &str) ->
     })
 }
 
+/// The files of one replica: its instance id (`None`: files from before replicas were
+/// named) and its files in the order given.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Replica<'a> {
+    pub instance: Option<String>,
+    pub files: Vec<(&'a str, &'a [u8])>,
+}
+
+/// Splits files into one chain per replica, by the instance id of each file's first
+/// record, keeping the order given within a replica (oldest first) and the order in
+/// which replicas first appear. Replicas write independent chains: each is verified on
+/// its own. A file without a record joins the replica before it (a rotation that has
+/// not written yet); a first line that is not a record keeps its file with the unnamed
+/// ones, where verifying reports it.
+pub fn by_instance<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec<Replica<'a>> {
+    let mut out: Vec<Replica<'a>> = Vec::new();
+    for (name, content) in files {
+        let first = content.split(|&b| b == b'\n').find(|l| !l.is_empty());
+        let instance = match first {
+            None => match out.last_mut() {
+                Some(r) => {
+                    r.files.push((name, content));
+                    continue;
+                }
+                None => None,
+            },
+            Some(line) => Entry::parse(line)
+                .ok()
+                .and_then(|e| e.instance().map(str::to_owned)),
+        };
+        match out.iter_mut().find(|r| r.instance == instance) {
+            Some(r) => r.files.push((name, content)),
+            None => out.push(Replica {
+                instance,
+                files: vec![(name, content)],
+            }),
+        }
+    }
+    out
+}
+
 fn short(h: &str) -> &str {
     h.get(..16).unwrap_or(h)
 }
@@ -267,6 +308,7 @@ mod tests {
     fn rec(phase: Phase, id: &str, outcome: Option<Outcome>) -> Entry {
         Entry::Request(Record {
             time: "2026-11-23T19:00:00.000Z".into(),
+            instance: None,
             phase,
             request_id: id.into(),
             user: "alice".into(),
@@ -613,5 +655,57 @@ mod tests {
         );
         let r = verify([("old", f.as_bytes())], &opts(&Chain::keyed(KEY)));
         assert!(broken(&r).starts_with("old:1: no `seq`"), "{r:?}");
+    }
+
+    #[test]
+    fn replicas_are_split_by_instance_and_each_chain_verifies_on_its_own() {
+        let chain = Chain::keyed(KEY);
+        let named = |who: &str| -> Vec<Entry> {
+            sample()
+                .into_iter()
+                .map(|mut e| {
+                    e.set_instance(who);
+                    e
+                })
+                .collect()
+        };
+        let (a1, a_end) = file(&named("rg-a")[..3], &genesis(), &chain);
+        let (a2, _) = file(&named("rg-a")[3..], &a_end, &chain);
+        let (b, _) = file(&named("rg-b"), &genesis(), &chain);
+        let (old, _) = file(&sample(), &genesis(), &chain);
+        let files = [
+            ("a1", a1.as_bytes()),
+            ("b", b.as_bytes()),
+            ("empty", b"".as_slice()),
+            ("a2", a2.as_bytes()),
+            ("old", old.as_bytes()),
+        ];
+        let groups = by_instance(files);
+        let names: Vec<(Option<&str>, Vec<&str>)> = groups
+            .iter()
+            .map(|g| {
+                (
+                    g.instance.as_deref(),
+                    g.files.iter().map(|(n, _)| *n).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (Some("rg-a"), vec!["a1", "a2"]),
+                (Some("rg-b"), vec!["b", "empty"]),
+                (None, vec!["old"]),
+            ]
+        );
+        for g in &groups {
+            let r = verify(g.files.iter().copied(), &opts(&chain));
+            assert_eq!((r.broken.as_deref(), r.records), (None, 6), "{g:?}");
+        }
+        // Lines of unnamed files (from before the field) verify as they were written.
+        assert!(!old.contains("instance") && a1.contains("\"instance\":\"rg-a\""));
+        // One replica's files given as one chain with another's: broken at the seam.
+        let r = verify([("a1", a1.as_bytes()), ("b", b.as_bytes())], &opts(&chain));
+        assert!(broken(&r).starts_with("b:1: chain broken"), "{r:?}");
     }
 }

@@ -52,6 +52,8 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Debug, Clone)]
 pub struct AuditSettings {
     pub file: PathBuf,
+    /// The replica's name in every record (`audit.instance`); `None`: the host name.
+    pub instance: Option<String>,
     /// Rotate when the file passes this size (0: never; logrotate + SIGHUP instead).
     pub rotate_bytes: u64,
     /// Also print every line on stdout, for log shippers.
@@ -187,6 +189,8 @@ fn append_whole(f: &mut dyn AuditFile, buf: &[u8]) -> Result<u64, AppendError> {
 
 struct Writer {
     settings: AuditSettings,
+    /// The replica's name, stamped on every line (`audit.instance` or the host name).
+    instance: String,
     chain: Chain,
     last_hash: String,
     seq: u64,
@@ -202,6 +206,20 @@ struct Writer {
     denials: Denials,
     metrics: Arc<Metrics>,
     wrap: Option<Wrap>,
+}
+
+/// The default instance id: the host name (uname's nodename), as replicas usually run
+/// one per host or container; "unknown" when it is empty.
+fn host_name() -> String {
+    let name = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    if name.is_empty() {
+        "unknown".to_owned()
+    } else {
+        name
+    }
 }
 
 fn sidecar(path: &Path) -> PathBuf {
@@ -388,8 +406,10 @@ impl Writer {
             Some(end) => (end.seq, end.hash),
             None => side.map_or((0, GENESIS.to_owned()), |p| (p.seq, p.hash)),
         };
+        let instance = settings.instance.clone().unwrap_or_else(host_name);
         let mut writer = Writer {
             settings,
+            instance,
             chain,
             last_hash,
             seq,
@@ -487,6 +507,9 @@ impl Writer {
         }
         let mut buf = String::new();
         let (mut seq, mut hash) = (self.seq, self.last_hash.clone());
+        for e in &mut entries {
+            e.set_instance(&self.instance);
+        }
         for e in &entries {
             seq += 1;
             let (line, h) = e.to_line(seq, &hash, &self.chain);
@@ -999,6 +1022,7 @@ mod tests {
     fn settings(dir: &Path) -> AuditSettings {
         AuditSettings {
             file: dir.join("audit.jsonl"),
+            instance: Some("test-1".into()),
             rotate_bytes: 0,
             stdout: false,
             key_file: dir.join("audit.key"),
@@ -1012,6 +1036,7 @@ mod tests {
     fn record(user: &str, id: &str) -> Entry {
         Entry::Request(Record {
             time: now_rfc3339(),
+            instance: None,
             phase: Phase::Denied,
             request_id: id.into(),
             user: user.into(),
@@ -1399,6 +1424,14 @@ mod tests {
         w.tick();
         assert_eq!(check(&w.settings.file).records, 6);
         assert_eq!(metrics.audit_records.get(), 6);
+        // Every line, the writer's own included, names the replica.
+        let text = std::fs::read_to_string(&w.settings.file).unwrap();
+        for line in text.lines() {
+            let e = Entry::parse(line.as_bytes()).unwrap();
+            assert_eq!(e.instance(), Some("test-1"), "{line}");
+        }
+        // Unset, it is the host name.
+        assert!(!host_name().is_empty());
     }
 
     /// `min_free_bytes` above what the disk has: the gauge says low, not ready.

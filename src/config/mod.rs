@@ -20,6 +20,7 @@ mod types;
 mod validate;
 
 pub use types::*;
+pub(crate) use validate::check_instance;
 
 /// A configuration problem: which file, which key, what is wrong.
 #[derive(Debug, thiserror::Error)]

@@ -35,6 +35,8 @@ pub(super) struct RawServer {
     pub(super) public_url: Option<String>,
     #[serde(default)]
     pub(super) trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub(super) proxy_protocol: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +174,7 @@ pub(super) struct RawProtection {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAudit {
     pub(super) file: PathBuf,
+    pub(super) instance: Option<String>,
     pub(super) key_file: Option<PathBuf>,
     pub(super) checkpoint_every: Option<u64>,
     pub(super) checkpoint_interval: Option<String>,

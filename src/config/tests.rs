@@ -354,3 +354,50 @@ fn origins_are_normalised() {
     let (_, _, o) = parse_origin("http://[::1]").unwrap();
     assert_eq!(o, "http://[::1]:80");
 }
+
+#[test]
+fn proxy_protocol_needs_trusted_proxies() {
+    let c = Config::from_yaml(MIN).unwrap();
+    assert!(!c.server.proxy_protocol);
+    let on = MIN.replace(
+        "  plaintext: true\n",
+        "  plaintext: true\n  proxy_protocol: true\n",
+    );
+    let e = err(&on);
+    assert!(
+        e.starts_with("server.proxy_protocol:") && e.contains("trusted_proxies"),
+        "{e}"
+    );
+    let c = Config::from_yaml(&on.replace(
+        "  proxy_protocol: true\n",
+        "  proxy_protocol: true\n  trusted_proxies: [10.0.0.0/8]\n",
+    ))
+    .unwrap();
+    assert!(c.server.proxy_protocol);
+    // audit.trusted_proxies (older configs) counts too.
+    let c = Config::from_yaml(&format!(
+        "{on}audit:\n  file: a.jsonl\n  key_file: k\n  trusted_proxies: [10.0.0.0/8]\n"
+    ))
+    .unwrap();
+    assert!(c.server.proxy_protocol);
+}
+
+#[test]
+fn audit_instance_is_a_name_without_colon() {
+    let base = format!("{MIN}audit:\n  file: a.jsonl\n  key_file: k\n");
+    let c = Config::from_yaml(&base).unwrap();
+    assert_eq!(
+        c.audit.unwrap().settings.instance,
+        None,
+        "default: the host name, at start"
+    );
+    let c = Config::from_yaml(&format!("{base}  instance: rg-a.eu-1\n")).unwrap();
+    assert_eq!(
+        c.audit.unwrap().settings.instance.as_deref(),
+        Some("rg-a.eu-1")
+    );
+    for bad in ["\"\"", "\"a:b\"", "\"a b\"", &"x".repeat(65)] {
+        let e = err(&format!("{base}  instance: {bad}\n"));
+        assert!(e.starts_with("audit.instance:"), "{bad}: {e}");
+    }
+}

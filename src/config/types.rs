@@ -101,6 +101,9 @@ pub struct Server {
     /// Peers whose `X-Forwarded-For` is believed for the client address (load balancers).
     /// The one client address (throttle, logs, audit, forwarded headers) comes from here.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Connections from `trusted_proxies` open with a PROXY protocol header (v1 or v2)
+    /// naming the client, and must; from any other peer one is refused.
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone)]

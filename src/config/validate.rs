@@ -63,6 +63,12 @@ impl TryFrom<RawConfig> for Config {
                 }
             }
         }
+        if server.proxy_protocol && server.trusted_proxies.is_empty() {
+            return Err(ConfigError::new(
+                "server.proxy_protocol",
+                "true needs server.trusted_proxies: the load balancers whose PROXY header is believed (from any other peer it is refused)",
+            ));
+        }
         let metrics_listen = raw.metrics.map(metrics_listen).transpose()?;
         Ok(Config {
             server,
@@ -212,6 +218,7 @@ impl TryFrom<RawServer> for Server {
             tls,
             public_origin,
             trusted_proxies,
+            proxy_protocol: s.proxy_protocol,
         })
     }
 }
@@ -610,6 +617,9 @@ impl TryFrom<RawAudit> for Audit {
 
     fn try_from(a: RawAudit) -> Result<Audit, ConfigError> {
         let trusted_proxies = parse_nets("audit.trusted_proxies", &a.trusted_proxies)?;
+        if let Some(i) = &a.instance {
+            check_instance(i).map_err(|m| ConfigError::new("audit.instance", m))?;
+        }
         if a.file.as_os_str().is_empty() {
             return Err(ConfigError::new("audit.file", "must name a file"));
         }
@@ -631,6 +641,7 @@ impl TryFrom<RawAudit> for Audit {
         Ok(Audit {
             settings: crate::audit::AuditSettings {
                 file: a.file,
+                instance: a.instance,
                 rotate_bytes: a.rotate_bytes.unwrap_or(0),
                 stdout: a.stdout,
                 key_file,
@@ -647,6 +658,23 @@ impl TryFrom<RawAudit> for Audit {
             max_tags: ranged("audit.max_tags", a.max_tags, 100, ..=10_000)?,
             trusted_proxies,
         })
+    }
+}
+
+/// An instance id names a replica in its audit records and in `audit verify`'s report
+/// (and may prefix `--start`/`--checkpoint` as `INSTANCE:SEQ:HASH`): a host-name-like
+/// word, no colon.
+pub(crate) fn check_instance(i: &str) -> Result<(), String> {
+    let ok = !i.is_empty()
+        && i.len() <= 64
+        && i.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{i:?} is not an instance id: 1 to 64 of A-Z a-z 0-9 . - _ (default: the host name)"
+        ))
     }
 }
 

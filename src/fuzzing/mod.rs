@@ -300,3 +300,47 @@ pub fn challenge(data: &[u8]) {
         assert!(t.lifetime <= MAX_TOKEN_LIFETIME);
     }
 }
+
+/// `proxy_protocol::parse` must never panic on a connection's first bytes, and a header
+/// it takes must be exactly a header: within its version's bound and within the input;
+/// the same whatever follows it (so the client's own bytes never change it); every
+/// shorter prefix asks for more bytes (the server never decides on part of a header);
+/// a v1 header is one `PROXY ...\r\n` line. `sniff` agrees: `parse` refuses as missing
+/// exactly what `sniff` says is no header.
+pub fn proxy_protocol(data: &[u8]) {
+    use crate::proxy_protocol::{parse, sniff, Error, Sniff, V1_MAX, V2_MAX};
+    let r = parse(data);
+    assert_eq!(
+        matches!(r, Err(Error::Missing)),
+        sniff(data) == Sniff::NotProxy,
+        "parse and sniff disagree"
+    );
+    let Ok(Some(h)) = r else { return };
+    assert!(h.len <= data.len(), "header longer than the input");
+    let header = &data[..h.len];
+    match h.version {
+        1 => {
+            assert!(h.len <= V1_MAX, "v1 header over 107 bytes");
+            assert!(header.starts_with(b"PROXY ") && header.ends_with(b"\r\n"));
+            assert_eq!(
+                header.iter().filter(|&&b| b == b'\n').count(),
+                1,
+                "v1 header spans lines"
+            );
+        }
+        2 => assert!(h.len <= V2_MAX, "v2 header over its bound"),
+        v => panic!("version {v}"),
+    }
+    assert_eq!(
+        parse(header),
+        Ok(Some(h)),
+        "the bytes after it changed the header"
+    );
+    for n in 0..h.len {
+        assert_eq!(
+            parse(&header[..n]),
+            Ok(None),
+            "decided on {n} bytes of a header"
+        );
+    }
+}
