@@ -1433,10 +1433,21 @@ mod tests {
         w.settings.min_free_bytes = u64::MAX;
         w.tick();
         assert_eq!(metrics.audit_disk_low.get(), 1);
-        assert!(metrics
-            .not_ready()
-            .unwrap()
-            .contains("audit.min_free_bytes"));
+        assert_eq!(metrics.audit_writer_failing.get(), 0);
+    }
+
+    /// A file that is gone (and is not to be created) fails the next delete: the tick
+    /// says so before any delete does.
+    #[test]
+    fn a_file_that_cannot_be_opened_shows_at_the_next_tick() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _, metrics) = open(dir.path());
+        w.tick();
+        assert_eq!(metrics.audit_writer_failing.get(), 0);
+        std::fs::remove_file(&w.settings.file).unwrap();
+        w.tick();
+        assert_eq!(metrics.audit_writer_failing.get(), 1);
+        assert!(metrics.audit_write_failures.get() >= 1);
     }
 
     #[test]
