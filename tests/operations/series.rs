@@ -153,6 +153,31 @@ fn requests_logins_uploads_and_deletes_are_counted_with_their_labels() {
         )),
         1
     );
+
+    // Every series the shipped dashboard queries is one this proxy renders.
+    let dashboard = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/registry-guard.json"),
+    )
+    .unwrap();
+    let mut names: Vec<&str> = dashboard
+        .match_indices("registry_guard_")
+        .map(|(i, _)| {
+            let rest = &dashboard[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() >= 20, "{names:?}");
+    for name in names {
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "the dashboard reads {name}, which is not rendered:\n{text}"
+        );
+    }
 }
 
 /// A connection is counted under the protocol ALPN chose, from its handshake to its end.
