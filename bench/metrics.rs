@@ -57,5 +57,8 @@ fn main() {
     println!("metrics cost");
     println!("  per request (10 updates)            {per_request:>10.0} ns");
     println!("  per connection (open + close)       {per_connection:>10.0} ns");
-    println!("  one scrape ({series} series)            {:>10.1} µs", scrape / 1e3);
+    println!(
+        "  one scrape ({series} series)            {:>10.1} µs",
+        scrape / 1e3
+    );
 }

@@ -178,7 +178,10 @@ mod tests {
         let body: Value = serde_json::from_str(&r.body()).unwrap();
         assert_eq!(body["ready"], true);
         assert_eq!(body["checks"]["upstream"]["ok"], true);
-        assert_eq!(body["checks"]["upstream"]["detail"], "GET /v2/ answered 401");
+        assert_eq!(
+            body["checks"]["upstream"]["detail"],
+            "GET /v2/ answered 401"
+        );
         assert_eq!(body["checks"]["audit"]["ok"], true);
         assert_eq!(body["checks"]["users"]["detail"], "2 users loaded");
     }

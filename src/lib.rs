@@ -16,8 +16,8 @@
 //! `response`, `error`, `log`) is `pub(crate)`; `metrics` is public for its benchmark.
 #![forbid(unsafe_code)]
 
-pub(crate) mod admin;
 pub mod acl;
+pub(crate) mod admin;
 pub mod audit;
 pub mod auth;
 pub mod cli;

@@ -187,7 +187,11 @@ pub enum TlsFailure {
 }
 
 impl TlsFailure {
-    const ALL: [TlsFailure; 3] = [TlsFailure::Error, TlsFailure::Timeout, TlsFailure::PlainHttp];
+    const ALL: [TlsFailure; 3] = [
+        TlsFailure::Error,
+        TlsFailure::Timeout,
+        TlsFailure::PlainHttp,
+    ];
     fn as_str(self) -> &'static str {
         match self {
             TlsFailure::Error => "error",
@@ -393,22 +397,16 @@ impl Metrics {
             open,
         );
         let tls = Family::<ReasonLabels, PromCounter>::default();
-        let tls_failures = TlsFailure::ALL.map(|f| {
-            Counter(tls.get_or_create_owned(&ReasonLabels {
-                reason: f.as_str(),
-            }))
-        });
+        let tls_failures = TlsFailure::ALL
+            .map(|f| Counter(tls.get_or_create_owned(&ReasonLabels { reason: f.as_str() })));
         r.register(
             counter_name(TLS_HANDSHAKE_FAILURES),
             "TLS connections that never got to HTTP, by reason (error, timeout, plain_http)",
             tls,
         );
         let results = Family::<ResultLabels, PromCounter>::default();
-        let auth_results = AuthResult::ALL.map(|a| {
-            Counter(results.get_or_create_owned(&ResultLabels {
-                result: a.as_str(),
-            }))
-        });
+        let auth_results = AuthResult::ALL
+            .map(|a| Counter(results.get_or_create_owned(&ResultLabels { result: a.as_str() })));
         r.register(
             counter_name(AUTH_RESULTS),
             "Credential checks by result (ok, cached, wrong, unknown, throttled, malformed)",
@@ -495,7 +493,11 @@ impl Metrics {
     /// One request done: its route kind (`Route::kind`, `none` unrouted), method, final
     /// status and duration.
     pub fn observe_request(&self, route: &str, method: &Method, status: u16, seconds: f64) {
-        let (r, m, s) = (route_index(route), method_index(method), status_index(status));
+        let (r, m, s) = (
+            route_index(route),
+            method_index(method),
+            status_index(status),
+        );
         let slot = (r * METHODS.len() + m) * STATUS_CLASSES.len() + s;
         let Some(cell) = self.request_slots.get(slot) else {
             return;
@@ -658,9 +660,9 @@ mod tests {
         // Closed label sets are there from the start, at zero.
         assert!(text.contains("registry_guard_auth_results_total{result=\"throttled\"} 0\n"));
         assert!(text.contains("registry_guard_connections_open{protocol=\"h2\"} 0\n"));
-        assert!(text.contains(
-            "registry_guard_tls_handshake_failures_total{reason=\"plain_http\"} 0\n"
-        ));
+        assert!(
+            text.contains("registry_guard_tls_handshake_failures_total{reason=\"plain_http\"} 0\n")
+        );
         assert!(text.contains("registry_guard_auth_throttle_entries{table=\"known_good\"} 0\n"));
         // No request yet, no audit record: no such series (a family renders its series).
         assert!(!text.contains("registry_guard_request_duration_seconds_count"));

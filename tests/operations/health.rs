@@ -18,7 +18,10 @@ fn healthz_and_readyz_answer_200_when_all_is_well() {
         "{json}"
     );
     assert_eq!(json["checks"]["audit"]["ok"], true, "{json}");
-    assert_eq!(json["checks"]["users"]["detail"], "1 users loaded", "{json}");
+    assert_eq!(
+        json["checks"]["users"]["detail"], "1 users loaded",
+        "{json}"
+    );
     // The earlier name answers the same.
     assert_eq!(http_get(s.metrics, "/ready").0, 200);
 }

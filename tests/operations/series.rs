@@ -59,7 +59,8 @@ fn requests_logins_uploads_and_deletes_are_counted_with_their_labels() {
     // Plain HTTP on the TLS port: a failed handshake.
     let mut tcp = std::net::TcpStream::connect(s.proxy.addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    tcp.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    tcp.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut answer = String::new();
     let _ = tcp.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
@@ -106,7 +107,11 @@ fn requests_logins_uploads_and_deletes_are_counted_with_their_labels() {
     }
     assert_eq!(upstream("blob"), 1, "{text}");
 
-    let auth = |r: &str| m.get(&format!("registry_guard_auth_results_total{{result=\"{r}\"}}"));
+    let auth = |r: &str| {
+        m.get(&format!(
+            "registry_guard_auth_results_total{{result=\"{r}\"}}"
+        ))
+    };
     assert_eq!(auth("ok"), 1, "{text}");
     assert_eq!(auth("cached"), 5, "{text}");
     assert_eq!(auth("wrong"), 1, "{text}");
@@ -144,7 +149,10 @@ fn requests_logins_uploads_and_deletes_are_counted_with_their_labels() {
         1,
         "{text}"
     );
-    assert!(m.get("registry_guard_audit_write_seconds_count") >= 2, "{text}");
+    assert!(
+        m.get("registry_guard_audit_write_seconds_count") >= 2,
+        "{text}"
+    );
     assert!(m.get("registry_guard_audit_records_total") >= 2, "{text}");
     assert_eq!(
         m.get(&format!(
@@ -188,7 +196,9 @@ async fn open_connections_are_counted_by_protocol() {
         common::metrics::Metrics {
             text: text.to_owned(),
         }
-        .get(&format!("registry_guard_connections_open{{protocol=\"{p}\"}}"))
+        .get(&format!(
+            "registry_guard_connections_open{{protocol=\"{p}\"}}"
+        ))
     };
     let h2 = tls_connect(&s.proxy, &[b"h2"]).await;
     let h1 = tls_connect(&s.proxy, &[b"http/1.1"]).await;
