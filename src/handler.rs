@@ -270,8 +270,13 @@ pub async fn handle(
     let request_id = next_request_id();
     let method = req.method().clone();
     let client = client_of(&state, &conn, req.headers());
-    let mut record =
-        AccessRecord::new(request_id.clone(), method.clone(), req.uri().path(), client);
+    let mut record = AccessRecord::new(
+        request_id.clone(),
+        method.clone(),
+        req.uri().path(),
+        client,
+        state.metrics.clone(),
+    );
     record.in_flight = Some(InFlight::new(conn.activity.clone()));
     let (parts, body) = req.into_parts();
     let hint = DrainHint::of(&parts);
@@ -964,19 +969,38 @@ async fn forward(
         if announced.is_some_and(|n| n > limit) {
             return Err(ProxyError::ManifestTooLarge { limit });
         }
+        let body = counted(body, &state.metrics);
         OutBody::Streamed(Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed())
     } else {
-        OutBody::Streamed(body.map_err(Into::into).boxed())
+        OutBody::Streamed(counted(body, &state.metrics).map_err(Into::into).boxed())
     };
 
     let body_limit = is_manifest_put(route).then_some(limit);
+    let sent = std::time::Instant::now();
     let resp = snap
         .upstream
         .send_authorized(parts, body, &Need::for_route(route), body_limit)
         .await?;
+    state
+        .metrics
+        .observe_upstream(route.kind(), sent.elapsed().as_secs_f64());
     let (mut parts, body) = resp.into_parts();
     headers::forward_response(&mut parts.headers, &snap.upstream.origin, &public.origin);
     Ok(Response::from_parts(parts, ResponseBody::upstream(body)))
+}
+
+/// A client's request body as forwarded, its bytes counted as they pass.
+fn counted(
+    body: Incoming,
+    metrics: &Metrics,
+) -> impl http_body::Body<Data = Bytes, Error = hyper::Error> + Send + Sync + 'static {
+    let received = metrics.received_bytes.clone();
+    body.map_frame(move |f| {
+        if let Some(d) = f.data_ref() {
+            received.add(d.len() as u64);
+        }
+        f
+    })
 }
 
 /// Reads a body that must be empty to its end: any byte refuses the request.

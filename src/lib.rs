@@ -13,10 +13,11 @@
 //!
 //! Public are the modules that tests, benches and fuzz targets use (the pure cores, the
 //! CLI entry, `fuzzing`); the serving machinery (`server`, `handler`, `config`,
-//! `response`, `error`, `log`, `metrics`) is `pub(crate)`.
+//! `response`, `error`, `log`) is `pub(crate)`; `metrics` is public for its benchmark.
 #![forbid(unsafe_code)]
 
 pub mod acl;
+pub(crate) mod admin;
 pub mod audit;
 pub mod auth;
 pub mod cli;
@@ -24,8 +25,9 @@ pub(crate) mod config;
 pub(crate) mod error;
 pub mod fuzzing;
 pub(crate) mod handler;
+pub(crate) mod health;
 pub(crate) mod log;
-pub(crate) mod metrics;
+pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod registry;

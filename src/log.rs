@@ -1,5 +1,6 @@
 //! Logging: tracing set up from `RUST_LOG` (default `info`) in text or JSON, and the
-//! access log line, one per request, emitted when its response body is done.
+//! access log line, one per request, emitted when its response body is done (when the
+//! request's duration is also observed in the metrics).
 //!
 //! Nothing here ever sees a header value: credentials cannot reach the log through it.
 //!
@@ -8,6 +9,7 @@
 //! so no one can forge a log line or a terminal escape sequence.
 
 use crate::config::LogFormat;
+use crate::metrics::{LevelGuard, Metrics};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -213,11 +215,24 @@ pub struct AccessRecord {
     pub error: Option<String>,
     pub started: Instant,
     pub in_flight: Option<InFlight>,
+    /// Where the request's duration and bytes are counted when it is done.
+    pub metrics: Arc<Metrics>,
+    /// `registry_guard_requests_in_flight` while the record lives (a request cancelled
+    /// before its response leaves the gauge too).
+    _counted: LevelGuard,
 }
 
 impl AccessRecord {
-    pub fn new(request_id: String, method: http::Method, path: &str, client: IpAddr) -> Self {
+    pub fn new(
+        request_id: String,
+        method: http::Method,
+        path: &str,
+        client: IpAddr,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         AccessRecord {
+            _counted: LevelGuard::new(metrics.requests_in_flight.clone()),
+            metrics,
             request_id,
             method,
             path: path.chars().take(512).collect(),
@@ -233,10 +248,13 @@ impl AccessRecord {
         }
     }
 
-    /// Writes the access line: `complete` is false when the client or upstream went away
-    /// before the body ended.
+    /// Writes the access line and observes the request's duration: `complete` is false
+    /// when the client or upstream went away before the body ended.
     pub fn emit(&self, bytes: u64, complete: bool) {
-        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.metrics
+            .observe_request(self.route, &self.method, self.status, seconds);
+        let duration_ms = seconds * 1000.0;
         tracing::info!(
             target: "registry_guard::access",
             request_id = %self.request_id,

@@ -22,7 +22,7 @@
 use crate::config::{Config, ConfigError, Limits, Tls};
 use crate::handler::{self, ConnInfo, State};
 use crate::log::{now_ms, ConnActivity};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Protocol, TlsFailure};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -202,7 +202,7 @@ impl Server {
             proxy_protocol,
         } = self;
         if let Some(l) = metrics_listener {
-            tokio::spawn(serve_metrics(l, state.metrics.clone()));
+            tokio::spawn(crate::admin::serve(l, state.clone()));
         }
         let limits = Arc::new(config.limits.clone());
         let tls = !matches!(config.server.tls, Tls::Plaintext);
@@ -480,12 +480,14 @@ async fn serve_connection(
 ) {
     let peer = conn.peer;
     let activity = conn.activity.clone();
+    let metrics = state.metrics.clone();
     let svc = service_fn(move |req| {
         let (state, conn) = (state.clone(), conn.clone());
         async move { Ok::<_, Infallible>(handler::handle(state, conn, req).await) }
     });
     match acceptor {
         None => {
+            let _open = metrics.connection_open(Protocol::H1);
             let io = TokioIo::new(HeadWatchIo::new(tcp, activity.clone()));
             let c = http1_builder(limits).serve_connection(io, svc);
             drive(c, stop, &activity, limits).await;
@@ -495,6 +497,7 @@ async fn serve_connection(
             match tokio::time::timeout(limits.header_read_timeout, starts_with_tls(&tcp)).await {
                 Ok(Ok(true)) => {}
                 Ok(Ok(false)) => {
+                    metrics.tls_failure(TlsFailure::PlainHttp);
                     tracing::debug!(%peer, "plain HTTP on the TLS port: answered 400");
                     answer_plain_http(&mut tcp).await;
                     return;
@@ -504,6 +507,7 @@ async fn serve_connection(
                     return;
                 }
                 Err(_) => {
+                    metrics.tls_failure(TlsFailure::Timeout);
                     tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
@@ -513,15 +517,18 @@ async fn serve_connection(
             {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
+                    metrics.tls_failure(TlsFailure::Error);
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
+                    metrics.tls_failure(TlsFailure::Timeout);
                     tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
             };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let _open = metrics.connection_open(if h2 { Protocol::H2 } else { Protocol::H1 });
             if h2 {
                 // No byte counts as activity here: only streams do (through InFlight).
                 let io = TokioIo::new(tls);
@@ -925,48 +932,6 @@ async fn reopen_on_hangup(state: Arc<State>) {
             log.reopen().await;
             tracing::info!("SIGHUP: the audit log starts a new file at its next record");
         }
-    }
-}
-
-/// The metrics listener (plain HTTP): `GET /metrics` (Prometheus text), `GET /healthz` (200 while
-/// the process serves) and `GET /ready` (503 with the reason while the audit folder is
-/// below `audit.min_free_bytes` or audit writes fail: deletes would be refused).
-async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let metrics = metrics.clone();
-                async move {
-                    let (status, body) = match req.uri().path() {
-                        "/metrics" => (200, metrics.render()),
-                        "/healthz" => (200, "ok\n".to_owned()),
-                        "/ready" => match metrics.not_ready() {
-                            None => (200, "ready\n".to_owned()),
-                            Some(why) => (503, format!("not ready: {why}\n")),
-                        },
-                        _ => (404, "not found\n".to_owned()),
-                    };
-                    let mut resp =
-                        hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
-                    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
-                    resp.headers_mut().insert(
-                        hyper::header::CONTENT_TYPE,
-                        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
-                    );
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            let _ = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
     }
 }
 

@@ -187,6 +187,18 @@ pub enum Outcome {
     Unknown,
 }
 
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Deleted => "deleted",
+            Outcome::Pushed => "pushed",
+            Outcome::Denied => "denied",
+            Outcome::Failed => "failed",
+            Outcome::Unknown => "unknown",
+        }
+    }
+}
+
 /// One audit record. Field order is the order in the file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -316,6 +328,14 @@ impl Entry {
         match self {
             Entry::Request(r) => r.phase,
             Entry::Event(e) => e.phase,
+        }
+    }
+
+    /// The outcome a request record carries, if any.
+    pub fn outcome(&self) -> Option<Outcome> {
+        match self {
+            Entry::Request(r) => r.outcome,
+            Entry::Event(_) => None,
         }
     }
 

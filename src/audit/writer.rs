@@ -517,7 +517,12 @@ impl Writer {
             buf.push('\n');
             hash = h;
         }
-        match append_whole(&mut *f, buf.as_bytes()) {
+        let started = Instant::now();
+        let appended = append_whole(&mut *f, buf.as_bytes());
+        self.metrics
+            .audit_write_duration
+            .observe(started.elapsed().as_secs_f64());
+        match appended {
             Ok(len) => self.good_len = Some(len),
             Err(e) => {
                 if !e.undone {
@@ -531,6 +536,12 @@ impl Writer {
         (self.seq, self.last_hash) = (seq, hash);
         self.set_failing(false);
         self.metrics.audit_records.add(entries.len() as u64);
+        for e in &entries {
+            self.metrics.audit_record(
+                e.phase().as_str(),
+                e.outcome().map_or("none", |o| o.as_str()),
+            );
+        }
         self.since_checkpoint += entries.len() as u64;
         if self.settings.stdout {
             let mut out = io::stdout().lock();
@@ -565,6 +576,17 @@ impl Writer {
     }
 
     fn check_disk(&mut self) {
+        // The file each batch opens (never created but after a rotation or SIGHUP): one
+        // that is gone or cannot be opened for writing fails the next delete, so
+        // readiness says so now, and the tick's probe clears it once it opens again.
+        if !self.create_next {
+            if let Err(e) = self.open_file() {
+                if !self.failing {
+                    tracing::warn!(file = %self.settings.file.display(), error = %e, "the audit file cannot be opened for writing: not ready");
+                }
+                self.set_failing(true);
+            }
+        }
         match free_bytes(folder_of(&self.settings.file)) {
             Ok(free) => {
                 let low = free < self.settings.min_free_bytes;
@@ -1146,7 +1168,6 @@ mod tests {
         assert_eq!(std::fs::read(&w.settings.file).unwrap(), before);
         assert_eq!(metrics.audit_writer_failing.get(), 1);
         assert_eq!(metrics.audit_write_failures.get(), 1);
-        assert!(metrics.not_ready().is_some());
         w.wrap = None;
         w.write_batch(vec![record("bob", "r5")], false).unwrap();
         assert_eq!(metrics.audit_writer_failing.get(), 0);
@@ -1444,10 +1465,21 @@ mod tests {
         w.settings.min_free_bytes = u64::MAX;
         w.tick();
         assert_eq!(metrics.audit_disk_low.get(), 1);
-        assert!(metrics
-            .not_ready()
-            .unwrap()
-            .contains("audit.min_free_bytes"));
+        assert_eq!(metrics.audit_writer_failing.get(), 0);
+    }
+
+    /// A file that is gone (and is not to be created) fails the next delete: the tick
+    /// says so before any delete does.
+    #[test]
+    fn a_file_that_cannot_be_opened_shows_at_the_next_tick() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _, metrics) = open(dir.path());
+        w.tick();
+        assert_eq!(metrics.audit_writer_failing.get(), 0);
+        std::fs::remove_file(&w.settings.file).unwrap();
+        w.tick();
+        assert_eq!(metrics.audit_writer_failing.get(), 1);
+        assert!(metrics.audit_write_failures.get() >= 1);
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub mod token;
 pub mod users;
 
 use crate::log::Escaped;
-use crate::metrics::Metrics;
+use crate::metrics::{AuthResult, Metrics};
 use cache::VerifyCache;
 use http::header::{HeaderMap, AUTHORIZATION};
 use std::collections::HashMap;
@@ -255,6 +255,18 @@ impl Authenticator {
         Arc::ptr_eq(&self.throttle, &other.throttle)
     }
 
+    /// Sets the gauges of this module's tables (verification cache, throttle, argon2
+    /// queue): sampled when the metrics are scraped, not kept per request.
+    pub fn sample_metrics(&self) {
+        let m = &self.metrics;
+        m.auth_cache_entries.set(self.cache.len() as u64);
+        let (pairs, addresses, known_good) = self.throttle.table_sizes();
+        m.throttle_pairs.set(pairs as u64);
+        m.throttle_addresses.set(addresses as u64);
+        m.throttle_known_good.set(known_good as u64);
+        m.auth_argon2_queue.set(self.argon2.waiting() as u64);
+    }
+
     /// Establishes the identity of a request from its headers. `client` is the one
     /// client address of the request (`handler::client_of`).
     ///
@@ -301,6 +313,7 @@ impl Authenticator {
                 self.throttle
                     .fail_now(client, "", Instant::now())
                     .map_err(|r| self.refused(r, "", client))?;
+                self.metrics.auth_result(AuthResult::Malformed).inc();
                 return Err(AuthError::Invalid("malformed Basic credentials"));
             }
             Err(e) => {
@@ -319,6 +332,7 @@ impl Authenticator {
         if let Some(fp) = &fingerprint {
             if self.cache.hit(fp, Instant::now()) {
                 self.metrics.auth_cache_hits.inc();
+                self.metrics.auth_result(AuthResult::Cached).inc();
                 return Ok(identity_of(user.as_deref()));
             }
         }
@@ -333,6 +347,7 @@ impl Authenticator {
             // Verified by the request this one waited for.
             if self.cache.hit(fp, Instant::now()) {
                 self.metrics.auth_cache_hits.inc();
+                self.metrics.auth_result(AuthResult::Cached).inc();
                 return Ok(identity_of(user.as_deref()));
             }
         }
@@ -355,6 +370,7 @@ impl Authenticator {
         else {
             attempt.withdrawn();
             self.metrics.auth_throttled.inc();
+            self.metrics.auth_result(AuthResult::Throttled).inc();
             tracing::warn!(user = %name, %client, "login refused: the argon2 queue is full");
             return Err(AuthError::Throttled(Duration::from_secs(1)));
         };
@@ -362,16 +378,18 @@ impl Authenticator {
             (true, Some(fp)) => {
                 self.cache.insert(fp, Instant::now());
                 attempt.succeeded();
+                self.metrics.auth_result(AuthResult::Ok).inc();
                 Ok(identity_of(user.as_deref()))
             }
             _ => {
                 drop(attempt);
                 self.metrics.auth_failures.inc();
-                let why = match &user {
-                    None => "unknown user",
-                    Some(u) if u.disabled => "disabled user",
-                    Some(_) => "wrong password",
+                let (why, result) = match &user {
+                    None => ("unknown user", AuthResult::Unknown),
+                    Some(u) if u.disabled => ("disabled user", AuthResult::Unknown),
+                    Some(_) => ("wrong password", AuthResult::Wrong),
                 };
+                self.metrics.auth_result(result).inc();
                 // The name is logged, the reason only at debug: the log of a shared
                 // system should not confirm which names exist.
                 tracing::info!(user = %name, %client, "login failed");
@@ -384,6 +402,7 @@ impl Authenticator {
     /// A refusal of the throttle, counted and logged.
     fn refused(&self, r: throttle::Refusal, user: &str, client: IpAddr) -> AuthError {
         self.metrics.auth_throttled.inc();
+        self.metrics.auth_result(AuthResult::Throttled).inc();
         let why = match r {
             throttle::Refusal::Throttled(_) => "too many failures",
             throttle::Refusal::Busy => "too many attempts in flight",
@@ -561,6 +580,12 @@ impl Argon2Pool {
             }
         }
         Argon2Pool { shared }
+    }
+
+    /// Verifications waiting for a thread.
+    fn waiting(&self) -> usize {
+        let q = lock(&self.shared.queue);
+        q.known_good.len() + q.waiting
     }
 
     /// The verdict, or None when the queue is full (nothing was verified).

@@ -372,6 +372,13 @@ impl Throttle {
         (s.pairs.map.len(), s.addrs.map.len())
     }
 
+    /// Entries of the bounded tables: (failure windows per pair, per address, pairs
+    /// known good), for the metrics.
+    pub fn table_sizes(&self) -> (usize, usize, usize) {
+        let s = self.lock();
+        (s.pairs.map.len(), s.addrs.map.len(), s.known_good.map.len())
+    }
+
     /// Attempts in flight: (addresses, pairs) with at least one.
     pub fn in_flight(&self) -> (usize, usize) {
         let s = self.lock();

@@ -89,6 +89,7 @@ impl Body for ResponseBody {
             if let Some(Ok(frame)) = &polled {
                 if let Some(d) = frame.data_ref() {
                     m.bytes += d.len() as u64;
+                    m.record.metrics.sent_bytes.add(d.len() as u64);
                 }
                 if let Some(f) = &m.record.in_flight {
                     f.frame_sent();

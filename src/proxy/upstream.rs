@@ -339,6 +339,23 @@ impl Upstream {
         Ok(resp)
     }
 
+    /// `GET /v2/` without credentials, for readiness: the status of whatever HTTP answer
+    /// comes within `timeout` (a 401 is an answer: the registry is up), or why none came.
+    pub async fn answers(&self, timeout: Duration) -> Result<u16, String> {
+        let req = Request::get(self.uri("/v2/").map_err(|e| e.chain())?)
+            .body(empty())
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(timeout, self.send(req, None)).await {
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+            Ok(Err(e)) => Err(e.chain()),
+            Ok(Ok(resp)) => {
+                let status = resp.status().as_u16();
+                discard(resp).await;
+                Ok(status)
+            }
+        }
+    }
+
     /// `GET /v2/` with the Basic credentials: how does the upstream authenticate?
     async fn probe(&self) -> Result<(), ProxyError> {
         let mut req = Request::get(self.uri("/v2/")?)
