@@ -242,7 +242,7 @@ fn the_offline_image_serves_the_real_registry_as_user_65532_on_a_read_only_root(
     ok(&out, "podman run");
     let admin_addr = format!("127.0.0.1:{admin}").parse().unwrap();
     let ready = wait_for(Duration::from_secs(30), || {
-        (http_status(admin_addr, "/ready") == Some(200)).then_some(())
+        (http_status(admin_addr, "/readyz") == Some(200)).then_some(())
     });
     if ready.is_none() {
         let logs = podman.run(&["logs", &name]);
@@ -461,7 +461,7 @@ fn the_kubernetes_manifests_hold_together_and_their_config_checks() {
     for (probe, path) in [
         ("livenessProbe", "/healthz"),
         ("startupProbe", "/healthz"),
-        ("readinessProbe", "/ready"),
+        ("readinessProbe", "/readyz"),
     ] {
         assert_eq!(str_at(c, &[probe, "httpGet", "path"]), path, "{probe}");
         let port = str_at(c, &[probe, "httpGet", "port"]);
