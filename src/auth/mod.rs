@@ -827,6 +827,83 @@ mod tests {
         );
     }
 
+    /// A login with a bcrypt hash is answered at once and queues the upgrade; the file
+    /// then holds argon2id for that user only, and a token issued under the bcrypt hash
+    /// stays good under its successor. With `upgrade_hashes` off, nothing is written.
+    #[tokio::test]
+    async fn a_bcrypt_login_upgrades_the_hash_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.yaml");
+        let bcrypt_hash = bcrypt::hash("alice-pw", 4).unwrap();
+        let bob = users::hash_password("bob-pw", 8, 1, 1).unwrap();
+        let text = format!(
+            "users:\n  - name: alice\n    hash: '{bcrypt_hash}'\n    groups: [g]\n  - name: bob\n    hash: '{bob}'\n"
+        );
+        let client: IpAddr = [192, 0, 2, 1].into();
+        // Off: the login works, the file stays as it was.
+        std::fs::write(&path, &text).unwrap();
+        let mut off = settings(10);
+        off.upgrade_hashes = false;
+        let auth = Authenticator::new(Users::load(&path).unwrap(), &off, Arc::default());
+        assert!(auth
+            .identify(&headers("alice", "alice-pw"), client)
+            .await
+            .is_ok());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+
+        // On.
+        let mut on = settings(10);
+        on.docker_bearer = true;
+        let auth = Authenticator::new(Users::load(&path).unwrap(), &on, Arc::default());
+        assert!(auth
+            .identify(&headers("alice", "wrong"), client)
+            .await
+            .is_err());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            text,
+            "no upgrade on a failure"
+        );
+        let alice = auth
+            .identify(&headers("alice", "alice-pw"), client)
+            .await
+            .unwrap();
+        let t = auth.issue_token(&alice, unix_now()).unwrap();
+        let upgraded = poll_until(|| {
+            let u = Users::load(&path).ok()?;
+            let a = u.get("alice")?;
+            (!a.kind.is_bcrypt()).then(|| a.hash.clone())
+        })
+        .expect("the hash was upgraded");
+        // Made with the argon2 parameters the file's argon2 users have (bob's).
+        assert!(
+            upgraded.starts_with("$argon2id$v=19$m=8,t=1,p=1$"),
+            "{upgraded}"
+        );
+        let reloaded = Users::load(&path).unwrap();
+        assert_eq!(reloaded.get("bob").unwrap().hash, bob);
+        assert_eq!(reloaded.get("alice").unwrap().groups, ["g"]);
+        let auth = auth.reloaded(reloaded, &on);
+        assert_eq!(
+            auth.identify(&headers("alice", "alice-pw"), client).await,
+            Ok(alice.clone())
+        );
+        assert_eq!(auth.identify(&bearer(&t), client).await, Ok(alice));
+    }
+
+    /// Polls `f` for up to 10 s (a bound, not a timing).
+    fn poll_until<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Some(v) = f() {
+                return Some(v);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     #[test]
     fn a_reload_keeps_throttle_counts_unless_the_throttle_settings_change() {
         let auth = authenticator(2);
