@@ -18,7 +18,8 @@
 //! - A login verified against a bcrypt hash queues its upgrade to argon2id (`upgrade`,
 //!   `auth.upgrade_hashes`) and is answered without waiting for it.
 //! - A bearer token (`token`) is never logged; one is honoured only while its user still
-//!   exists, is not disabled and has the hash it had at issue, and an anonymous one only
+//!   exists, is not disabled and has the hash it had at issue (or that hash's argon2id
+//!   upgrade, same password), and an anonymous one only
 //!   while `auth.anonymous` is on.
 
 pub mod basic;
