@@ -1,5 +1,5 @@
-//! Command line: `serve`, `check`, `explain`, `hash-password`, `user add|passwd|del|list`
-//! and `audit verify|show|keygen`.
+//! Command line: `serve`, `check`, `explain`, `hash-password`,
+//! `user add|passwd|del|list|import-htpasswd` and `audit verify|show|keygen`.
 //! Parses arguments, runs the command and maps failures to exit codes
 //! (64: bad configuration or usage, 69: cannot serve, 1: other failures).
 
@@ -202,6 +202,21 @@ enum UserAction {
     Del { name: String },
     /// List users, their groups and whether they are disabled (never hashes).
     List,
+    /// Import the users of an htpasswd file (bcrypt: `htpasswd -B`), other users left
+    /// untouched. Any other line (MD5 `$apr1$`, `{SHA}`, crypt, plaintext, a bad name)
+    /// refuses the whole import, every such line listed. The hashes become argon2id at
+    /// each user's first login (auth.upgrade_hashes).
+    ImportHtpasswd {
+        /// The htpasswd file.
+        file: PathBuf,
+        /// Set the hash of users already in the user file from the htpasswd file
+        /// (their groups stay); without it, such a name refuses the import.
+        #[arg(long)]
+        replace: bool,
+        /// Groups of the users it adds, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+    },
 }
 
 pub const EXIT_CONFIG: u8 = 64;
@@ -299,24 +314,34 @@ fn user_command(
     };
     // Parsed once and checked as loading checks it, so an edit never writes out a file that
     // would not load, and what is edited is exactly what was checked.
+    // The user whose entry the action replaces or removes: a refused hash of theirs
+    // (an htpasswd MD5, say) must not stop `user passwd` from resetting it.
+    let target = match &action {
+        UserAction::Passwd { name, .. } | UserAction::Del { name } => Some(name.as_str()),
+        _ => None,
+    };
     let mut file: users::UserFile = match std::fs::read_to_string(&path) {
         Ok(text) => {
             let bad = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
             // An empty file is an empty list, as `Users::from_yaml` reads it.
-            let file = if text.trim().is_empty() {
-                users::UserFile::default()
-            } else {
-                serde_yaml::from_str(&text).map_err(|e| bad(&e))?
-            };
+            let file = users::parse_file(&text).map_err(|e| bad(&e))?;
             users::Checked::from_file(users::UserFile {
-                users: file.users.clone(),
+                users: file
+                    .users
+                    .iter()
+                    .filter(|u| Some(u.name.as_str()) != target)
+                    .cloned()
+                    .collect(),
             })
             .map_err(|e| bad(&e))?;
             file
         }
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound
-                && matches!(action, UserAction::Add { .. }) =>
+                && matches!(
+                    action,
+                    UserAction::Add { .. } | UserAction::ImportHtpasswd { .. }
+                ) =>
         {
             users::UserFile::default()
         }
@@ -383,11 +408,75 @@ fn user_command(
             file.users.remove(i);
             done = format!("removed user {name:?}");
         }
+        UserAction::ImportHtpasswd {
+            file: from,
+            replace,
+            groups,
+        } => {
+            done = import_htpasswd(&mut file, &from, replace, groups)?
+                + &format!(" into {}", path.display());
+        }
     }
     // Say what was done only once it is on disk.
     users::save(&path, &file).map_err(|e| e.to_string())?;
     eprintln!("{done}");
     Ok(())
+}
+
+/// Adds the users of the htpasswd file `from` to `file` (replacing the hashes of those
+/// already there with `replace`); says what it did. Nothing changes on any refusal.
+fn import_htpasswd(
+    file: &mut users::UserFile,
+    from: &std::path::Path,
+    replace: bool,
+    groups: Vec<String>,
+) -> Result<String, String> {
+    let text = std::fs::read(from)
+        .map_err(|e| format!("{}: cannot read the htpasswd file: {e}", from.display()))?;
+    let text = String::from_utf8(text)
+        .map_err(|_| format!("{}: the htpasswd file is not UTF-8 text", from.display()))?;
+    let entries = users::parse_htpasswd(&text).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| format!("\n  {e}")).collect();
+        format!(
+            "{}: nothing imported: {} line(s) refused (only bcrypt hashes, `htpasswd -B`, are imported):{}",
+            from.display(),
+            errors.len(),
+            lines.concat()
+        )
+    })?;
+    if entries.is_empty() {
+        return Err(format!("{}: no user in the htpasswd file", from.display()));
+    }
+    let existing: Vec<&str> = entries
+        .iter()
+        .filter(|(n, _)| file.users.iter().any(|u| u.name == *n))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !existing.is_empty() && !replace {
+        return Err(format!(
+            "{}: nothing imported: already in the user file: {} (give --replace to set their hashes from the htpasswd file, keeping their groups)",
+            from.display(),
+            existing.join(", ")
+        ));
+    }
+    let replaced = existing.len();
+    for (name, hash) in entries.iter().cloned() {
+        match file.users.iter_mut().find(|u| u.name == name) {
+            Some(u) => u.hash = hash,
+            None => file.users.push(users::UserEntry {
+                name,
+                hash,
+                groups: groups.clone(),
+                disabled: false,
+            }),
+        }
+    }
+    Ok(format!(
+        "imported {} user(s) from {} ({} added, {replaced} replaced)",
+        entries.len(),
+        from.display(),
+        entries.len() - replaced
+    ))
 }
 
 fn fail(code: u8, e: &dyn std::fmt::Display) -> ExitCode {

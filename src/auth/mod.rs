@@ -4,7 +4,9 @@
 //!
 //! Invariants:
 //! - Unknown users, disabled users and wrong passwords get the same answer after the same
-//!   argon2 work (unknown names are checked against a dummy hash of the same parameters).
+//!   argon2 work (unknown names are checked against a dummy hash of the same parameters;
+//!   while the file holds bcrypt and argon2 hashes, every check runs one of each:
+//!   `users::Verification`).
 //! - A password or an Authorization header value is never logged or stored; the cache
 //!   holds keyed hashes only.
 //! - A throttled (address, name) costs no argon2 run, and every attempt that may run
@@ -13,14 +15,18 @@
 //! - The argon2 working memory is bounded by `verify_concurrency` × `m_cost` and given
 //!   back when the verification threads are idle (see [`Argon2Pool`]).
 //! - User names are logged through `log::Escaped` only.
+//! - A login verified against a bcrypt hash queues its upgrade to argon2id (`upgrade`,
+//!   `auth.upgrade_hashes`) and is answered without waiting for it.
 //! - A bearer token (`token`) is never logged; one is honoured only while its user still
-//!   exists, is not disabled and has the hash it had at issue, and an anonymous one only
+//!   exists, is not disabled and has the hash it had at issue (or that hash's argon2id
+//!   upgrade, same password), and an anonymous one only
 //!   while `auth.anonymous` is on.
 
 pub mod basic;
 pub mod cache;
 pub(crate) mod throttle;
 pub mod token;
+pub mod upgrade;
 pub mod users;
 
 use crate::log::Escaped;
@@ -89,6 +95,8 @@ pub struct AuthSettings {
     pub throttle: throttle::Limits,
     /// Answer docker with a Bearer challenge and issue tokens (`auth.docker_bearer`).
     pub docker_bearer: bool,
+    /// Rehash a bcrypt user with argon2id after a successful login (`auth.upgrade_hashes`).
+    pub upgrade_hashes: bool,
 }
 
 /// One user file snapshot and the settings of `auth:`. A reload makes a new one
@@ -111,6 +119,8 @@ pub struct Authenticator {
     /// The token key when the proxy issues tokens (`auth.docker_bearer`); `None`: Bearer
     /// credentials are refused as malformed, as before tokens existed.
     tokens: Option<token::TokenKey>,
+    /// Upgrades of bcrypt hashes to argon2id, kept across reloads.
+    upgrades: Arc<upgrade::Upgrader>,
     metrics: Arc<Metrics>,
 }
 
@@ -131,6 +141,7 @@ impl Authenticator {
             in_flight: Default::default(),
             anonymous: settings.anonymous,
             tokens: settings.docker_bearer.then(token::TokenKey::random),
+            upgrades: Default::default(),
             metrics,
         }
     }
@@ -184,8 +195,18 @@ impl Authenticator {
             token::Subject::Anonymous if self.anonymous => Ok(Identity::Anonymous),
             token::Subject::Anonymous => Err(refused("anonymous access is off", "anonymous")),
             token::Subject::User { name, fingerprint } => {
+                // Issued under the hash or, same password, under the bcrypt hash an
+                // upgrade replaced.
+                let issued_under = |hash: &str| key.fingerprint(hash) == fingerprint;
                 match self.users.get(&name) {
-                    Some(u) if !u.disabled && key.fingerprint(&u.hash) == fingerprint => {
+                    Some(u)
+                        if !u.disabled
+                            && (issued_under(&u.hash)
+                                || self
+                                    .upgrades
+                                    .previous(&u.hash)
+                                    .is_some_and(|old| issued_under(&old))) =>
+                    {
                         Ok(identity_of(Some(u)))
                     }
                     // The user left, was disabled or changed password since the issue.
@@ -242,6 +263,7 @@ impl Authenticator {
                 (Some(key), true) => Some(key.clone()),
                 (None, true) => Some(token::TokenKey::random()),
             },
+            upgrades: self.upgrades.clone(),
             metrics,
         }
     }
@@ -355,9 +377,7 @@ impl Authenticator {
             .throttle
             .reserve(client, &creds.user, Instant::now())
             .map_err(|r| self.refused(r, &creds.user, client))?;
-        let hash = user
-            .as_ref()
-            .map_or_else(|| snapshot.dummy_hash.clone(), |u| u.hash.clone());
+        let check = snapshot.verification(user.as_deref());
         let lane = if attempt.known_good() {
             Lane::KnownGood
         } else {
@@ -365,7 +385,7 @@ impl Authenticator {
         };
         let Some(verified) = self
             .argon2
-            .verify(hash, creds.password.expose().to_owned(), lane)
+            .verify(check, creds.password.expose().to_owned(), lane)
             .await
         else {
             attempt.withdrawn();
@@ -379,6 +399,19 @@ impl Authenticator {
                 self.cache.insert(fp, Instant::now());
                 attempt.succeeded();
                 self.metrics.auth_result(AuthResult::Ok).inc();
+                if let (Some(u), Some(path), true) =
+                    (&user, snapshot.source(), self.settings.upgrade_hashes)
+                {
+                    if u.kind.is_bcrypt() {
+                        self.upgrades.submit(
+                            path,
+                            &u.name,
+                            &u.hash,
+                            creds.password.expose(),
+                            snapshot.argon2_params(),
+                        );
+                    }
+                }
                 Ok(identity_of(user.as_deref()))
             }
             _ => {
@@ -464,7 +497,11 @@ const IDLE_RELEASE: Duration = Duration::from_secs(5);
 /// (429, retry in 1 s).
 const QUEUE_MAX: usize = 1024;
 
-type Job = (String, String, tokio::sync::oneshot::Sender<bool>);
+type Job = (
+    users::Verification,
+    String,
+    tokio::sync::oneshot::Sender<bool>,
+);
 
 /// Where a verification waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -553,7 +590,8 @@ struct Shared {
     ready: std::sync::Condvar,
 }
 
-/// A fixed set of `verify_concurrency` threads for argon2, off the async workers.
+/// A fixed set of `verify_concurrency` threads for argon2 (and bcrypt: every password
+/// check, [`users::Verification`]), off the async workers.
 ///
 /// Memory: each thread owns one [`users::WorkMemory`], as large as the biggest `m_cost`
 /// it verified, reused from run to run and given back after [`IDLE_RELEASE`] without
@@ -589,10 +627,15 @@ impl Argon2Pool {
     }
 
     /// The verdict, or None when the queue is full (nothing was verified).
-    async fn verify(&self, hash: String, password: String, lane: Lane) -> Option<bool> {
+    async fn verify(
+        &self,
+        check: users::Verification,
+        password: String,
+        lane: Lane,
+    ) -> Option<bool> {
         let (done, answer) = tokio::sync::oneshot::channel();
         if lock(&self.shared.queue)
-            .push((hash, password, done), lane)
+            .push((check, password, done), lane)
             .is_err()
         {
             return None;
@@ -636,7 +679,7 @@ fn work(shared: &Shared, metrics: &Metrics) {
                 }
             }
         };
-        let Some((hash, password, done)) = job else {
+        let Some((check, password, done)) = job else {
             // Idle: give the working memory back (outside the queue's lock).
             memory.release();
             continue;
@@ -646,7 +689,7 @@ fn work(shared: &Shared, metrics: &Metrics) {
             continue;
         }
         metrics.auth_argon2_runs.inc();
-        let _ = done.send(users::verify_password_in(&hash, &password, &mut memory));
+        let _ = done.send(check.run(&password, &mut memory));
     }
 }
 
@@ -687,6 +730,7 @@ mod tests {
                 max_in_flight_per_user: 100,
             },
             docker_bearer: false,
+            upgrade_hashes: true,
         }
     }
 
@@ -782,6 +826,83 @@ mod tests {
             off.identify(&bearer(&anon), client).await,
             Err(AuthError::Invalid("malformed Basic credentials"))
         );
+    }
+
+    /// A login with a bcrypt hash is answered at once and queues the upgrade; the file
+    /// then holds argon2id for that user only, and a token issued under the bcrypt hash
+    /// stays good under its successor. With `upgrade_hashes` off, nothing is written.
+    #[tokio::test]
+    async fn a_bcrypt_login_upgrades_the_hash_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.yaml");
+        let bcrypt_hash = bcrypt::hash("alice-pw", 4).unwrap();
+        let bob = users::hash_password("bob-pw", 8, 1, 1).unwrap();
+        let text = format!(
+            "users:\n  - name: alice\n    hash: '{bcrypt_hash}'\n    groups: [g]\n  - name: bob\n    hash: '{bob}'\n"
+        );
+        let client: IpAddr = [192, 0, 2, 1].into();
+        // Off: the login works, the file stays as it was.
+        std::fs::write(&path, &text).unwrap();
+        let mut off = settings(10);
+        off.upgrade_hashes = false;
+        let auth = Authenticator::new(Users::load(&path).unwrap(), &off, Arc::default());
+        assert!(auth
+            .identify(&headers("alice", "alice-pw"), client)
+            .await
+            .is_ok());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+
+        // On.
+        let mut on = settings(10);
+        on.docker_bearer = true;
+        let auth = Authenticator::new(Users::load(&path).unwrap(), &on, Arc::default());
+        assert!(auth
+            .identify(&headers("alice", "wrong"), client)
+            .await
+            .is_err());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            text,
+            "no upgrade on a failure"
+        );
+        let alice = auth
+            .identify(&headers("alice", "alice-pw"), client)
+            .await
+            .unwrap();
+        let t = auth.issue_token(&alice, unix_now()).unwrap();
+        let upgraded = poll_until(|| {
+            let u = Users::load(&path).ok()?;
+            let a = u.get("alice")?;
+            (!a.kind.is_bcrypt()).then(|| a.hash.clone())
+        })
+        .expect("the hash was upgraded");
+        // Made with the argon2 parameters the file's argon2 users have (bob's).
+        assert!(
+            upgraded.starts_with("$argon2id$v=19$m=8,t=1,p=1$"),
+            "{upgraded}"
+        );
+        let reloaded = Users::load(&path).unwrap();
+        assert_eq!(reloaded.get("bob").unwrap().hash, bob);
+        assert_eq!(reloaded.get("alice").unwrap().groups, ["g"]);
+        let auth = auth.reloaded(reloaded, &on);
+        assert_eq!(
+            auth.identify(&headers("alice", "alice-pw"), client).await,
+            Ok(alice.clone())
+        );
+        assert_eq!(auth.identify(&bearer(&t), client).await, Ok(alice));
+    }
+
+    /// Polls `f` for up to 10 s (a bound, not a timing).
+    fn poll_until<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Some(v) = f() {
+                return Some(v);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     #[test]

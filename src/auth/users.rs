@@ -1,5 +1,5 @@
-//! The user file: YAML, one entry per user with an argon2 PHC hash, optional groups and
-//! an optional `disabled` flag.
+//! The user file: YAML, one entry per user with an argon2 PHC hash (or a bcrypt hash
+//! from an htpasswd file, see below), optional groups and an optional `disabled` flag.
 //!
 //! ```yaml
 //! users:
@@ -8,10 +8,17 @@
 //!     groups: [team-a]
 //! ```
 //!
-//! Loading checks every entry and names the user it refuses: a hash that is not an
-//! argon2 PHC string (a plaintext password above all), a duplicate name, a bad name.
+//! Loading checks every entry and names the user it refuses: a hash that is neither an
+//! argon2 PHC string nor bcrypt (a plaintext password above all, and htpasswd's weak
+//! schemes: `$apr1$` MD5, `{SHA}`, crypt/DES), a duplicate name, a bad name.
 //! Editing (`registry-guard user ...`) rewrites the whole file atomically (temporary
 //! file + rename, mode 0600), other users untouched.
+//!
+//! bcrypt (`$2y$`, `$2b$`, `$2a$`, as `htpasswd -B` writes them) is accepted so that an
+//! htpasswd file can be imported as it is ([`parse_htpasswd`]); after a user's first
+//! login the proxy replaces the hash with argon2id (`auth::upgrade`). While some users
+//! have bcrypt and others argon2, every check runs one of each ([`Verification`]), so an
+//! unknown name costs what a known one costs whatever its hash kind.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -31,6 +38,26 @@ pub const MAX_T_COST: u32 = 64;
 pub const MAX_P_COST: u32 = 64;
 /// Longest user name: names are logged and may become namespaces.
 pub const MAX_NAME: usize = 128;
+/// The bcrypt costs a user file may hold. Each step doubles the work: cost 16 is about
+/// 4 s of one core per login (and per unknown name's dummy check), more is a DoS.
+/// `htpasswd -B` writes cost 5 unless given `-C`.
+pub const MIN_BCRYPT_COST: u32 = 4;
+pub const MAX_BCRYPT_COST: u32 = 16;
+
+/// What kind of hash a user has, as loading recognised it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HashKind {
+    /// argon2id, argon2i or argon2d with these (m KiB, t passes, p lanes).
+    Argon2 { m: u32, t: u32, p: u32 },
+    /// bcrypt `$2y$`/`$2b$`/`$2a$` of this cost.
+    Bcrypt { cost: u32 },
+}
+
+impl HashKind {
+    pub fn is_bcrypt(self) -> bool {
+        matches!(self, HashKind::Bcrypt { .. })
+    }
+}
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,7 +98,7 @@ impl fmt::Display for UsersError {
 }
 
 impl UsersError {
-    fn new(user: Option<&str>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(user: Option<&str>, message: impl Into<String>) -> Self {
         UsersError {
             file: None,
             user: user.map(str::to_owned),
@@ -84,42 +111,80 @@ impl UsersError {
 #[derive(Debug)]
 pub struct User {
     pub name: String,
-    /// The PHC string, as in the file.
+    /// The PHC string (or bcrypt hash), as in the file.
     pub hash: String,
+    pub kind: HashKind,
     pub groups: Vec<String>,
     pub disabled: bool,
 }
 
-/// The loaded user file plus the dummy hash unknown names are checked against.
+/// The loaded user file plus the dummy hashes unknown names are checked against.
 #[derive(Debug)]
 pub struct Users {
     by_name: HashMap<String, Arc<User>>,
-    /// A hash of a random password with the parameters most users have, so an unknown
-    /// name costs the same argon2 work as a known one.
+    /// A hash of a random password with the argon2 parameters most users have, so an
+    /// unknown name costs the same argon2 work as a known one.
     pub dummy_hash: String,
+    /// A bcrypt hash no password matches, of the cost most bcrypt users have; `None`
+    /// while no user has a bcrypt hash.
+    pub dummy_bcrypt: Option<String>,
+    /// Whether some user has an argon2 hash.
+    has_argon2: bool,
+    /// The argon2 (m, t, p) of the dummy hash: what most argon2 users have.
+    argon2_params: (u32, u32, u32),
+    /// The file it was loaded from ([`Users::load`]); where hash upgrades are written.
+    source: Option<PathBuf>,
 }
 
 /// A user file parsed and checked, before the dummy hash (the only costly part) is made.
 #[derive(Debug)]
 pub struct Checked {
     by_name: HashMap<String, Arc<User>>,
-    /// (m, t, p) most users have (the defaults for an empty file).
+    /// (m, t, p) most argon2 users have (the defaults for a file without any).
     pub common_params: (u32, u32, u32),
+    /// The bcrypt cost most bcrypt users have; `None`: no user has a bcrypt hash.
+    pub common_bcrypt_cost: Option<u32>,
+}
+
+/// What one credential check runs, on a verification thread: the user's hash (or a
+/// dummy), then a dummy of the other kind when the file holds both kinds. So a known
+/// argon2 user, a known bcrypt user and an unknown name all cost one argon2 run (the
+/// most common parameters) plus one bcrypt run (the most common cost) while a file is
+/// half migrated, and one run of the only kind otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    pub hash: String,
+    pub pad: Option<String>,
+}
+
+impl Verification {
+    /// Whether `password` matches `hash`; the pad is run and its answer ignored.
+    pub fn run(&self, password: &str, memory: &mut WorkMemory) -> bool {
+        let verified = verify_password_in(&self.hash, password, memory);
+        if let Some(pad) = &self.pad {
+            std::hint::black_box(verify_password_in(pad, password, memory));
+        }
+        verified
+    }
+}
+
+/// PURE: the text of a user file as entries, unchecked; an empty text is an empty list.
+pub fn parse_file(text: &str) -> Result<UserFile, UsersError> {
+    if text.trim().is_empty() {
+        return Ok(UserFile::default());
+    }
+    serde_yaml::from_str(text).map_err(|e| UsersError::new(None, e.to_string()))
 }
 
 impl Checked {
     pub fn from_yaml(text: &str) -> Result<Checked, UsersError> {
-        let file: UserFile = if text.trim().is_empty() {
-            UserFile::default()
-        } else {
-            serde_yaml::from_str(text).map_err(|e| UsersError::new(None, e.to_string()))?
-        };
-        Checked::from_file(file)
+        Checked::from_file(parse_file(text)?)
     }
 
     pub fn from_file(file: UserFile) -> Result<Checked, UsersError> {
         let mut by_name = HashMap::with_capacity(file.users.len());
         let mut param_counts: HashMap<(u32, u32, u32), usize> = HashMap::new();
+        let mut cost_counts: HashMap<u32, usize> = HashMap::new();
         for e in file.users {
             let who = Some(e.name.as_str());
             if !is_valid_name(&e.name) {
@@ -128,7 +193,15 @@ impl Checked {
                     format!("name must be 1 to {MAX_NAME} of letters, digits and ._@-"),
                 ));
             }
-            let params = check_hash(&e.hash).map_err(|m| UsersError::new(who, m))?;
+            let kind = check_hash(&e.hash).map_err(|m| {
+                UsersError::new(
+                    who,
+                    format!(
+                        "{m}; set a new password with `registry-guard user passwd {} --users-file FILE`",
+                        e.name
+                    ),
+                )
+            })?;
             for g in &e.groups {
                 if !is_valid_name(g) {
                     return Err(UsersError::new(
@@ -137,9 +210,10 @@ impl Checked {
                     ));
                 }
             }
-            *param_counts
-                .entry((params.m_cost(), params.t_cost(), params.p_cost()))
-                .or_default() += 1;
+            match kind {
+                HashKind::Argon2 { m, t, p } => *param_counts.entry((m, t, p)).or_default() += 1,
+                HashKind::Bcrypt { cost } => *cost_counts.entry(cost).or_default() += 1,
+            }
             if by_name.contains_key(&e.name) {
                 return Err(UsersError::new(who, "appears more than once"));
             }
@@ -148,6 +222,7 @@ impl Checked {
                 Arc::new(User {
                     name: e.name,
                     hash: e.hash,
+                    kind,
                     groups: e.groups,
                     disabled: e.disabled,
                 }),
@@ -158,14 +233,96 @@ impl Checked {
             .max_by_key(|(params, n)| (*n, *params))
             .map(|(params, _)| params)
             .unwrap_or((DEFAULT_M_COST, DEFAULT_T_COST, DEFAULT_P_COST));
+        let common_bcrypt_cost = cost_counts
+            .into_iter()
+            .max_by_key(|(cost, n)| (*n, *cost))
+            .map(|(cost, _)| cost);
         Ok(Checked {
             by_name,
             common_params,
+            common_bcrypt_cost,
         })
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<User>> {
         self.by_name.get(name)
+    }
+}
+
+/// A refused line of an htpasswd file: its number (from 1), the user if the line names
+/// one, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HtpasswdError {
+    pub line: usize,
+    pub user: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for HtpasswdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: ", self.line)?;
+        if let Some(u) = &self.user {
+            write!(f, "user {u:?}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// PURE: the `(name, hash)` entries of an htpasswd file (`name:hash` lines; blank lines
+/// and `#` comments skipped; CRLF line ends accepted). Every entry must be one the user
+/// file accepts (bcrypt as `htpasswd -B` writes it, or argon2): a file with any other
+/// line is refused whole, every refused line listed, so that an import never leaves
+/// some users behind unnoticed.
+pub fn parse_htpasswd(text: &str) -> Result<Vec<(String, String)>, Vec<HtpasswdError>> {
+    let mut entries: Vec<(String, String)> = Vec::new();
+    let mut errors = Vec::new();
+    for (i, line) in text.split('\n').enumerate() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let mut refuse = |user: Option<&str>, message: String| {
+            errors.push(HtpasswdError {
+                line: i + 1,
+                user: user.map(str::to_owned),
+                message,
+            })
+        };
+        let Some((name, hash)) = line.split_once(':') else {
+            refuse(None, "no ':' between the user name and the hash".into());
+            continue;
+        };
+        if hash.contains(':') {
+            refuse(
+                Some(name),
+                "more than one ':' (user names cannot hold ':', hashes never do)".into(),
+            );
+            continue;
+        }
+        if !is_valid_name(name) {
+            refuse(
+                Some(name),
+                format!("name must be 1 to {MAX_NAME} of letters, digits and ._@-"),
+            );
+            continue;
+        }
+        if let Err(m) = check_hash(hash) {
+            refuse(
+                Some(name),
+                format!("{m}; make it again with `htpasswd -B FILE {name}`, or add the user after the import with `registry-guard user add {name}`"),
+            );
+            continue;
+        }
+        if entries.iter().any(|(n, _)| n == name) {
+            refuse(Some(name), "appears more than once".into());
+            continue;
+        }
+        entries.push((name.to_owned(), hash.to_owned()));
+    }
+    if errors.is_empty() {
+        Ok(entries)
+    } else {
+        Err(errors)
     }
 }
 
@@ -179,9 +336,42 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'@' | b'-'))
 }
 
-/// Checks a PHC string is argon2 (id, i or d) with usable parameters.
-pub fn check_hash(phc: &str) -> Result<Params, String> {
+/// Checks a hash is argon2 (id, i or d) with usable parameters or bcrypt with a cost
+/// within the limits; says what a refused one is (htpasswd's other schemes by name).
+pub fn check_hash(phc: &str) -> Result<HashKind, String> {
+    const WEAK: &str = "refused: only argon2 and bcrypt (`htpasswd -B`) hashes are accepted";
+    if phc.starts_with("$apr1$") {
+        return Err(format!(
+            "hash is Apache MD5 ($apr1$, `htpasswd -m`), {WEAK}"
+        ));
+    }
+    if phc.starts_with("{SHA}") {
+        return Err(format!(
+            "hash is unsalted SHA-1 ({{SHA}}, `htpasswd -s`), {WEAK}"
+        ));
+    }
+    for (prefix, what) in [
+        ("$1$", "MD5-crypt"),
+        ("$5$", "SHA-256-crypt"),
+        ("$6$", "SHA-512-crypt"),
+    ] {
+        if phc.starts_with(prefix) {
+            return Err(format!("hash is {what} ({prefix}), {WEAK}"));
+        }
+    }
+    if phc.starts_with("$2") {
+        return check_bcrypt(phc).map(|cost| HashKind::Bcrypt { cost });
+    }
     if !phc.starts_with('$') {
+        if phc.len() == 13
+            && phc
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'/')
+        {
+            return Err(format!(
+                "hash looks like crypt/DES (`htpasswd -d`) or a plaintext password, {WEAK}"
+            ));
+        }
         return Err("hash is not an argon2 PHC string ($argon2id$...): plaintext passwords are refused, make one with `registry-guard hash-password`".into());
     }
     let parsed =
@@ -223,7 +413,31 @@ pub fn check_hash(phc: &str) -> Result<Params, String> {
             params.p_cost()
         ));
     }
-    Ok(params)
+    Ok(HashKind::Argon2 {
+        m: params.m_cost(),
+        t: params.t_cost(),
+        p: params.p_cost(),
+    })
+}
+
+/// Checks a bcrypt hash (`$2y$NN$` + 53 characters); returns its cost.
+fn check_bcrypt(hash: &str) -> Result<u32, String> {
+    let version = hash.get(1..3).unwrap_or_default();
+    if !matches!(version, "2a" | "2b" | "2y") {
+        return Err(format!(
+            "hash ${version}$ is not bcrypt $2y$, $2b$ or $2a$ (`htpasswd -B` writes $2y$)"
+        ));
+    }
+    let parts: bcrypt::HashParts = hash
+        .parse()
+        .map_err(|e| format!("hash is not a valid bcrypt hash: {e}"))?;
+    let cost = parts.get_cost();
+    if !(MIN_BCRYPT_COST..=MAX_BCRYPT_COST).contains(&cost) {
+        return Err(format!(
+            "bcrypt cost {cost} is outside {MIN_BCRYPT_COST}..={MAX_BCRYPT_COST} (each step doubles the work of every login)"
+        ));
+    }
+    Ok(cost)
 }
 
 impl Users {
@@ -233,10 +447,12 @@ impl Users {
             user: None,
             message: format!("cannot read the user file: {e}"),
         })?;
-        Users::from_yaml(&text).map_err(|mut e| {
+        let mut users = Users::from_yaml(&text).map_err(|mut e| {
             e.file = Some(path.to_owned());
             e
-        })
+        })?;
+        users.source = Some(path.to_owned());
+        Ok(users)
     }
 
     pub fn from_yaml(text: &str) -> Result<Users, UsersError> {
@@ -247,15 +463,66 @@ impl Users {
         Users::from_checked(Checked::from_file(file)?)
     }
 
-    /// The checked entries plus a dummy hash with their most common parameters.
+    /// The checked entries plus dummy hashes with their most common parameters.
     fn from_checked(checked: Checked) -> Result<Users, UsersError> {
         let (m, t, p) = checked.common_params;
         let dummy_hash = hash_password(&random_token(), m, t, p)
             .map_err(|e| UsersError::new(None, format!("cannot make the dummy hash: {e}")))?;
+        let dummy_bcrypt = checked.common_bcrypt_cost.map(dummy_bcrypt).transpose()?;
+        let has_argon2 = checked
+            .by_name
+            .values()
+            .any(|u| matches!(u.kind, HashKind::Argon2 { .. }));
         Ok(Users {
             by_name: checked.by_name,
             dummy_hash,
+            dummy_bcrypt,
+            has_argon2,
+            argon2_params: checked.common_params,
+            source: None,
         })
+    }
+
+    /// The argon2 (m, t, p) most argon2 users have (the defaults when none has): what
+    /// an upgraded bcrypt hash is made with, so it costs what the others cost.
+    pub fn argon2_params(&self) -> (u32, u32, u32) {
+        self.argon2_params
+    }
+
+    /// The file these users were loaded from, if any.
+    pub fn source(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+
+    /// What checking a password of `user` (`None`: an unknown name) runs; see
+    /// [`Verification`]. A disabled user is checked like an enabled one (and refused
+    /// whatever the answer).
+    pub fn verification(&self, user: Option<&User>) -> Verification {
+        let argon2 = self.has_argon2.then(|| self.dummy_hash.clone());
+        match (user, &self.dummy_bcrypt) {
+            (Some(u), _) if u.kind.is_bcrypt() => Verification {
+                hash: u.hash.clone(),
+                pad: argon2,
+            },
+            (Some(u), bcrypt) => Verification {
+                hash: u.hash.clone(),
+                pad: bcrypt.clone(),
+            },
+            (None, Some(bcrypt)) => match argon2 {
+                Some(a) => Verification {
+                    hash: a,
+                    pad: Some(bcrypt.clone()),
+                },
+                None => Verification {
+                    hash: bcrypt.clone(),
+                    pad: None,
+                },
+            },
+            (None, None) => Verification {
+                hash: self.dummy_hash.clone(),
+                pad: None,
+            },
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<User>> {
@@ -289,6 +556,21 @@ fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A bcrypt hash of `cost` that no password matches: a hash of a random password made
+/// at the cheapest cost, relabelled. Checking a password against it runs the full work
+/// of `cost` (bcrypt recomputes from the salt and the cost in the string) and never
+/// matches, and making it costs about a millisecond, not the seconds of a high cost.
+fn dummy_bcrypt(cost: u32) -> Result<String, UsersError> {
+    let made = bcrypt::hash_with_salt(
+        random_token(),
+        MIN_BCRYPT_COST,
+        crate::auth::random_bytes::<16>(),
+    )
+    .map_err(|e| UsersError::new(None, format!("cannot make the dummy bcrypt hash: {e}")))?
+    .format_for_version(bcrypt::Version::TwoY);
+    Ok(format!("$2y${cost:02}{}", &made[6..]))
+}
+
 /// Hashes a password with argon2id.
 pub fn hash_password(
     password: &str,
@@ -306,7 +588,8 @@ pub fn hash_password(
         .map_err(|e| e.to_string())
 }
 
-/// Verifies a password against a PHC string (algorithm and parameters from the string).
+/// Verifies a password against a PHC string (algorithm and parameters from the string)
+/// or a bcrypt hash.
 /// CPU-heavy: call off the async workers. Allocates the argon2 working memory for this
 /// one call; the verification threads use [`verify_password_in`] with their own.
 pub fn verify_password(phc: &str, password: &str) -> bool {
@@ -363,6 +646,11 @@ impl WorkMemory {
 /// constant-time (`subtle`); a malformed PHC string is simply not a match.
 pub fn verify_password_in(phc: &str, password: &str, memory: &mut WorkMemory) -> bool {
     use subtle::ConstantTimeEq;
+    if phc.starts_with("$2") {
+        // Constant-time comparison inside (`subtle`); passwords are cut at 72 bytes, as
+        // htpasswd cut them when it made the hash.
+        return bcrypt::verify(password, phc).unwrap_or(false);
+    }
     let Ok(parsed) = PasswordHash::new(phc) else {
         return false;
     };
@@ -488,7 +776,7 @@ mod tests {
         let good = h("x");
         let cases = [
             ("users:\n  - name: carol\n    hash: hunter2\n".to_string(), "carol", "plaintext"),
-            ("users:\n  - name: carol\n    hash: '$2y$05$abcdefghijklmnopqrstuu'\n".to_string(), "carol", "PHC"),
+            ("users:\n  - name: carol\n    hash: '$2y$05$abcdefghijklmnopqrstuu'\n".to_string(), "carol", "not a valid bcrypt hash"),
             ("users:\n  - name: carol\n    hash: '$pbkdf2-sha256$i=1000$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA'\n".to_string(), "carol", "not argon2"),
             (format!("users:\n  - name: dave\n    hash: '{good}'\n  - name: dave\n    hash: '{good}'\n"), "dave", "more than once"),
             (format!("users:\n  - name: 'e:ve'\n    hash: '{good}'\n"), "e:ve", "name"),
@@ -604,6 +892,212 @@ mod tests {
             assert!(check_hash(&phc).is_ok(), "{phc}");
             assert!(verify_password(&phc, "pw"));
         }
+    }
+
+    // Made by Debian's `htpasswd -nbB alice alice-pw` and `htpasswd -nbBC 4 bob bob:pw`.
+    const HTPASSWD_ALICE: &str = "$2y$05$eIJMKopcXbvUMphl/SmdYeY0.jKZnyYSfWX/qb.TzPTBr.Yk5Ib.i";
+    const HTPASSWD_BOB: &str = "$2y$04$9rbx7hztJ7Qr5qaCgdyd0eCKwsQug4so8vgjlrpI25ZKb.XoBjf5.";
+
+    #[test]
+    fn bcrypt_hashes_of_htpasswd_load_and_verify() {
+        assert_eq!(check_hash(HTPASSWD_ALICE), Ok(HashKind::Bcrypt { cost: 5 }));
+        assert!(verify_password(HTPASSWD_ALICE, "alice-pw"));
+        assert!(!verify_password(HTPASSWD_ALICE, "alice-pW"));
+        assert!(verify_password(HTPASSWD_BOB, "bob:pw"));
+        // $2b$ and $2a$ (other tools) too: the same algorithm for these passwords.
+        for version in ["2b", "2a"] {
+            let h = HTPASSWD_ALICE.replacen("2y", version, 1);
+            assert_eq!(check_hash(&h), Ok(HashKind::Bcrypt { cost: 5 }), "{h}");
+            assert!(verify_password(&h, "alice-pw"), "{h}");
+        }
+        let users = Users::from_yaml(&format!(
+            "users:\n  - name: alice\n    hash: '{HTPASSWD_ALICE}'\n    groups: [team-a]\n"
+        ))
+        .unwrap();
+        assert!(users.get("alice").unwrap().kind.is_bcrypt());
+    }
+
+    #[test]
+    fn bcrypt_costs_are_capped_naming_the_user() {
+        let with_cost = |c: &str| format!("$2y${c}{}", &HTPASSWD_ALICE[6..]);
+        assert_eq!(
+            check_hash(&with_cost("16")),
+            Ok(HashKind::Bcrypt { cost: 16 })
+        );
+        assert_eq!(
+            check_hash(&with_cost("04")),
+            Ok(HashKind::Bcrypt { cost: 4 })
+        );
+        for c in ["17", "31", "03", "99"] {
+            let yaml = format!("users:\n  - name: zed\n    hash: '{}'\n", with_cost(c));
+            let e = Checked::from_yaml(&yaml).unwrap_err().to_string();
+            assert!(
+                e.contains("user \"zed\"") && e.contains("outside 4..=16"),
+                "{c}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_htpasswd_schemes_are_refused_naming_the_user_and_the_reset() {
+        // As `htpasswd -nbm`, `-nbs`, `-nbd`, `-nbp` write them, and the crypt schemes.
+        let cases = [
+            (
+                "$apr1$5HPGtVKd$oLesORB2J1GCX6cW20emy/",
+                "Apache MD5 ($apr1$",
+            ),
+            ("{SHA}GpHWL3ymc5liWkNopqtdSjuqYHM=", "SHA-1 ({SHA}"),
+            ("sBQ0fZlnGKuJk", "crypt/DES"),
+            ("pw", "plaintext"),
+            ("$1$abcdefgh$abcdefghijklmnopqrstuv", "MD5-crypt"),
+            ("$6$salt$abc", "SHA-512-crypt"),
+            (
+                &format!("$2x${}", &HTPASSWD_ALICE[4..]),
+                "$2x$ is not bcrypt",
+            ),
+        ];
+        for (hash, words) in cases {
+            let yaml = format!("users:\n  - name: carol\n    hash: '{hash}'\n");
+            let e = Users::from_yaml(&yaml).unwrap_err().to_string();
+            assert!(e.contains("user \"carol\"") && e.contains(words), "{e}");
+            assert!(
+                e.contains("registry-guard user passwd carol --users-file FILE"),
+                "{e}"
+            );
+        }
+        // Loaded from a file: the message names it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.yaml");
+        std::fs::write(
+            &path,
+            format!("users:\n  - name: carol\n    hash: '{}'\n", cases[0].0),
+        )
+        .unwrap();
+        let e = Users::load(&path).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}: user \"carol\"", path.display())),
+            "{e}"
+        );
+    }
+
+    /// Unknown names, argon2 users and bcrypt users run the same work: one of each kind
+    /// while both are in the file, the only kind otherwise.
+    #[test]
+    fn every_check_runs_the_same_kinds_of_work() {
+        let argon2 = h("a-pw");
+        let kinds = |v: &Verification| {
+            let kind = |x: &str| check_hash(x).unwrap();
+            (kind(&v.hash), v.pad.as_deref().map(kind))
+        };
+        let a = HashKind::Argon2 { m: 256, t: 1, p: 1 };
+        let b = HashKind::Bcrypt { cost: 5 };
+        // Both kinds: each check runs argon2 (the common parameters) and bcrypt (cost 5).
+        let both = Users::from_yaml(&format!(
+            "users:\n  - name: ann\n    hash: '{argon2}'\n  - name: alice\n    hash: '{HTPASSWD_ALICE}'\n  - name: bob\n    hash: '{HTPASSWD_BOB}'\n  - name: eve\n    hash: '{HTPASSWD_ALICE}'\n"
+        ))
+        .unwrap();
+        let unknown = both.verification(None);
+        assert_eq!(kinds(&unknown), (a, Some(b)));
+        assert_eq!(
+            kinds(&both.verification(both.get("ann").map(|u| &**u))),
+            (a, Some(b))
+        );
+        assert_eq!(
+            kinds(&both.verification(both.get("alice").map(|u| &**u))),
+            (b, Some(a))
+        );
+        // The dummies never match, not even an empty password.
+        let mut mem = WorkMemory::default();
+        for pw in ["", "a-pw", "alice-pw"] {
+            assert!(!unknown.run(pw, &mut mem), "{pw:?}");
+        }
+        assert!(both
+            .verification(both.get("alice").map(|u| &**u))
+            .run("alice-pw", &mut mem));
+        assert!(both
+            .verification(both.get("ann").map(|u| &**u))
+            .run("a-pw", &mut mem));
+        assert!(!both
+            .verification(both.get("ann").map(|u| &**u))
+            .run("alice-pw", &mut mem));
+        // Only bcrypt (just imported): bcrypt only, no argon2 for anyone.
+        let only = Users::from_yaml(&format!(
+            "users:\n  - name: alice\n    hash: '{HTPASSWD_ALICE}'\n"
+        ))
+        .unwrap();
+        assert_eq!(kinds(&only.verification(None)), (b, None));
+        assert_eq!(
+            kinds(&only.verification(only.get("alice").map(|u| &**u))),
+            (b, None)
+        );
+        // Only argon2 (as before bcrypt existed): argon2 only.
+        let argon =
+            Users::from_yaml(&format!("users:\n  - name: ann\n    hash: '{argon2}'\n")).unwrap();
+        assert_eq!(argon.dummy_bcrypt, None);
+        assert_eq!(kinds(&argon.verification(None)), (a, None));
+        assert_eq!(
+            kinds(&argon.verification(argon.get("ann").map(|u| &**u))),
+            (a, None)
+        );
+    }
+
+    #[test]
+    fn htpasswd_files_parse_with_comments_blank_lines_and_crlf() {
+        let text = format!(
+            "# made by htpasswd -B\r\n\r\nalice:{HTPASSWD_ALICE}\r\n   \n  # indented comment\nbob:{HTPASSWD_BOB}"
+        );
+        assert_eq!(
+            parse_htpasswd(&text).unwrap(),
+            vec![
+                ("alice".to_owned(), HTPASSWD_ALICE.to_owned()),
+                ("bob".to_owned(), HTPASSWD_BOB.to_owned())
+            ]
+        );
+        assert_eq!(parse_htpasswd("").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn htpasswd_refusals_name_every_line_and_user() {
+        let text = format!(
+            "alice:{HTPASSWD_ALICE}\ncarol:$apr1$5HPGtVKd$oLesORB2J1GCX6cW20emy/\ne:ve:{HTPASSWD_BOB}\nno colon here\nalice:{HTPASSWD_BOB}\nbad name:{HTPASSWD_BOB}\ndave:{{SHA}}GpHWL3ymc5liWkNopqtdSjuqYHM=\n"
+        );
+        let errors = parse_htpasswd(&text).unwrap_err();
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let expect = [
+            (2, "user \"carol\": hash is Apache MD5"),
+            (3, "user \"e\": more than one ':'"),
+            (4, "no ':'"),
+            (5, "user \"alice\": appears more than once"),
+            (6, "user \"bad name\": name must be"),
+            (7, "user \"dave\": hash is unsalted SHA-1"),
+        ];
+        assert_eq!(errors.len(), expect.len(), "{shown:#?}");
+        for ((line, words), shown) in expect.iter().zip(&shown) {
+            assert!(
+                shown.starts_with(&format!("line {line}: ")) && shown.contains(words),
+                "{shown}"
+            );
+        }
+        assert!(shown[0].contains("htpasswd -B FILE carol"), "{}", shown[0]);
+    }
+
+    #[test]
+    fn the_dummy_bcrypt_hash_has_the_most_common_cost() {
+        let with_cost = |c: &str| format!("$2y${c}{}", &HTPASSWD_ALICE[6..]);
+        let users = Users::from_yaml(&format!(
+            "users:\n  - name: a\n    hash: '{}'\n  - name: b\n    hash: '{}'\n  - name: c\n    hash: '{}'\n",
+            with_cost("06"),
+            with_cost("06"),
+            with_cost("05")
+        ))
+        .unwrap();
+        let dummy = users.dummy_bcrypt.clone().unwrap();
+        assert_eq!(
+            check_hash(&dummy),
+            Ok(HashKind::Bcrypt { cost: 6 }),
+            "{dummy}"
+        );
+        assert_ne!(users.verification(None).hash, users.get("a").unwrap().hash);
     }
 
     #[test]

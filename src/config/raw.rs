@@ -106,6 +106,7 @@ pub(super) struct RawAuth {
     pub(super) max_unauthenticated_body: Option<u64>,
     pub(super) docker_bearer: Option<String>,
     pub(super) token_key_file: Option<PathBuf>,
+    pub(super) upgrade_hashes: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -287,6 +287,24 @@ fn docker_bearer_follows_anonymous_unless_forced() {
     );
 }
 
+/// `auth.upgrade_hashes`: on unless turned off; a non-boolean is named.
+#[test]
+fn upgrade_hashes_is_on_unless_turned_off() {
+    let upgrade = |extra: &str| {
+        Config::from_yaml(&format!("{WITH_USERS}{extra}"))
+            .unwrap()
+            .auth
+            .unwrap()
+            .settings
+            .upgrade_hashes
+    };
+    assert!(upgrade(""));
+    assert!(upgrade("  upgrade_hashes: true\n"));
+    assert!(!upgrade("  upgrade_hashes: false\n"));
+    let e = err(&format!("{WITH_USERS}  upgrade_hashes: sometimes\n"));
+    assert!(e.contains("upgrade_hashes"), "{e}");
+}
+
 #[test]
 fn self_signed_defaults_its_names() {
     let y = MIN.replace(

@@ -354,7 +354,7 @@ impl TryFrom<RawAuth> for Auth {
         let Some(users_file) = a.users_file else {
             return Err(ConfigError::new(
                 "auth.users_file",
-                "missing: the user file of argon2 hashes",
+                "missing: the user file of argon2 (or bcrypt) hashes",
             ));
         };
         let realm = a.realm.unwrap_or_else(|| DEFAULT_REALM.to_owned());
@@ -396,6 +396,7 @@ impl TryFrom<RawAuth> for Auth {
                     ))
                 }
             },
+            upgrade_hashes: a.upgrade_hashes.unwrap_or(true),
         };
         if a.token_key_file.is_some() && !settings.docker_bearer {
             return Err(ConfigError::new(

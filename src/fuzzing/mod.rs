@@ -181,11 +181,41 @@ pub fn token(data: &[u8]) {
 /// whose hashes `check_hash` accepts (so within the parameter limits). The dummy hash that
 /// `Users::from_yaml` adds next is plain argon2, left out: it would cost each input
 /// tens of milliseconds.
+///
+/// The same text as an htpasswd file (`users::parse_htpasswd`, `user import-htpasswd`):
+/// never a panic; what it accepts are distinct valid names with hashes `check_hash`
+/// accepts, and a refusal names a line of the text.
 pub fn users(data: &[u8]) {
-    use crate::auth::users::{check_hash, is_valid_name, Checked, UserFile};
+    use crate::auth::users::{check_hash, is_valid_name, parse_htpasswd, Checked, UserFile};
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    match parse_htpasswd(text) {
+        Ok(entries) => {
+            for (i, (name, hash)) in entries.iter().enumerate() {
+                assert!(is_valid_name(name), "htpasswd: accepted the name {name:?}");
+                assert!(
+                    check_hash(hash).is_ok(),
+                    "htpasswd: accepted the hash of {name:?}"
+                );
+                assert!(
+                    !entries[..i].iter().any(|(n, _)| n == name),
+                    "htpasswd: accepted {name:?} twice"
+                );
+            }
+        }
+        Err(errors) => {
+            let lines = text.split('\n').count();
+            assert!(!errors.is_empty(), "htpasswd: refused without a reason");
+            for e in &errors {
+                assert!(
+                    (1..=lines).contains(&e.line),
+                    "htpasswd: line {} of {lines}",
+                    e.line
+                );
+            }
+        }
+    }
     let Ok(checked) = Checked::from_yaml(text) else {
         return;
     };

@@ -10,9 +10,10 @@
 //! `throttle` (failures per pair and per address, cancelled requests), `docker_bearer`
 //! (the Bearer challenge for docker, the token route, tokens), `cache_and_reload`
 //! (the verification cache, user file reloads, argon2 memory), `bodies` (refused bodies
-//! read away or cut), `logs` (no credential in any log line), and `e2e` (skopeo, curl and
-//! the seed flows against Debian's docker-registry). The `hash-password` / `user` / `check`
-//! commands are in `tests/cli.rs`.
+//! read away or cut), `logs` (no credential in any log line), `e2e` (skopeo, curl and
+//! the seed flows against Debian's docker-registry), and `htpasswd` (files of Debian's
+//! `htpasswd -B` imported, logged in with, upgraded to argon2id; `user import-htpasswd`).
+//! The `hash-password` / `user` / `check` commands are in `tests/cli.rs`.
 #[path = "../common/mod.rs"]
 mod common;
 use common::client::*;
@@ -39,6 +40,7 @@ mod cache_and_reload;
 mod challenge;
 mod docker_bearer;
 mod e2e;
+mod htpasswd;
 mod logs;
 mod throttle;
 
