@@ -125,7 +125,8 @@ enum AuditAction {
     Show {
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Only this user's records.
+        /// Only this user's records (a user's own and those of the user's access
+        /// tokens; or one token's, by its name).
         #[arg(long)]
         user: Option<String>,
         /// Only this repository's records.
@@ -412,7 +413,9 @@ fn serve(path: PathBuf, addr_file: Option<PathBuf>) -> ExitCode {
         let server = match Server::bind(&cfg).await {
             Ok(s) => s.reload_from(&path),
             Err(e @ ServeError::Config(_)) => return fail(EXIT_CONFIG, &with_file(&path, e)),
-            Err(e @ ServeError::Users(_)) => return fail(EXIT_CONFIG, &e),
+            Err(e @ (ServeError::Users(_) | ServeError::Tokens(_))) => {
+                return fail(EXIT_CONFIG, &e)
+            }
             Err(e) => return fail(EXIT_UNAVAILABLE, &e),
         };
         if let Some(f) = &addr_file {
@@ -688,6 +691,25 @@ fn check_config(path: &std::path::Path) -> Result<String, ConfigError> {
             if let Some(k) = &a.token_key_file {
                 crate::server::token_key(k).map_err(in_file)?;
             }
+            if let Some(t) = &a.tokens {
+                let tokens = crate::reload::load_tokens(t, &users, &a.users_file)
+                    .map_err(|e| ConfigError::new("auth.tokens_file", e.to_string()))?;
+                s.push_str(&format!(
+                    "\n  access tokens: {} from {}{}",
+                    tokens.len(),
+                    t.file.display(),
+                    t.max_lifetime.map_or_else(String::new, |m| format!(
+                        ", at most {} each",
+                        humantime::format_duration(m)
+                    ))
+                ));
+                if !tokens.capped.is_empty() {
+                    s.push_str(&format!(
+                        "\n  warning: refused from created + tokens.max_lifetime on: {}",
+                        tokens.capped.join(", ")
+                    ));
+                }
+            }
             if a.settings.docker_bearer {
                 s.push_str(&format!(
                     "\n  docker: Bearer challenge and tokens, key {}",
@@ -782,17 +804,75 @@ fn explain(
         return Ok(out);
     };
     let users = users::Users::load(&auth.users_file).map_err(|e| e.to_string())?;
+    let tokens = auth
+        .tokens
+        .as_ref()
+        .map(|t| crate::reload::load_tokens(t, &users, &auth.users_file))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    // A token is refused before any rule when it is not in force or its owner is not.
+    let mut token_refusal = None;
     let id = match user {
         None => Identity::Anonymous,
-        Some(name) => match users.get(name) {
-            Some(u) => Identity::User {
+        Some(name) => match (users.get(name), tokens.as_ref().and_then(|t| t.get(name))) {
+            (Some(u), _) => Identity::User {
                 name: u.name.clone(),
                 groups: u.groups.clone(),
             },
-            None => return Err(format!("no user {name:?} in {}", auth.users_file.display())),
+            (None, Some(t)) => {
+                let now = crate::auth::unix_now();
+                match crate::auth::access_tokens::identity(t, &users, now) {
+                    Ok(id) => id,
+                    Err(why) => {
+                        token_refusal = Some(why);
+                        Identity::Token {
+                            name: t.name.clone(),
+                            owner: t.owner.clone(),
+                            groups: Vec::new(),
+                            scope: t.scope.clone(),
+                        }
+                    }
+                }
+            }
+            (None, None) => {
+                let also = auth.tokens.as_ref().map_or_else(String::new, |t| {
+                    format!(" and no token {name:?} in {}", t.file.display())
+                });
+                return Err(format!(
+                    "no user {name:?} in {}{also}",
+                    auth.users_file.display()
+                ));
+            }
         },
     };
     match &id {
+        Identity::Token {
+            name,
+            owner,
+            groups,
+            scope,
+        } => {
+            let repos: Vec<String> = scope.repos.iter().map(|p| p.to_string()).collect();
+            let _ = writeln!(
+                out,
+                "identity: token {name} of {owner} (owner's groups: {}; scope: {} on {})",
+                if groups.is_empty() {
+                    "-".to_owned()
+                } else {
+                    groups.join(", ")
+                },
+                scope.actions,
+                repos.join(", ")
+            );
+            if let Some(why) = token_refusal {
+                let _ = writeln!(
+                    out,
+                    "decision: 401 challenge (the token is refused: {})",
+                    why.as_str()
+                );
+                return Ok(out);
+            }
+        }
         Identity::User { name, groups } => {
             let _ = writeln!(
                 out,
@@ -1118,7 +1198,9 @@ fn audit_command(action: AuditAction) -> ExitCode {
                             continue;
                         }
                     };
-                    if user.as_deref().is_some_and(|u| u != r.user)
+                    if user
+                        .as_deref()
+                        .is_some_and(|u| u != r.user && r.owner.as_deref() != Some(u))
                         || repo.as_deref().is_some_and(|p| p != r.repo)
                         || since.as_deref().is_some_and(|s| r.time.as_str() < s)
                     {
@@ -1146,6 +1228,9 @@ fn audit_command(action: AuditAction) -> ExitCode {
                                 ""
                             }
                         ));
+                    }
+                    if let Some(owner) = &r.owner {
+                        detail.push_str(&format!(" token-of={owner}"));
                     }
                     if r.phase == crate::audit::Phase::Denied {
                         detail.push_str(&format!(" ({})", r.reason));

@@ -13,10 +13,16 @@
 //! - The argon2 working memory is bounded by `verify_concurrency` × `m_cost` and given
 //!   back when the verification threads are idle (see [`Argon2Pool`]).
 //! - User names are logged through `log::Escaped` only.
+//! - An access token (`access_tokens`, Basic credentials whose name is a token's) is
+//!   checked with one SHA-256 and a constant-time compare, never argon2 or the cache;
+//!   a refused one (wrong secret, expired, revoked, owner gone or disabled) gets the
+//!   same 401 as a wrong password and counts as a failure in the throttle. A right
+//!   secret is never throttled: no guess can present one (as with a cache hit).
 //! - A bearer token (`token`) is never logged; one is honoured only while its user still
 //!   exists, is not disabled and has the hash it had at issue, and an anonymous one only
 //!   while `auth.anonymous` is on.
 
+pub mod access_tokens;
 pub mod basic;
 pub mod cache;
 pub(crate) mod throttle;
@@ -48,15 +54,54 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 /// Who a request comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
-    User { name: String, groups: Vec<String> },
+    User {
+        name: String,
+        groups: Vec<String>,
+    },
+    /// An access token (`access_tokens`): it acts as its owner, with the owner's groups
+    /// as they are now, and never beyond its `scope` (the rules decide for the owner,
+    /// the scope cuts that down).
+    Token {
+        name: String,
+        owner: String,
+        groups: Vec<String>,
+        scope: Arc<crate::acl::Scope>,
+    },
     Anonymous,
 }
 
 impl Identity {
+    /// The name the request authenticated with: a user's, a token's, or `anonymous`.
     pub fn name(&self) -> &str {
         match self {
-            Identity::User { name, .. } => name,
+            Identity::User { name, .. } | Identity::Token { name, .. } => name,
             Identity::Anonymous => "anonymous",
+        }
+    }
+
+    /// Whom the rules decide for: the user, or a token's owner (`${user}` is this
+    /// name), with their groups; `None` for anonymous.
+    pub fn principal(&self) -> Option<(&str, &[String])> {
+        match self {
+            Identity::User { name, groups } => Some((name, groups)),
+            Identity::Token { owner, groups, .. } => Some((owner, groups)),
+            Identity::Anonymous => None,
+        }
+    }
+
+    /// A token's owner (audit records and the access log name it).
+    pub fn owner(&self) -> Option<&str> {
+        match self {
+            Identity::Token { owner, .. } => Some(owner),
+            _ => None,
+        }
+    }
+
+    /// A token's scope: what the rules grant is cut down to it.
+    pub fn scope(&self) -> Option<&crate::acl::Scope> {
+        match self {
+            Identity::Token { scope, .. } => Some(scope),
+            _ => None,
         }
     }
 }
@@ -111,6 +156,12 @@ pub struct Authenticator {
     /// The token key when the proxy issues tokens (`auth.docker_bearer`); `None`: Bearer
     /// credentials are refused as malformed, as before tokens existed.
     tokens: Option<token::TokenKey>,
+    /// Access tokens (`auth.tokens_file`); empty without one.
+    access_tokens: Arc<access_tokens::Tokens>,
+    /// Their last use, kept across reloads and flushed by the server's timer.
+    usage: Arc<access_tokens::Usage>,
+    /// Where the last use is flushed (`tokens.last_used_file`).
+    last_used_file: Option<std::path::PathBuf>,
     metrics: Arc<Metrics>,
 }
 
@@ -131,8 +182,92 @@ impl Authenticator {
             in_flight: Default::default(),
             anonymous: settings.anonymous,
             tokens: settings.docker_bearer.then(token::TokenKey::random),
+            access_tokens: Default::default(),
+            usage: Default::default(),
+            last_used_file: None,
             metrics,
         }
+    }
+
+    /// Accepts the access tokens of `tokens` (checked against the users by the caller:
+    /// no name is both), their last use flushed to `last_used_file`.
+    pub fn with_access_tokens(
+        mut self,
+        tokens: access_tokens::Tokens,
+        last_used_file: std::path::PathBuf,
+    ) -> Self {
+        self.access_tokens = Arc::new(tokens);
+        self.last_used_file = Some(last_used_file);
+        self
+    }
+
+    /// The access tokens in force.
+    pub fn access_tokens(&self) -> &access_tokens::Tokens {
+        &self.access_tokens
+    }
+
+    /// Where a token's owner is looked up, at every request: the one place a directory
+    /// source would plug in.
+    fn owners(&self) -> &dyn access_tokens::OwnerSource {
+        &*self.users
+    }
+
+    /// Writes what changed of the tokens' last use to the last-use file (blocking I/O:
+    /// the server's timer runs it off the async workers). A failed write is retried at
+    /// the next call.
+    pub fn flush_token_usage(&self) -> std::io::Result<()> {
+        let Some(path) = &self.last_used_file else {
+            return Ok(());
+        };
+        let tokens = &self.access_tokens;
+        let Some(uses) = self.usage.take_dirty(|name| tokens.get(name).is_some()) else {
+            return Ok(());
+        };
+        access_tokens::flush_last_used(path, &uses).inspect_err(|_| self.usage.mark_dirty())
+    }
+
+    /// Last use of a token seen by this process (not yet flushed, or flushed).
+    pub fn token_last_use(&self, name: &str) -> Option<access_tokens::LastUse> {
+        self.usage.get(name)
+    }
+
+    /// Identifies Basic credentials whose name is an access token's.
+    fn identify_access_token(
+        &self,
+        token: &access_tokens::Token,
+        secret: &str,
+        client: IpAddr,
+    ) -> Result<Identity, AuthError> {
+        let now = unix_now();
+        let checked = token
+            .verify(secret, now)
+            .and_then(|()| access_tokens::identity(token, self.owners(), now));
+        match checked {
+            Ok(id) => {
+                self.usage.record(&token.name, now, client);
+                self.metrics.auth_result(AuthResult::Token).inc();
+                Ok(id)
+            }
+            Err(why) => self.token_refused(&token.name, why, client),
+        }
+    }
+
+    /// A refused access token: counted by the throttle like a wrong password (429 once
+    /// the pair or the address is over its limit), else the wrong password's 401.
+    fn token_refused(
+        &self,
+        name: &str,
+        why: access_tokens::Refusal,
+        client: IpAddr,
+    ) -> Result<Identity, AuthError> {
+        self.metrics.auth_failures.inc();
+        self.throttle
+            .fail_now(client, name, Instant::now())
+            .map_err(|r| self.refused(r, name, client))?;
+        self.metrics.auth_result(AuthResult::TokenRefused).inc();
+        tracing::info!(user = %Escaped(name), %client, "login failed");
+        tracing::debug!(user = %Escaped(name), reason = why.as_str(), "login failure reason (access token)");
+        Err(AuthError::Invalid("invalid username or password"))
     }
 
     /// Signs tokens with `key` (`auth.token_key_file`, shared by replicas) instead of the
@@ -159,6 +294,12 @@ impl Authenticator {
                 name: name.clone(),
                 fingerprint: key.fingerprint(&self.users.get(name)?.hash),
             },
+            // An access token's bearer token stands for the access token (its scope
+            // and owner are looked up again at each request), never for its owner.
+            Identity::Token { name, .. } => token::Subject::User {
+                name: name.clone(),
+                fingerprint: key.fingerprint(&self.access_tokens.get(name)?.hash_text()),
+            },
         };
         Some(token::mint(key, &subject, now, token::LIFETIME))
     }
@@ -184,6 +325,19 @@ impl Authenticator {
             token::Subject::Anonymous if self.anonymous => Ok(Identity::Anonymous),
             token::Subject::Anonymous => Err(refused("anonymous access is off", "anonymous")),
             token::Subject::User { name, fingerprint } => {
+                if let Some(t) = self.access_tokens.get(&name) {
+                    if key.fingerprint(&t.hash_text()) != fingerprint {
+                        return Err(refused("the access token changed since", &name));
+                    }
+                    let now = unix_now();
+                    return match access_tokens::identity(t, self.owners(), now) {
+                        Ok(id) => {
+                            self.usage.record(&name, now, client);
+                            Ok(id)
+                        }
+                        Err(why) => Err(refused(why.as_str(), &name)),
+                    };
+                }
                 match self.users.get(&name) {
                     Some(u) if !u.disabled && key.fingerprint(&u.hash) == fingerprint => {
                         Ok(identity_of(Some(u)))
@@ -242,6 +396,11 @@ impl Authenticator {
                 (Some(key), true) => Some(key.clone()),
                 (None, true) => Some(token::TokenKey::random()),
             },
+            // The tokens file is loaded again by the caller (`with_access_tokens`);
+            // what was seen of their use stays.
+            access_tokens: Default::default(),
+            usage: self.usage.clone(),
+            last_used_file: None,
             metrics,
         }
     }
@@ -321,6 +480,10 @@ impl Authenticator {
                 return Err(AuthError::Invalid("malformed Basic credentials"));
             }
         };
+        // No name is both a token's and a user's (refused at load).
+        if let Some(t) = self.access_tokens.get(&creds.user) {
+            return self.identify_access_token(t, creds.password.expose(), client);
+        }
         let name = Escaped(&creds.user);
         let snapshot = self.users.clone();
         let user = snapshot.get(&creds.user).cloned();
