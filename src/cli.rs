@@ -1,5 +1,5 @@
-//! Command line: `serve`, `check`, `explain`, `hash-password`, `user add|passwd|del|list`
-//! and `audit verify|show|keygen`.
+//! Command line: `serve`, `check`, `explain`, `hash-password`, `user add|passwd|del|list`,
+//! `token create|list|revoke` (in `token.rs`) and `audit verify|show|keygen`.
 //! Parses arguments, runs the command and maps failures to exit codes
 //! (64: bad configuration or usage, 69: cannot serve, 1: other failures).
 
@@ -9,6 +9,8 @@ use crate::server::{ServeError, Server};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+mod token;
 
 /// An authenticating, authorizing TLS proxy for Docker/OCI registries.
 #[derive(Debug, Parser)]
@@ -49,7 +51,8 @@ enum Command {
     Explain {
         #[arg(long, short)]
         config: PathBuf,
-        /// The user making the request (groups come from the user file).
+        /// The user making the request (groups come from the user file), or an access
+        /// token's name (its owner's rules, cut down to its scope).
         #[arg(
             long,
             required_unless_present = "anonymous",
@@ -83,6 +86,20 @@ enum Command {
         #[arg(long, global = true, conflicts_with = "config")]
         users_file: Option<PathBuf>,
         /// Take the user file from this configuration's auth.users_file.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Access tokens for CI and deploy jobs: create (prints the secret once), list,
+    /// revoke. Used as Basic credentials: the token's name and its secret.
+    Token {
+        #[command(subcommand)]
+        action: token::TokenAction,
+        /// The tokens file to edit (with --config: auth.tokens_file, and the owner is
+        /// checked against the user file and tokens.max_lifetime applies).
+        #[arg(long, global = true, conflicts_with = "config")]
+        tokens_file: Option<PathBuf>,
+        /// Take the tokens file, the user file and tokens.max_lifetime from this
+        /// configuration.
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
     },
@@ -245,6 +262,14 @@ pub fn main() -> ExitCode {
             users_file,
             config,
         } => match user_command(action, users_file, config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(EXIT_CONFIG, &e),
+        },
+        Command::Token {
+            action,
+            tokens_file,
+            config,
+        } => match token::command(action, tokens_file, config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(EXIT_CONFIG, &e),
         },

@@ -130,7 +130,10 @@ impl Decision {
                 self.granted_by.join(", ")
             )
         } else if self.granted.is_empty() && self.scope.is_some() {
-            format!("the token may not do it here (needs {}){scope}", self.needed)
+            format!(
+                "the token may not do it here (needs {}){scope}",
+                self.needed
+            )
         } else if self.granted.is_empty() {
             format!("no rule grants anything here (needs {})", self.needed)
         } else if self.scope.is_some() {
@@ -437,6 +440,73 @@ mod tests {
         );
         let d = p.decide(&user("alice", &[]), "alice/x", Actions::PULL);
         assert_eq!(d.granted_by, ["own"]);
+    }
+
+    fn token(owner: &str, groups: &[&str], repos: &[&str], actions: Actions) -> Identity {
+        Identity::Token {
+            name: format!("ci-{owner}"),
+            owner: owner.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            scope: std::sync::Arc::new(Scope {
+                repos: repos.iter().map(|r| Pattern::repo(r).unwrap()).collect(),
+                actions,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_token_gets_the_intersection_of_its_scope_and_its_owners_rules() {
+        let p = seed_policy();
+        let pull = Actions::PULL;
+        let push = Actions::PUSH.union(Actions::PULL);
+        let del = Actions::DELETE.union(Actions::PULL);
+        let carol_public = token("carol", &["team-a"], &["public/**"], push);
+        let carol_own = token("carol", &["team-a"], &["${user}/**"], Actions::ALL);
+        let carol_everything = token("carol", &["team-a"], &["**"], Actions::ALL);
+        let root_pull = token("root", &["ops"], &["**"], pull);
+        let cases = [
+            // within the scope, granted to the owner (group team-a)
+            (&carol_public, "public/2048", push, true),
+            // the owner may (own namespace), the scope does not reach it
+            (&carol_public, "carol/app", pull, false),
+            // `${user}` in a scope is the owner
+            (&carol_own, "carol/app", del, true),
+            (&carol_own, "ci-carol/app", pull, false),
+            // the scope allows delete, the owner's rules do not
+            (&carol_everything, "public/2048", del, false),
+            (&carol_everything, "bob/app", pull, false),
+            // an admin's token: everything the scope allows, nothing more
+            (&root_pull, "anything/at/all", pull, true),
+            (&root_pull, "anything/at/all", push, false),
+        ];
+        for (id, repo, needed, want) in cases {
+            let d = p.decide(id, repo, needed);
+            assert_eq!(d.allowed, want, "{id:?} {repo} {needed}: {}", d.reason());
+            assert_eq!(p.allows(id, repo, needed), want, "{repo} {needed}");
+            assert_eq!(p.granted(id, repo).0, d.granted, "{repo}");
+        }
+        let d = p.decide(&carol_everything, "public/2048", del);
+        assert!(
+            d.reason().contains("missing delete") && d.reason().contains("public-team"),
+            "{}",
+            d.reason()
+        );
+        let d = p.decide(&root_pull, "x/y", push);
+        assert!(
+            d.reason().contains("token's scope allows only pull"),
+            "{}",
+            d.reason()
+        );
+        // Tag protections follow the owner: an admin's token is exempt, like the admin.
+        assert!(p.tag_protection(&root_pull, "x/y", "latest").is_none());
+        assert!(p
+            .tag_protection(&carol_public, "public/x", "latest")
+            .is_some());
+        // A token is never an anonymous identity, and never more than its owner when
+        // the owner's groups change: without team-a, no push on public.
+        let carol_now = token("carol", &[], &["public/**"], push);
+        assert!(!p.allows(&carol_now, "public/2048", push));
+        assert!(p.allows(&carol_now, "public/2048", pull));
     }
 
     #[test]

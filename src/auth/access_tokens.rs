@@ -248,8 +248,7 @@ pub fn parse_time(text: &str) -> Result<u64, String> {
 
 /// RFC 3339 UTC, whole seconds.
 pub fn format_time(unix: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix))
-        .to_string()
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix)).to_string()
 }
 
 /// The actions of a scope from their names (`pull`, `push`, `delete`).
@@ -281,7 +280,8 @@ pub fn parse_scope(repos: &[String], actions: &[String]) -> Result<Scope, Tokens
     let repos = repos
         .iter()
         .map(|r| {
-            Pattern::repo(r).map_err(|e| TokensError::new(None, Some("repos"), format!("{r:?}: {e}")))
+            Pattern::repo(r)
+                .map_err(|e| TokensError::new(None, Some("repos"), format!("{r:?}: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let actions = parse_actions(actions).map_err(|m| TokensError::new(None, Some("actions"), m))?;
@@ -382,7 +382,10 @@ impl Tokens {
         Tokens::from_file(&parse_file(text)?, max_lifetime)
     }
 
-    pub fn from_file(file: &TokenFile, max_lifetime: Option<Duration>) -> Result<Tokens, TokensError> {
+    pub fn from_file(
+        file: &TokenFile,
+        max_lifetime: Option<Duration>,
+    ) -> Result<Tokens, TokensError> {
         let mut by_name = HashMap::with_capacity(file.tokens.len());
         let mut capped = Vec::new();
         for e in &file.tokens {
@@ -394,12 +397,8 @@ impl Tokens {
                     "appears more than once",
                 ));
             }
-            if let Some(max) = max_lifetime {
-                let cap = t.created.saturating_add(max.as_secs());
-                if t.revoked.is_none() && t.expires.map_or(true, |e| e > cap) {
-                    capped.push(t.name.clone());
-                }
-                t.expires = Some(t.expires.map_or(cap, |e| e.min(cap)));
+            if apply_max_lifetime(&mut t, max_lifetime) {
+                capped.push(t.name.clone());
             }
             by_name.insert(t.name.clone(), Arc::new(t));
         }
@@ -432,6 +431,16 @@ impl Tokens {
     pub fn max_lifetime(&self) -> Option<Duration> {
         self.max_lifetime
     }
+}
+
+/// PURE: cuts `t`'s expiry to `created + max` (a token in force never outlives the
+/// configured maximum, whatever its `expires`); true when that shortened a token in force.
+pub fn apply_max_lifetime(t: &mut Token, max: Option<Duration>) -> bool {
+    let Some(max) = max else { return false };
+    let cap = t.created.saturating_add(max.as_secs());
+    let cut = t.expires.map_or(true, |e| e > cap);
+    t.expires = Some(t.expires.map_or(cap, |e| e.min(cap)));
+    cut && t.revoked.is_none()
 }
 
 /// Parses the text of a tokens file (an empty file is no tokens).
@@ -718,16 +727,36 @@ mod tests {
             (Box::new(|e| e.owner = "".into()), "owner", "user name"),
             (Box::new(|e| e.hash = "rgt_plain".into()), "hash", "sha256"),
             (Box::new(|e| e.repos = vec![]), "repos", "no repository"),
-            (Box::new(|e| e.repos = vec!["a/**b".into()]), "repos", "\"a/**b\""),
-            (Box::new(|e| e.actions = vec!["pul".into()]), "actions", "\"pul\""),
-            (Box::new(|e| e.actions = vec![]), "actions", "grants nothing"),
-            (Box::new(|e| e.created = "yesterday".into()), "created", "RFC 3339"),
+            (
+                Box::new(|e| e.repos = vec!["a/**b".into()]),
+                "repos",
+                "\"a/**b\"",
+            ),
+            (
+                Box::new(|e| e.actions = vec!["pul".into()]),
+                "actions",
+                "\"pul\"",
+            ),
+            (
+                Box::new(|e| e.actions = vec![]),
+                "actions",
+                "grants nothing",
+            ),
+            (
+                Box::new(|e| e.created = "yesterday".into()),
+                "created",
+                "RFC 3339",
+            ),
             (
                 Box::new(|e| e.expires = Some(format_time(T0 - 1))),
                 "expires",
                 "not after",
             ),
-            (Box::new(|e| e.revoked = Some("x".into())), "revoked", "RFC 3339"),
+            (
+                Box::new(|e| e.revoked = Some("x".into())),
+                "revoked",
+                "RFC 3339",
+            ),
             (
                 Box::new(|e| e.description = Some("a\nb".into())),
                 "description",
@@ -775,7 +804,10 @@ mod tests {
         for n in ["never", "long"] {
             let t = tokens.get(n).unwrap();
             assert_eq!(t.expires, Some(T0 + 30 * 86400), "{n}");
-            assert_eq!(t.verify("rgt_secret", T0 + 30 * 86400), Err(Refusal::Expired));
+            assert_eq!(
+                t.verify("rgt_secret", T0 + 30 * 86400),
+                Err(Refusal::Expired)
+            );
         }
         assert_eq!(tokens.get("short").unwrap().expires, Some(T0 + 3600));
         assert_eq!(tokens.capped, ["long", "never"]);
@@ -803,7 +835,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("/etc/rg/tokens.yaml: token \"ci\": name: is also a user in /etc/rg/users.yaml"),
+            err.starts_with(
+                "/etc/rg/tokens.yaml: token \"ci\": name: is also a user in /etc/rg/users.yaml"
+            ),
             "{err}"
         );
     }
@@ -824,7 +858,10 @@ mod tests {
         assert_eq!(id.principal(), Some(("alice", &["team-a".to_owned()][..])));
         let id = identity(&t, &users(false, "other"), T0).unwrap();
         assert_eq!(id.principal().unwrap().1, ["other"]);
-        assert_eq!(identity(&t, &users(true, "team-a"), T0), Err(Refusal::Owner));
+        assert_eq!(
+            identity(&t, &users(true, "team-a"), T0),
+            Err(Refusal::Owner)
+        );
         let nobody = Users::from_yaml("users: []\n").unwrap();
         assert_eq!(identity(&t, &nobody, T0), Err(Refusal::Owner));
         assert_eq!(
@@ -842,7 +879,10 @@ mod tests {
         let first = u.take_dirty(|_| true).unwrap();
         assert_eq!(first["ci"], LastUse { at: T0, from: ip });
         u.record("ci", T0, ip);
-        assert!(u.take_dirty(|_| true).is_none(), "same second, same address");
+        assert!(
+            u.take_dirty(|_| true).is_none(),
+            "same second, same address"
+        );
         u.record("gone", T0 + 1, ip);
         let second = u.take_dirty(|n| n != "gone").unwrap();
         assert_eq!(second.len(), 1, "names no longer tokens are dropped");
@@ -888,12 +928,23 @@ mod tests {
         assert_eq!(back.get("ci").unwrap().verify("rgt_secret", T0), Ok(()));
         let mut bad = entry("bad");
         bad.actions = vec!["all".into()];
-        let e = save(&path, &TokenFile { tokens: vec![bad] }).unwrap_err().to_string();
+        let e = save(&path, &TokenFile { tokens: vec![bad] })
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("token \"bad\": actions"), "{e}");
-        assert!(Tokens::load(&path, None).unwrap().get("ci").is_some(), "left as it was");
+        assert!(
+            Tokens::load(&path, None).unwrap().get("ci").is_some(),
+            "left as it was"
+        );
         let last = dir.path().join("tokens.yaml.last-used");
         let mut uses = BTreeMap::new();
-        uses.insert("ci".to_owned(), LastUse { at: T0, from: [10, 0, 0, 1].into() });
+        uses.insert(
+            "ci".to_owned(),
+            LastUse {
+                at: T0,
+                from: [10, 0, 0, 1].into(),
+            },
+        );
         flush_last_used(&last, &uses).unwrap();
         assert_eq!(read_last_used(&last)["ci"].from, "10.0.0.1");
         assert_eq!(default_last_used_file(&path), last);

@@ -947,6 +947,97 @@ mod tests {
         );
     }
 
+    /// Access tokens: one SHA-256, no argon2, no cache; refused ones answer like a wrong
+    /// password and count in the throttle; the owner is looked up at each request.
+    #[tokio::test]
+    async fn access_tokens_are_checked_without_argon2_and_refused_like_wrong_passwords() {
+        use access_tokens::{format_time, hash_secret, TokenEntry, TokenFile, Tokens};
+        let hash = users::hash_password("alice-pw", 8, 1, 1).unwrap();
+        let users = |disabled: bool| {
+            Users::from_yaml(&format!(
+                "users:\n  - name: alice\n    hash: '{hash}'\n    groups: [team-a]\n    disabled: {disabled}\n"
+            ))
+            .unwrap()
+        };
+        let now = unix_now();
+        let entry = |name: &str, expires: u64, revoked: bool| TokenEntry {
+            name: name.into(),
+            owner: "alice".into(),
+            hash: hash_secret(&format!("rgt_{name}")),
+            repos: vec!["team-a/**".into()],
+            actions: vec!["pull".into()],
+            created: format_time(now - 100),
+            expires: Some(format_time(expires)),
+            description: None,
+            revoked: revoked.then(|| format_time(now - 1)),
+        };
+        let tokens = || {
+            Tokens::from_file(
+                &TokenFile {
+                    tokens: vec![
+                        entry("ci", now + 3600, false),
+                        entry("old", now - 1, false),
+                        entry("gone", now + 3600, true),
+                    ],
+                },
+                None,
+            )
+            .unwrap()
+        };
+        let metrics = Arc::new(Metrics::default());
+        let auth = Authenticator::new(users(false), &settings(3), metrics.clone())
+            .with_access_tokens(tokens(), "/nonexistent/last-used".into());
+        let client: IpAddr = [192, 0, 2, 1].into();
+        let id = auth
+            .identify(&headers("ci", "rgt_ci"), client)
+            .await
+            .unwrap();
+        assert_eq!(id.name(), "ci");
+        assert_eq!(id.owner(), Some("alice"));
+        assert_eq!(id.principal().unwrap().1, ["team-a"]);
+        assert_eq!(auth.token_last_use("ci").unwrap().from, client);
+        let wrong = Err(AuthError::Invalid("invalid username or password"));
+        assert_eq!(
+            auth.identify(&headers("alice", "nope"), client).await,
+            wrong
+        );
+        for (name, secret) in [
+            ("ci", "rgt_other"),
+            ("old", "rgt_old"),
+            ("gone", "rgt_gone"),
+        ] {
+            assert_eq!(
+                auth.identify(&headers(name, secret), client).await,
+                wrong,
+                "{name}"
+            );
+        }
+        assert_eq!(metrics.auth_argon2_runs.get(), 1, "only alice's password");
+        assert_eq!(metrics.auth_result(AuthResult::Token).get(), 1);
+        assert_eq!(metrics.auth_result(AuthResult::TokenRefused).get(), 3);
+        // max_failures 3: the next wrong secret for ci from here is throttled; the right
+        // one is not (no guess can present it), nor ci from elsewhere.
+        for _ in 0..2 {
+            let _ = auth.identify(&headers("ci", "rgt_x"), client).await;
+        }
+        assert!(matches!(
+            auth.identify(&headers("ci", "rgt_x"), client).await,
+            Err(AuthError::Throttled(_))
+        ));
+        assert!(auth
+            .identify(&headers("ci", "rgt_ci"), client)
+            .await
+            .is_ok());
+        // The owner disabled (a reload): refused at once; the last use stays.
+        let auth = auth
+            .reloaded(users(true), &auth.settings)
+            .with_access_tokens(tokens(), "/nonexistent/last-used".into());
+        let other: IpAddr = [192, 0, 2, 2].into();
+        assert_eq!(auth.identify(&headers("ci", "rgt_ci"), other).await, wrong);
+        assert_eq!(auth.token_last_use("ci").unwrap().from, client);
+        assert_eq!(metrics.auth_argon2_runs.get(), 1);
+    }
+
     #[test]
     fn a_reload_keeps_throttle_counts_unless_the_throttle_settings_change() {
         let auth = authenticator(2);

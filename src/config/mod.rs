@@ -103,8 +103,8 @@ impl Config {
                 fix(k);
             }
             if let Some(t) = &mut auth.tokens {
-                let defaulted = t.last_used_file
-                    == crate::auth::access_tokens::default_last_used_file(&t.file);
+                let defaulted =
+                    t.last_used_file == crate::auth::access_tokens::default_last_used_file(&t.file);
                 fix(&mut t.file);
                 if defaulted {
                     t.last_used_file = crate::auth::access_tokens::default_last_used_file(&t.file);

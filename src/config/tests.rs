@@ -401,3 +401,73 @@ fn audit_instance_is_a_name_without_colon() {
         assert!(e.starts_with("audit.instance:"), "{bad}: {e}");
     }
 }
+
+#[test]
+fn access_tokens_settings() {
+    let c = Config::from_yaml(WITH_USERS).unwrap();
+    assert!(c.auth.unwrap().tokens.is_none());
+    let with = format!("{WITH_USERS}  tokens_file: tokens.yaml\n");
+    let t = Config::from_yaml(&with)
+        .unwrap()
+        .auth
+        .unwrap()
+        .tokens
+        .unwrap();
+    assert_eq!(t.file, std::path::PathBuf::from("tokens.yaml"));
+    assert_eq!(
+        t.last_used_file,
+        std::path::PathBuf::from("tokens.yaml.last-used")
+    );
+    assert_eq!(t.max_lifetime, None);
+    assert_eq!(t.flush_interval, DEFAULT_TOKEN_FLUSH);
+    let t = Config::from_yaml(&format!(
+        "{with}tokens:\n  max_lifetime: 90d\n  last_used_file: /var/lib/rg/last-used.yaml\n  flush_interval: 5s\n"
+    ))
+    .unwrap()
+    .auth
+    .unwrap()
+    .tokens
+    .unwrap();
+    assert_eq!(t.max_lifetime, Some(Duration::from_secs(90 * 86400)));
+    assert_eq!(t.flush_interval, Duration::from_secs(5));
+    assert_eq!(
+        t.last_used_file,
+        std::path::PathBuf::from("/var/lib/rg/last-used.yaml")
+    );
+    for (yaml, key) in [
+        (
+            format!("{WITH_USERS}tokens:\n  max_lifetime: 90d\n"),
+            "tokens: set, but auth.tokens_file",
+        ),
+        (
+            format!("{with}tokens:\n  max_lifetime: soon\n"),
+            "tokens.max_lifetime: \"soon\"",
+        ),
+        (
+            format!("{with}tokens:\n  max_lifetime: 5s\n"),
+            "tokens.max_lifetime: must be at least",
+        ),
+        (
+            format!("{with}tokens:\n  flush_interval: 0s\n"),
+            "tokens.flush_interval",
+        ),
+        (
+            format!("{with}tokens:\n  maxlifetime: 1d\n"),
+            "unknown field `maxlifetime`",
+        ),
+        (
+            format!("{MIN}tokens:\n  max_lifetime: 1d\n"),
+            "tokens: access tokens need authentication",
+        ),
+    ] {
+        let e = err(&yaml);
+        assert!(e.contains(key), "{e}");
+    }
+    // Relative paths are the config file's folder's, the default last-use file follows.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, &with).unwrap();
+    let t = Config::load(&path).unwrap().auth.unwrap().tokens.unwrap();
+    assert_eq!(t.file, dir.path().join("tokens.yaml"));
+    assert_eq!(t.last_used_file, dir.path().join("tokens.yaml.last-used"));
+}

@@ -513,7 +513,10 @@ fn access_tokens(
     }
     if let Some(f) = raw.last_used_file {
         if f.as_os_str().is_empty() {
-            return Err(ConfigError::new("tokens.last_used_file", "must name a file"));
+            return Err(ConfigError::new(
+                "tokens.last_used_file",
+                "must name a file",
+            ));
         }
         t.last_used_file = f;
     }
