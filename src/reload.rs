@@ -189,6 +189,8 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         "metrics.listen",
     );
     check(running.log.format != new.log.format, "log.format");
+    let flush = |c: &Config| c.auth.as_ref().map(|a| a.token_flush_interval());
+    check(flush(running) != flush(new), "tokens.flush_interval");
     let (a, b) = (&running.limits, &new.limits);
     check(
         a.header_read_timeout != b.header_read_timeout,

@@ -212,13 +212,12 @@ impl Server {
         }
         let limits = Arc::new(config.limits.clone());
         let tls = !matches!(config.server.tls, Tls::Plaintext);
-        let flush = config
-            .auth
-            .as_ref()
-            .and_then(|a| a.tokens.as_ref())
-            .map(|t| t.flush_interval);
-        if let Some(every) = flush {
-            tokio::spawn(flush_token_usage_every(every, state.clone()));
+        // With auth on, always: a reload may add a tokens file.
+        if let Some(a) = &config.auth {
+            tokio::spawn(flush_token_usage_every(
+                a.token_flush_interval(),
+                state.clone(),
+            ));
         }
         match config_path {
             Some(path) => tokio::spawn(crate::reload::watch(path, config, state.clone())),

@@ -25,7 +25,7 @@
 pub mod access_tokens;
 pub mod basic;
 pub mod cache;
-pub(crate) mod throttle;
+pub mod throttle;
 pub mod token;
 pub mod users;
 

@@ -471,3 +471,21 @@ fn access_tokens_settings() {
     assert_eq!(t.file, dir.path().join("tokens.yaml"));
     assert_eq!(t.last_used_file, dir.path().join("tokens.yaml.last-used"));
 }
+
+#[test]
+fn the_example_config_is_valid_with_its_token_keys_uncommented() {
+    let text = include_str!("../../config/example.yaml")
+        .replace("  # tokens_file: ", "  tokens_file: ")
+        .replace("\n# tokens:\n", "\ntokens:\n")
+        .replace("#   max_lifetime:", "  max_lifetime:")
+        .replace("#   last_used_file:", "  last_used_file:")
+        .replace("#   flush_interval:", "  flush_interval:");
+    let t = Config::from_yaml(&text)
+        .unwrap()
+        .auth
+        .unwrap()
+        .tokens
+        .unwrap();
+    assert_eq!(t.max_lifetime, Some(Duration::from_secs(90 * 86400)));
+    assert_eq!(t.flush_interval, DEFAULT_TOKEN_FLUSH);
+}

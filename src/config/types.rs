@@ -78,6 +78,16 @@ impl Access {
     }
 }
 
+impl Auth {
+    /// How often the tokens' last use is written (`tokens.flush_interval`, or its default
+    /// without tokens: a reload may add them).
+    pub fn token_flush_interval(&self) -> Duration {
+        self.tokens
+            .as_ref()
+            .map_or(DEFAULT_TOKEN_FLUSH, |t| t.flush_interval)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Auth {
     pub users_file: PathBuf,
