@@ -722,7 +722,8 @@ mod tests {
 
     #[test]
     fn refusals_name_the_token_and_the_field() {
-        let cases: Vec<(Box<dyn Fn(&mut TokenEntry)>, &str, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut TokenEntry)>;
+        let cases: Vec<(Edit, &str, &str)> = vec![
             (Box::new(|e| e.name = "a:b".into()), "name", "letters"),
             (Box::new(|e| e.owner = "".into()), "owner", "user name"),
             (Box::new(|e| e.hash = "rgt_plain".into()), "hash", "sha256"),
