@@ -870,6 +870,13 @@ fn explain(
             }
         },
     };
+    let listed = |groups: &[String]| {
+        if groups.is_empty() {
+            "-".to_owned()
+        } else {
+            groups.join(", ")
+        }
+    };
     match &id {
         Identity::Token {
             name,
@@ -881,11 +888,7 @@ fn explain(
             let _ = writeln!(
                 out,
                 "identity: token {name} of {owner} (owner's groups: {}; scope: {} on {})",
-                if groups.is_empty() {
-                    "-".to_owned()
-                } else {
-                    groups.join(", ")
-                },
+                listed(groups),
                 scope.actions,
                 repos.join(", ")
             );
@@ -899,15 +902,7 @@ fn explain(
             }
         }
         Identity::User { name, groups } => {
-            let _ = writeln!(
-                out,
-                "identity: {name} (groups: {})",
-                if groups.is_empty() {
-                    "-".to_owned()
-                } else {
-                    groups.join(", ")
-                }
-            );
+            let _ = writeln!(out, "identity: {name} (groups: {})", listed(groups));
         }
         Identity::Anonymous => {
             let _ = writeln!(

@@ -402,6 +402,15 @@ fn audit_instance_is_a_name_without_colon() {
     }
 }
 
+/// The access tokens' settings of a valid config.
+fn tokens_of(yaml: &str) -> AccessTokens {
+    Config::from_yaml(yaml)
+        .unwrap()
+        .auth
+        .and_then(|a| a.tokens)
+        .expect("auth.tokens_file")
+}
+
 #[test]
 fn access_tokens_settings() {
     let c = Config::from_yaml(WITH_USERS).unwrap();
@@ -420,14 +429,9 @@ fn access_tokens_settings() {
     );
     assert_eq!(t.max_lifetime, None);
     assert_eq!(t.flush_interval, DEFAULT_TOKEN_FLUSH);
-    let t = Config::from_yaml(&format!(
+    let t = tokens_of(&format!(
         "{with}tokens:\n  max_lifetime: 90d\n  last_used_file: /var/lib/rg/last-used.yaml\n  flush_interval: 5s\n"
-    ))
-    .unwrap()
-    .auth
-    .unwrap()
-    .tokens
-    .unwrap();
+    ));
     assert_eq!(t.max_lifetime, Some(Duration::from_secs(90 * 86400)));
     assert_eq!(t.flush_interval, Duration::from_secs(5));
     assert_eq!(
@@ -480,12 +484,7 @@ fn the_example_config_is_valid_with_its_token_keys_uncommented() {
         .replace("#   max_lifetime:", "  max_lifetime:")
         .replace("#   last_used_file:", "  last_used_file:")
         .replace("#   flush_interval:", "  flush_interval:");
-    let t = Config::from_yaml(&text)
-        .unwrap()
-        .auth
-        .unwrap()
-        .tokens
-        .unwrap();
+    let t = tokens_of(&text);
     assert_eq!(t.max_lifetime, Some(Duration::from_secs(90 * 86400)));
     assert_eq!(t.flush_interval, DEFAULT_TOKEN_FLUSH);
 }
