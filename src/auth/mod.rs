@@ -1038,6 +1038,51 @@ mod tests {
         assert_eq!(metrics.auth_argon2_runs.get(), 1);
     }
 
+    /// docker's bearer token for a login with an access token stands for the access
+    /// token (its scope, re-checked each time), never for its owner.
+    #[tokio::test]
+    async fn a_bearer_token_of_an_access_token_stays_the_access_token() {
+        use access_tokens::{format_time, hash_secret, TokenEntry, TokenFile, Tokens};
+        let hash = users::hash_password("pw", 8, 1, 1).unwrap();
+        let users =
+            || Users::from_yaml(&format!("users:\n  - name: alice\n    hash: '{hash}'\n")).unwrap();
+        let now = unix_now();
+        let tokens = |revoked: bool| {
+            let e = TokenEntry {
+                name: "ci".into(),
+                owner: "alice".into(),
+                hash: hash_secret("rgt_ci"),
+                repos: vec!["team-a/**".into()],
+                actions: vec!["pull".into()],
+                created: format_time(now - 10),
+                expires: None,
+                description: None,
+                revoked: revoked.then(|| format_time(now)),
+            };
+            Tokens::from_file(&TokenFile { tokens: vec![e] }, None).unwrap()
+        };
+        let mut settings = settings(10);
+        settings.docker_bearer = true;
+        let auth = Authenticator::new(users(), &settings, Arc::default())
+            .with_access_tokens(tokens(false), "/nonexistent".into());
+        let client: IpAddr = [192, 0, 2, 1].into();
+        let id = auth
+            .identify(&headers("ci", "rgt_ci"), client)
+            .await
+            .unwrap();
+        let bearer_token = auth.issue_token(&id, now).unwrap();
+        let again = auth.identify(&bearer(&bearer_token), client).await.unwrap();
+        assert_eq!(again, id);
+        assert!(again.scope().is_some(), "still scoped: {again:?}");
+        let revoked = auth
+            .reloaded(users(), &settings)
+            .with_access_tokens(tokens(true), "/nonexistent".into());
+        assert!(revoked
+            .identify(&bearer(&bearer_token), client)
+            .await
+            .is_err());
+    }
+
     #[test]
     fn a_reload_keeps_throttle_counts_unless_the_throttle_settings_change() {
         let auth = authenticator(2);
