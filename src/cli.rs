@@ -1,5 +1,6 @@
 //! Command line: `serve`, `check`, `explain`, `hash-password`,
-//! `user add|passwd|del|list|import-htpasswd` and `audit verify|show|keygen`.
+//! `user add|passwd|del|list|import-htpasswd`, `token create|list|revoke` (in `token.rs`)
+//! and `audit verify|show|keygen`.
 //! Parses arguments, runs the command and maps failures to exit codes
 //! (64: bad configuration or usage, 69: cannot serve, 1: other failures).
 
@@ -9,6 +10,8 @@ use crate::server::{ServeError, Server};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+mod token;
 
 /// An authenticating, authorizing TLS proxy for Docker/OCI registries.
 #[derive(Debug, Parser)]
@@ -49,7 +52,8 @@ enum Command {
     Explain {
         #[arg(long, short)]
         config: PathBuf,
-        /// The user making the request (groups come from the user file).
+        /// The user making the request (groups come from the user file), or an access
+        /// token's name (its owner's rules, cut down to its scope).
         #[arg(
             long,
             required_unless_present = "anonymous",
@@ -83,6 +87,20 @@ enum Command {
         #[arg(long, global = true, conflicts_with = "config")]
         users_file: Option<PathBuf>,
         /// Take the user file from this configuration's auth.users_file.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Access tokens for CI and deploy jobs: create (prints the secret once), list,
+    /// revoke. Used as Basic credentials: the token's name and its secret.
+    Token {
+        #[command(subcommand)]
+        action: token::TokenAction,
+        /// The tokens file to edit (with --config: auth.tokens_file, and the owner is
+        /// checked against the user file and tokens.max_lifetime applies).
+        #[arg(long, global = true, conflicts_with = "config")]
+        tokens_file: Option<PathBuf>,
+        /// Take the tokens file, the user file and tokens.max_lifetime from this
+        /// configuration.
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
     },
@@ -125,7 +143,8 @@ enum AuditAction {
     Show {
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Only this user's records.
+        /// Only this user's records (a user's own and those of the user's access
+        /// tokens; or one token's, by its name).
         #[arg(long)]
         user: Option<String>,
         /// Only this repository's records.
@@ -259,6 +278,14 @@ pub fn main() -> ExitCode {
             users_file,
             config,
         } => match user_command(action, users_file, config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(EXIT_CONFIG, &e),
+        },
+        Command::Token {
+            action,
+            tokens_file,
+            config,
+        } => match token::command(action, tokens_file, config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(EXIT_CONFIG, &e),
         },
@@ -501,7 +528,9 @@ fn serve(path: PathBuf, addr_file: Option<PathBuf>) -> ExitCode {
         let server = match Server::bind(&cfg).await {
             Ok(s) => s.reload_from(&path),
             Err(e @ ServeError::Config(_)) => return fail(EXIT_CONFIG, &with_file(&path, e)),
-            Err(e @ ServeError::Users(_)) => return fail(EXIT_CONFIG, &e),
+            Err(e @ (ServeError::Users(_) | ServeError::Tokens(_))) => {
+                return fail(EXIT_CONFIG, &e)
+            }
             Err(e) => return fail(EXIT_UNAVAILABLE, &e),
         };
         if let Some(f) = &addr_file {
@@ -777,6 +806,25 @@ fn check_config(path: &std::path::Path) -> Result<String, ConfigError> {
             if let Some(k) = &a.token_key_file {
                 crate::server::token_key(k).map_err(in_file)?;
             }
+            if let Some(t) = &a.tokens {
+                let tokens = crate::reload::load_tokens(t, &users, &a.users_file)
+                    .map_err(|e| ConfigError::new("auth.tokens_file", e.to_string()))?;
+                s.push_str(&format!(
+                    "\n  access tokens: {} from {}{}",
+                    tokens.len(),
+                    t.file.display(),
+                    t.max_lifetime.map_or_else(String::new, |m| format!(
+                        ", at most {} each",
+                        humantime::format_duration(m)
+                    ))
+                ));
+                if !tokens.capped.is_empty() {
+                    s.push_str(&format!(
+                        "\n  warning: refused from created + tokens.max_lifetime on: {}",
+                        tokens.capped.join(", ")
+                    ));
+                }
+            }
             if a.settings.docker_bearer {
                 s.push_str(&format!(
                     "\n  docker: Bearer challenge and tokens, key {}",
@@ -871,27 +919,80 @@ fn explain(
         return Ok(out);
     };
     let users = users::Users::load(&auth.users_file).map_err(|e| e.to_string())?;
+    let tokens = auth
+        .tokens
+        .as_ref()
+        .map(|t| crate::reload::load_tokens(t, &users, &auth.users_file))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    // A token is refused before any rule when it is not in force or its owner is not.
+    let mut token_refusal = None;
     let id = match user {
         None => Identity::Anonymous,
-        Some(name) => match users.get(name) {
-            Some(u) => Identity::User {
+        Some(name) => match (users.get(name), tokens.as_ref().and_then(|t| t.get(name))) {
+            (Some(u), _) => Identity::User {
                 name: u.name.clone(),
                 groups: u.groups.clone(),
             },
-            None => return Err(format!("no user {name:?} in {}", auth.users_file.display())),
+            (None, Some(t)) => {
+                let now = crate::auth::unix_now();
+                match crate::auth::access_tokens::identity(t, &users, now) {
+                    Ok(id) => id,
+                    Err(why) => {
+                        token_refusal = Some(why);
+                        Identity::Token {
+                            name: t.name.clone(),
+                            owner: t.owner.clone(),
+                            groups: Vec::new(),
+                            scope: t.scope.clone(),
+                        }
+                    }
+                }
+            }
+            (None, None) => {
+                let also = auth.tokens.as_ref().map_or_else(String::new, |t| {
+                    format!(" and no token {name:?} in {}", t.file.display())
+                });
+                return Err(format!(
+                    "no user {name:?} in {}{also}",
+                    auth.users_file.display()
+                ));
+            }
         },
     };
+    let listed = |groups: &[String]| {
+        if groups.is_empty() {
+            "-".to_owned()
+        } else {
+            groups.join(", ")
+        }
+    };
     match &id {
-        Identity::User { name, groups } => {
+        Identity::Token {
+            name,
+            owner,
+            groups,
+            scope,
+        } => {
+            let repos: Vec<String> = scope.repos.iter().map(|p| p.to_string()).collect();
             let _ = writeln!(
                 out,
-                "identity: {name} (groups: {})",
-                if groups.is_empty() {
-                    "-".to_owned()
-                } else {
-                    groups.join(", ")
-                }
+                "identity: token {name} of {owner} (owner's groups: {}; scope: {} on {})",
+                listed(groups),
+                scope.actions,
+                repos.join(", ")
             );
+            if let Some(why) = token_refusal {
+                let _ = writeln!(
+                    out,
+                    "decision: 401 challenge (the token is refused: {})",
+                    why.as_str()
+                );
+                return Ok(out);
+            }
+        }
+        Identity::User { name, groups } => {
+            let _ = writeln!(out, "identity: {name} (groups: {})", listed(groups));
         }
         Identity::Anonymous => {
             let _ = writeln!(
@@ -1207,7 +1308,9 @@ fn audit_command(action: AuditAction) -> ExitCode {
                             continue;
                         }
                     };
-                    if user.as_deref().is_some_and(|u| u != r.user)
+                    if user
+                        .as_deref()
+                        .is_some_and(|u| u != r.user && r.owner.as_deref() != Some(u))
                         || repo.as_deref().is_some_and(|p| p != r.repo)
                         || since.as_deref().is_some_and(|s| r.time.as_str() < s)
                     {
@@ -1235,6 +1338,9 @@ fn audit_command(action: AuditAction) -> ExitCode {
                                 ""
                             }
                         ));
+                    }
+                    if let Some(owner) = &r.owner {
+                        detail.push_str(&format!(" token-of={owner}"));
                     }
                     if r.phase == crate::audit::Phase::Denied {
                         detail.push_str(&format!(" ({})", r.reason));

@@ -376,7 +376,10 @@ async fn serve(
     };
     if let Some(id) = &identity {
         record.user = Some(id.name().to_owned());
-        if let Identity::User { name, .. } = id {
+        record.owner = id.owner().map(str::to_owned);
+        // A token holds connections under its own name, as a user does.
+        if !matches!(id, Identity::Anonymous) {
+            let name = id.name();
             if conn.user.get().is_none() {
                 let slot =
                     state
@@ -409,7 +412,11 @@ async fn serve(
         Err(e) => {
             // Only authenticated users' denials are recorded (rate-limited per user); an
             // anonymous request refused here gets the 401 challenge and no record.
-            if let (Some(target), Some(Identity::User { .. })) = (audited, &ctx.identity) {
+            let authenticated = ctx
+                .identity
+                .as_ref()
+                .is_some_and(|i| !matches!(i, Identity::Anonymous));
+            if let (Some(target), true) = (audited, authenticated) {
                 audit_refusal(&ctx, target, &e).await;
             }
             return Err(e);
@@ -546,6 +553,16 @@ fn audit_record(ctx: &Ctx, target: audit::Target) -> audit::Record {
             .identity
             .as_ref()
             .map_or_else(|| "-".to_owned(), |i| i.name().to_owned()),
+        owner: ctx
+            .identity
+            .as_ref()
+            .and_then(Identity::owner)
+            .map(str::to_owned),
+        token: ctx
+            .identity
+            .as_ref()
+            .is_some_and(|i| i.owner().is_some())
+            .then_some(true),
         client: ctx.client.to_string(),
         user_agent: ctx
             .parts

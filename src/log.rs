@@ -208,8 +208,11 @@ pub struct AccessRecord {
     pub client: IpAddr,
     pub route: &'static str,
     pub repo: Option<String>,
-    /// The authenticated user, `anonymous`, or none (auth disabled, or refused before).
+    /// The authenticated user, `anonymous`, or none (auth disabled, or refused before);
+    /// for an access token, the token's name.
     pub user: Option<String>,
+    /// An access token's owner (`user` is then the token); logged with `token=true`.
+    pub owner: Option<String>,
     pub status: u16,
     pub upstream_status: Option<u16>,
     pub error: Option<String>,
@@ -240,6 +243,7 @@ impl AccessRecord {
             route: "none",
             repo: None,
             user: None,
+            owner: None,
             status: 0,
             upstream_status: None,
             error: None,
@@ -264,6 +268,8 @@ impl AccessRecord {
             route = self.route,
             repo = %Escaped(self.repo.as_deref().unwrap_or("-")),
             user = %Escaped(self.user.as_deref().unwrap_or("-")),
+            owner = self.owner.as_deref().map(Escaped).map(tracing::field::display),
+            token = self.owner.is_some().then_some(true),
             status = self.status,
             upstream_status = self.upstream_status,
             bytes,

@@ -148,16 +148,22 @@ pub enum AuthResult {
     Throttled,
     /// A user name with a control character.
     Malformed,
+    /// An access token accepted (right secret, in force, owner enabled).
+    Token,
+    /// An access token refused: wrong secret, expired, revoked, owner gone or disabled.
+    TokenRefused,
 }
 
 impl AuthResult {
-    pub const ALL: [AuthResult; 6] = [
+    pub const ALL: [AuthResult; 8] = [
         AuthResult::Ok,
         AuthResult::Cached,
         AuthResult::Wrong,
         AuthResult::Unknown,
         AuthResult::Throttled,
         AuthResult::Malformed,
+        AuthResult::Token,
+        AuthResult::TokenRefused,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -167,6 +173,8 @@ impl AuthResult {
             AuthResult::Unknown => "unknown",
             AuthResult::Throttled => "throttled",
             AuthResult::Malformed => "malformed",
+            AuthResult::Token => "token",
+            AuthResult::TokenRefused => "token_refused",
         }
     }
 }
@@ -429,7 +437,7 @@ impl Metrics {
             .map(|a| Counter(results.get_or_create_owned(&ResultLabels { result: a.as_str() })));
         r.register(
             counter_name(AUTH_RESULTS),
-            "Credential checks by result (ok, cached, wrong, unknown, throttled, malformed)",
+            "Credential checks by result (ok, cached, wrong, unknown, throttled, malformed; access tokens: token, token_refused)",
             results,
         );
         let throttle = Family::<TableLabels, PromGauge<u64, AtomicU64>>::default();

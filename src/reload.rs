@@ -44,6 +44,8 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Users(#[from] UsersError),
+    #[error(transparent)]
+    Tokens(#[from] crate::auth::access_tokens::TokensError),
 }
 
 /// What identifies a file's content cheaply: the stamp of the path resolved through
@@ -126,6 +128,9 @@ pub fn watched_files(config: &Path, cfg: &Config) -> Vec<PathBuf> {
         if let Some(k) = &a.token_key_file {
             v.push(k.clone());
         }
+        if let Some(t) = &a.tokens {
+            v.push(t.file.clone());
+        }
     }
     if let Tls::Files { cert, key } = &cfg.server.tls {
         v.push(cert.clone());
@@ -184,6 +189,8 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         "metrics.listen",
     );
     check(running.log.format != new.log.format, "log.format");
+    let flush = |c: &Config| c.auth.as_ref().map(|a| a.token_flush_interval());
+    check(flush(running) != flush(new), "tokens.flush_interval");
     let (a, b) = (&running.limits, &new.limits);
     check(
         a.header_read_timeout != b.header_read_timeout,
@@ -274,6 +281,13 @@ pub fn build(
                 Some(old) => old.reloaded(users, &a.settings),
                 None => Authenticator::new(users, &a.settings, metrics.clone()),
             };
+            let auth = match &a.tokens {
+                Some(t) => {
+                    let tokens = load_tokens(t, &auth.users(), &a.users_file)?;
+                    auth.with_access_tokens(tokens, t.last_used_file.clone())
+                }
+                None => auth,
+            };
             Some(match &a.token_key_file {
                 Some(path) => auth.with_token_key(crate::server::token_key(path)?),
                 None => auth,
@@ -301,6 +315,22 @@ pub fn build(
         max_manifest_bytes: cfg.limits.max_manifest_bytes,
         tls,
     })
+}
+
+/// Loads the tokens file: checked whole, no name also one of `users` (of `users_file`),
+/// and a warning for tokens `tokens.max_lifetime` cuts short.
+pub(crate) fn load_tokens(
+    t: &crate::config::AccessTokens,
+    users: &Users,
+    users_file: &Path,
+) -> Result<crate::auth::access_tokens::Tokens, ReloadError> {
+    use crate::auth::access_tokens::{check_no_user_names, Tokens};
+    let tokens = Tokens::load(&t.file, t.max_lifetime)?;
+    check_no_user_names(&tokens, users, users_file)?;
+    if !tokens.capped.is_empty() {
+        tracing::warn!(file = %t.file.display(), tokens = %tokens.capped.join(", "), "tokens that expire later than tokens.max_lifetime after their creation (or never) are refused from then on");
+    }
+    Ok(tokens)
 }
 
 /// Loads the config file and builds its snapshot; errors name the config file.

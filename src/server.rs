@@ -53,6 +53,8 @@ pub enum ServeError {
     AddrFile { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Users(#[from] crate::auth::users::UsersError),
+    #[error(transparent)]
+    Tokens(#[from] crate::auth::access_tokens::TokensError),
     #[error("metrics.listen: cannot listen on {addr}: {source}")]
     MetricsBind { addr: SocketAddr, source: io::Error },
 }
@@ -95,6 +97,7 @@ impl Server {
         let snapshot = crate::reload::build(cfg, cfg, None, &metrics).map_err(|e| match e {
             crate::reload::ReloadError::Config(e) => ServeError::Config(e),
             crate::reload::ReloadError::Users(e) => ServeError::Users(e),
+            crate::reload::ReloadError::Tokens(e) => ServeError::Tokens(e),
         })?;
         match (&cfg.auth, &snapshot.auth) {
             (Some(a), Some(auth)) => {
@@ -104,6 +107,9 @@ impl Server {
                     }
                 }
                 tracing::info!(users = auth.users().len(), file = %a.users_file.display(), "user file loaded");
+                if let Some(t) = &a.tokens {
+                    tracing::info!(tokens = auth.access_tokens().len(), file = %t.file.display(), last_used = %t.last_used_file.display(), "tokens file loaded");
+                }
                 if a.token_key_file.is_none() && auth.issues_tokens() {
                     tracing::info!("docker bearer tokens signed with a random key of this process (replicas behind one address need auth.token_key_file)");
                 }
@@ -206,6 +212,13 @@ impl Server {
         }
         let limits = Arc::new(config.limits.clone());
         let tls = !matches!(config.server.tls, Tls::Plaintext);
+        // With auth on, always: a reload may add a tokens file.
+        if let Some(a) = &config.auth {
+            tokio::spawn(flush_token_usage_every(
+                a.token_flush_interval(),
+                state.clone(),
+            ));
+        }
         match config_path {
             Some(path) => tokio::spawn(crate::reload::watch(path, config, state.clone())),
             None => tokio::spawn(reopen_on_hangup(state.clone())),
@@ -333,6 +346,31 @@ impl Server {
             // is then the file's end.
             log.close().await;
         }
+        // What the last interval saw of the access tokens' use.
+        flush_token_usage(&state).await;
+    }
+}
+
+/// Writes the access tokens' last use every `every` (when it changed): one write per
+/// interval whatever the request rate, never one per request.
+async fn flush_token_usage_every(every: Duration, state: Arc<State>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        flush_token_usage(&state).await;
+    }
+}
+
+async fn flush_token_usage(state: &Arc<State>) {
+    let snap = state.snapshot.load_full();
+    let done = tokio::task::spawn_blocking(move || {
+        snap.auth.as_ref().map_or(Ok(()), |a| a.flush_token_usage())
+    })
+    .await;
+    if let Ok(Err(e)) = done {
+        tracing::warn!(error = %e, "cannot write the access tokens' last use (tokens.last_used_file); retried at the next flush");
     }
 }
 

@@ -30,14 +30,44 @@ pub struct Who {
 }
 
 impl Who {
+    /// Whether the rule applies to `id`; a token is included where its owner is.
     pub fn includes(&self, id: &Identity) -> bool {
-        match id {
-            Identity::Anonymous => self.anonymous,
-            Identity::User { name, groups } => {
+        match id.principal() {
+            None => self.anonymous,
+            Some((name, groups)) => {
                 self.users.iter().any(|u| u == "*" || u == name)
                     || self.groups.iter().any(|g| groups.contains(g))
             }
         }
+    }
+}
+
+/// What an access token may do at most: `actions` on the repositories its patterns
+/// match (the same patterns as the rules; `${user}` is the token's owner). What a
+/// request with a token gets is the intersection of this and what the rules grant the
+/// owner now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    pub repos: Vec<Pattern>,
+    pub actions: Actions,
+}
+
+impl Scope {
+    /// The actions the scope allows on `repo` for a token of `owner`.
+    pub fn on(&self, repo: &str, owner: &str) -> Actions {
+        if self.repos.iter().any(|p| p.matches(repo, Some(owner))) {
+            self.actions
+        } else {
+            Actions::NONE
+        }
+    }
+}
+
+/// The actions `id`'s scope allows on `repo`: all for users, the scope's for tokens.
+fn scope_on(id: &Identity, repo: &str) -> Actions {
+    match (id.scope(), id.principal()) {
+        (Some(scope), Some((owner, _))) => scope.on(repo, owner),
+        _ => Actions::ALL,
     }
 }
 
@@ -77,15 +107,43 @@ pub struct Decision {
     pub granted: Actions,
     /// Labels of the rules that granted something (or "admin").
     pub granted_by: Vec<String>,
+    /// A token's scope on the repository, when it cut down what the rules grant
+    /// (`granted` is then already the intersection).
+    pub scope: Option<Actions>,
 }
 
 impl Decision {
     /// A one-line reason for logs and `explain`.
     pub fn reason(&self) -> String {
+        let scope = match self.scope {
+            Some(s) if !s.contains(self.needed) => format!(
+                "; the token's scope allows only {s} here, missing {}",
+                s.missing(self.needed)
+            ),
+            Some(s) => format!(" (within the token's scope: {s})"),
+            None => String::new(),
+        };
         if self.allowed {
-            format!("{} granted by {}", self.needed, self.granted_by.join(", "))
+            format!(
+                "{} granted by {}{scope}",
+                self.needed,
+                self.granted_by.join(", ")
+            )
+        } else if self.granted.is_empty() && self.scope.is_some() {
+            format!(
+                "the token may not do it here (needs {}){scope}",
+                self.needed
+            )
         } else if self.granted.is_empty() {
             format!("no rule grants anything here (needs {})", self.needed)
+        } else if self.scope.is_some() {
+            format!(
+                "needs {}, granted only {} ({}); missing {}{scope}",
+                self.needed,
+                self.granted,
+                self.granted_by.join(", "),
+                self.granted.missing(self.needed)
+            )
         } else {
             format!(
                 "needs {}, rules grant only {} ({}); missing {}",
@@ -148,10 +206,7 @@ impl Policy {
     /// come more than once). No allocation: this runs on every request.
     fn matching<'a>(&'a self, id: &Identity, repo: &str, mut f: impl FnMut(&'a Rule) -> bool) {
         let ns = repo.split('/').next().unwrap_or(repo);
-        let user = match id {
-            Identity::User { name, .. } => Some(name.as_str()),
-            Identity::Anonymous => None,
-        };
+        let user = id.principal().map(|(name, _)| name);
         let candidates = self
             .by_namespace
             .get(ns)
@@ -168,9 +223,11 @@ impl Policy {
     }
 
     /// The actions `id` has on `repo`, and the rules that grant them.
+    /// A token's: only what its scope also allows.
     pub fn granted(&self, id: &Identity, repo: &str) -> (Actions, Vec<&Rule>) {
+        let scope = scope_on(id, repo);
         if self.is_admin(id) {
-            return (Actions::ALL, Vec::new());
+            return (scope, Vec::new());
         }
         let mut granted = Actions::NONE;
         let mut by: Vec<&Rule> = Vec::new();
@@ -181,12 +238,16 @@ impl Policy {
             }
             true
         });
-        (granted, by)
+        (granted.intersection(scope), by)
     }
 
     /// Whether `id` may do `needed` on `repo`: [`Policy::decide`] without the
     /// explanation, for the request path.
     pub fn allows(&self, id: &Identity, repo: &str, needed: Actions) -> bool {
+        // A token's scope first: it is one or two pattern matches, and cuts the rest.
+        if !scope_on(id, repo).contains(needed) {
+            return false;
+        }
         if self.is_admin(id) {
             return true;
         }
@@ -200,20 +261,19 @@ impl Policy {
 
     /// Whether `id` may do `needed` on `repo`.
     pub fn decide(&self, id: &Identity, repo: &str, needed: Actions) -> Decision {
-        if self.is_admin(id) {
-            return Decision {
-                allowed: true,
-                needed,
-                granted: Actions::ALL,
-                granted_by: vec!["admin".into()],
-            };
-        }
-        let (granted, by) = self.granted(id, repo);
+        let scope = id.scope().map(|_| scope_on(id, repo));
+        let (granted, granted_by) = if self.is_admin(id) {
+            (scope.unwrap_or(Actions::ALL), vec!["admin".into()])
+        } else {
+            let (granted, by) = self.granted(id, repo);
+            (granted, by.into_iter().map(|r| r.label.clone()).collect())
+        };
         Decision {
             allowed: granted.contains(needed),
             needed,
             granted,
-            granted_by: by.into_iter().map(|r| r.label.clone()).collect(),
+            granted_by,
+            scope,
         }
     }
 
@@ -222,10 +282,7 @@ impl Policy {
         if self.is_admin(id) {
             return None;
         }
-        let user = match id {
-            Identity::User { name, .. } => Some(name.as_str()),
-            Identity::Anonymous => None,
-        };
+        let user = id.principal().map(|(name, _)| name);
         self.protections.iter().find(|p| {
             !p.except.includes(id)
                 && p.repos.iter().any(|r| r.matches(repo, user))
@@ -235,10 +292,7 @@ impl Policy {
 
     /// Whether any protection could apply in `repo` for `id` (to skip tag lookups).
     pub fn has_protections(&self, id: &Identity, repo: &str) -> bool {
-        let user = match id {
-            Identity::User { name, .. } => Some(name.as_str()),
-            Identity::Anonymous => None,
-        };
+        let user = id.principal().map(|(name, _)| name);
         !self.is_admin(id)
             && self
                 .protections
@@ -386,6 +440,73 @@ mod tests {
         );
         let d = p.decide(&user("alice", &[]), "alice/x", Actions::PULL);
         assert_eq!(d.granted_by, ["own"]);
+    }
+
+    fn token(owner: &str, groups: &[&str], repos: &[&str], actions: Actions) -> Identity {
+        Identity::Token {
+            name: format!("ci-{owner}"),
+            owner: owner.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            scope: std::sync::Arc::new(Scope {
+                repos: repos.iter().map(|r| Pattern::repo(r).unwrap()).collect(),
+                actions,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_token_gets_the_intersection_of_its_scope_and_its_owners_rules() {
+        let p = seed_policy();
+        let pull = Actions::PULL;
+        let push = Actions::PUSH.union(Actions::PULL);
+        let del = Actions::DELETE.union(Actions::PULL);
+        let carol_public = token("carol", &["team-a"], &["public/**"], push);
+        let carol_own = token("carol", &["team-a"], &["${user}/**"], Actions::ALL);
+        let carol_everything = token("carol", &["team-a"], &["**"], Actions::ALL);
+        let root_pull = token("root", &["ops"], &["**"], pull);
+        let cases = [
+            // within the scope, granted to the owner (group team-a)
+            (&carol_public, "public/2048", push, true),
+            // the owner may (own namespace), the scope does not reach it
+            (&carol_public, "carol/app", pull, false),
+            // `${user}` in a scope is the owner
+            (&carol_own, "carol/app", del, true),
+            (&carol_own, "ci-carol/app", pull, false),
+            // the scope allows delete, the owner's rules do not
+            (&carol_everything, "public/2048", del, false),
+            (&carol_everything, "bob/app", pull, false),
+            // an admin's token: everything the scope allows, nothing more
+            (&root_pull, "anything/at/all", pull, true),
+            (&root_pull, "anything/at/all", push, false),
+        ];
+        for (id, repo, needed, want) in cases {
+            let d = p.decide(id, repo, needed);
+            assert_eq!(d.allowed, want, "{id:?} {repo} {needed}: {}", d.reason());
+            assert_eq!(p.allows(id, repo, needed), want, "{repo} {needed}");
+            assert_eq!(p.granted(id, repo).0, d.granted, "{repo}");
+        }
+        let d = p.decide(&carol_everything, "public/2048", del);
+        assert!(
+            d.reason().contains("missing delete") && d.reason().contains("public-team"),
+            "{}",
+            d.reason()
+        );
+        let d = p.decide(&root_pull, "x/y", push);
+        assert!(
+            d.reason().contains("token's scope allows only pull"),
+            "{}",
+            d.reason()
+        );
+        // Tag protections follow the owner: an admin's token is exempt, like the admin.
+        assert!(p.tag_protection(&root_pull, "x/y", "latest").is_none());
+        assert!(p
+            .tag_protection(&carol_public, "public/x", "latest")
+            .is_some());
+        // A token is never an anonymous identity, and never more than its owner when
+        // the owner's groups change: without team-a, no push on public.
+        let carol_now = token("carol", &[], &["public/**"], push);
+        assert!(!p.allows(&carol_now, "public/2048", push));
+        assert!(p.allows(&carol_now, "public/2048", pull));
     }
 
     #[test]

@@ -50,7 +50,7 @@ impl Verdict {
     pub fn refusal(id: &Identity, reason: String) -> Verdict {
         match id {
             Identity::Anonymous => Verdict::Challenge { reason },
-            Identity::User { .. } => Verdict::Deny { reason },
+            Identity::User { .. } | Identity::Token { .. } => Verdict::Deny { reason },
         }
     }
 }
@@ -72,7 +72,9 @@ pub fn decide(
             Identity::Anonymous => Verdict::Challenge {
                 reason: "needs an authenticated user".into(),
             },
-            Identity::User { .. } => allow("any authenticated user".into()),
+            Identity::User { .. } | Identity::Token { .. } => {
+                allow("any authenticated user".into())
+            }
         };
     };
     // The fast path on every request: no explained reason unless it is needed.

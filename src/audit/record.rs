@@ -209,7 +209,14 @@ pub struct Record {
     pub instance: Option<String>,
     pub phase: Phase,
     pub request_id: String,
+    /// The user, or the access token's name.
     pub user: String,
+    /// An access token's owner; absent for users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// `true` when `user` is an access token; absent for users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<bool>,
     pub client: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
@@ -537,6 +544,8 @@ mod tests {
             phase: Phase::Intent,
             request_id: "r1".into(),
             user: "alice".into(),
+            owner: None,
+            token: None,
             client: "192.0.2.7".into(),
             user_agent: None,
             method: "DELETE".into(),

@@ -312,6 +312,8 @@ mod tests {
             phase,
             request_id: id.into(),
             user: "alice".into(),
+            owner: None,
+            token: None,
             client: "127.0.0.1".into(),
             user_agent: None,
             method: "DELETE".into(),

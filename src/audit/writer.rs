@@ -1062,6 +1062,8 @@ mod tests {
             phase: Phase::Denied,
             request_id: id.into(),
             user: user.into(),
+            owner: None,
+            token: None,
             client: "192.0.2.7".into(),
             user_agent: None,
             method: "DELETE".into(),

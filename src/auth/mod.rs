@@ -17,14 +17,20 @@
 //! - User names are logged through `log::Escaped` only.
 //! - A login verified against a bcrypt hash queues its upgrade to argon2id (`upgrade`,
 //!   `auth.upgrade_hashes`) and is answered without waiting for it.
+//! - An access token (`access_tokens`, Basic credentials whose name is a token's) is
+//!   checked with one SHA-256 and a constant-time compare, never argon2 or the cache;
+//!   a refused one (wrong secret, expired, revoked, owner gone or disabled) gets the
+//!   same 401 as a wrong password and counts as a failure in the throttle. A right
+//!   secret is never throttled: no guess can present one (as with a cache hit).
 //! - A bearer token (`token`) is never logged; one is honoured only while its user still
 //!   exists, is not disabled and has the hash it had at issue (or that hash's argon2id
 //!   upgrade, same password), and an anonymous one only
 //!   while `auth.anonymous` is on.
 
+pub mod access_tokens;
 pub mod basic;
 pub mod cache;
-pub(crate) mod throttle;
+pub mod throttle;
 pub mod token;
 pub mod upgrade;
 pub mod users;
@@ -54,15 +60,54 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 /// Who a request comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
-    User { name: String, groups: Vec<String> },
+    User {
+        name: String,
+        groups: Vec<String>,
+    },
+    /// An access token (`access_tokens`): it acts as its owner, with the owner's groups
+    /// as they are now, and never beyond its `scope` (the rules decide for the owner,
+    /// the scope cuts that down).
+    Token {
+        name: String,
+        owner: String,
+        groups: Vec<String>,
+        scope: Arc<crate::acl::Scope>,
+    },
     Anonymous,
 }
 
 impl Identity {
+    /// The name the request authenticated with: a user's, a token's, or `anonymous`.
     pub fn name(&self) -> &str {
         match self {
-            Identity::User { name, .. } => name,
+            Identity::User { name, .. } | Identity::Token { name, .. } => name,
             Identity::Anonymous => "anonymous",
+        }
+    }
+
+    /// Whom the rules decide for: the user, or a token's owner (`${user}` is this
+    /// name), with their groups; `None` for anonymous.
+    pub fn principal(&self) -> Option<(&str, &[String])> {
+        match self {
+            Identity::User { name, groups } => Some((name, groups)),
+            Identity::Token { owner, groups, .. } => Some((owner, groups)),
+            Identity::Anonymous => None,
+        }
+    }
+
+    /// A token's owner (audit records and the access log name it).
+    pub fn owner(&self) -> Option<&str> {
+        match self {
+            Identity::Token { owner, .. } => Some(owner),
+            _ => None,
+        }
+    }
+
+    /// A token's scope: what the rules grant is cut down to it.
+    pub fn scope(&self) -> Option<&crate::acl::Scope> {
+        match self {
+            Identity::Token { scope, .. } => Some(scope),
+            _ => None,
         }
     }
 }
@@ -121,6 +166,12 @@ pub struct Authenticator {
     tokens: Option<token::TokenKey>,
     /// Upgrades of bcrypt hashes to argon2id, kept across reloads.
     upgrades: Arc<upgrade::Upgrader>,
+    /// Access tokens (`auth.tokens_file`); empty without one.
+    access_tokens: Arc<access_tokens::Tokens>,
+    /// Their last use, kept across reloads and flushed by the server's timer.
+    usage: Arc<access_tokens::Usage>,
+    /// Where the last use is flushed (`tokens.last_used_file`).
+    last_used_file: Option<std::path::PathBuf>,
     metrics: Arc<Metrics>,
 }
 
@@ -142,8 +193,92 @@ impl Authenticator {
             anonymous: settings.anonymous,
             tokens: settings.docker_bearer.then(token::TokenKey::random),
             upgrades: Default::default(),
+            access_tokens: Default::default(),
+            usage: Default::default(),
+            last_used_file: None,
             metrics,
         }
+    }
+
+    /// Accepts the access tokens of `tokens` (checked against the users by the caller:
+    /// no name is both), their last use flushed to `last_used_file`.
+    pub fn with_access_tokens(
+        mut self,
+        tokens: access_tokens::Tokens,
+        last_used_file: std::path::PathBuf,
+    ) -> Self {
+        self.access_tokens = Arc::new(tokens);
+        self.last_used_file = Some(last_used_file);
+        self
+    }
+
+    /// The access tokens in force.
+    pub fn access_tokens(&self) -> &access_tokens::Tokens {
+        &self.access_tokens
+    }
+
+    /// Where a token's owner is looked up, at every request: the one place a directory
+    /// source would plug in.
+    fn owners(&self) -> &dyn access_tokens::OwnerSource {
+        &*self.users
+    }
+
+    /// Writes what changed of the tokens' last use to the last-use file (blocking I/O:
+    /// the server's timer runs it off the async workers). A failed write is retried at
+    /// the next call.
+    pub fn flush_token_usage(&self) -> std::io::Result<()> {
+        let Some(path) = &self.last_used_file else {
+            return Ok(());
+        };
+        let tokens = &self.access_tokens;
+        let Some(uses) = self.usage.take_dirty(|name| tokens.get(name).is_some()) else {
+            return Ok(());
+        };
+        access_tokens::flush_last_used(path, &uses).inspect_err(|_| self.usage.mark_dirty())
+    }
+
+    /// Last use of a token seen by this process (not yet flushed, or flushed).
+    pub fn token_last_use(&self, name: &str) -> Option<access_tokens::LastUse> {
+        self.usage.get(name)
+    }
+
+    /// Identifies Basic credentials whose name is an access token's.
+    fn identify_access_token(
+        &self,
+        token: &access_tokens::Token,
+        secret: &str,
+        client: IpAddr,
+    ) -> Result<Identity, AuthError> {
+        let now = unix_now();
+        let checked = token
+            .verify(secret, now)
+            .and_then(|()| access_tokens::identity(token, self.owners(), now));
+        match checked {
+            Ok(id) => {
+                self.usage.record(&token.name, now, client);
+                self.metrics.auth_result(AuthResult::Token).inc();
+                Ok(id)
+            }
+            Err(why) => self.token_refused(&token.name, why, client),
+        }
+    }
+
+    /// A refused access token: counted by the throttle like a wrong password (429 once
+    /// the pair or the address is over its limit), else the wrong password's 401.
+    fn token_refused(
+        &self,
+        name: &str,
+        why: access_tokens::Refusal,
+        client: IpAddr,
+    ) -> Result<Identity, AuthError> {
+        self.metrics.auth_failures.inc();
+        self.throttle
+            .fail_now(client, name, Instant::now())
+            .map_err(|r| self.refused(r, name, client))?;
+        self.metrics.auth_result(AuthResult::TokenRefused).inc();
+        tracing::info!(user = %Escaped(name), %client, "login failed");
+        tracing::debug!(user = %Escaped(name), reason = why.as_str(), "login failure reason (access token)");
+        Err(AuthError::Invalid("invalid username or password"))
     }
 
     /// Signs tokens with `key` (`auth.token_key_file`, shared by replicas) instead of the
@@ -170,6 +305,12 @@ impl Authenticator {
                 name: name.clone(),
                 fingerprint: key.fingerprint(&self.users.get(name)?.hash),
             },
+            // An access token's bearer token stands for the access token (its scope
+            // and owner are looked up again at each request), never for its owner.
+            Identity::Token { name, .. } => token::Subject::User {
+                name: name.clone(),
+                fingerprint: key.fingerprint(&self.access_tokens.get(name)?.hash_text()),
+            },
         };
         Some(token::mint(key, &subject, now, token::LIFETIME))
     }
@@ -195,6 +336,19 @@ impl Authenticator {
             token::Subject::Anonymous if self.anonymous => Ok(Identity::Anonymous),
             token::Subject::Anonymous => Err(refused("anonymous access is off", "anonymous")),
             token::Subject::User { name, fingerprint } => {
+                if let Some(t) = self.access_tokens.get(&name) {
+                    if key.fingerprint(&t.hash_text()) != fingerprint {
+                        return Err(refused("the access token changed since", &name));
+                    }
+                    let now = unix_now();
+                    return match access_tokens::identity(t, self.owners(), now) {
+                        Ok(id) => {
+                            self.usage.record(&name, now, client);
+                            Ok(id)
+                        }
+                        Err(why) => Err(refused(why.as_str(), &name)),
+                    };
+                }
                 // Issued under the hash or, same password, under the bcrypt hash an
                 // upgrade replaced.
                 let issued_under = |hash: &str| key.fingerprint(hash) == fingerprint;
@@ -264,6 +418,11 @@ impl Authenticator {
                 (None, true) => Some(token::TokenKey::random()),
             },
             upgrades: self.upgrades.clone(),
+            // The tokens file is loaded again by the caller (`with_access_tokens`);
+            // what was seen of their use stays.
+            access_tokens: Default::default(),
+            usage: self.usage.clone(),
+            last_used_file: None,
             metrics,
         }
     }
@@ -343,6 +502,10 @@ impl Authenticator {
                 return Err(AuthError::Invalid("malformed Basic credentials"));
             }
         };
+        // No name is both a token's and a user's (refused at load).
+        if let Some(t) = self.access_tokens.get(&creds.user) {
+            return self.identify_access_token(t, creds.password.expose(), client);
+        }
         let name = Escaped(&creds.user);
         let snapshot = self.users.clone();
         let user = snapshot.get(&creds.user).cloned();
@@ -903,6 +1066,142 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// Access tokens: one SHA-256, no argon2, no cache; refused ones answer like a wrong
+    /// password and count in the throttle; the owner is looked up at each request.
+    #[tokio::test]
+    async fn access_tokens_are_checked_without_argon2_and_refused_like_wrong_passwords() {
+        use access_tokens::{format_time, hash_secret, TokenEntry, TokenFile, Tokens};
+        let hash = users::hash_password("alice-pw", 8, 1, 1).unwrap();
+        let users = |disabled: bool| {
+            Users::from_yaml(&format!(
+                "users:\n  - name: alice\n    hash: '{hash}'\n    groups: [team-a]\n    disabled: {disabled}\n"
+            ))
+            .unwrap()
+        };
+        let now = unix_now();
+        let entry = |name: &str, expires: u64, revoked: bool| TokenEntry {
+            name: name.into(),
+            owner: "alice".into(),
+            hash: hash_secret(&format!("rgt_{name}")),
+            repos: vec!["team-a/**".into()],
+            actions: vec!["pull".into()],
+            created: format_time(now - 100),
+            expires: Some(format_time(expires)),
+            description: None,
+            revoked: revoked.then(|| format_time(now - 1)),
+        };
+        let tokens = || {
+            Tokens::from_file(
+                &TokenFile {
+                    tokens: vec![
+                        entry("ci", now + 3600, false),
+                        entry("old", now - 1, false),
+                        entry("gone", now + 3600, true),
+                    ],
+                },
+                None,
+            )
+            .unwrap()
+        };
+        let metrics = Arc::new(Metrics::default());
+        let auth = Authenticator::new(users(false), &settings(3), metrics.clone())
+            .with_access_tokens(tokens(), "/nonexistent/last-used".into());
+        let client: IpAddr = [192, 0, 2, 1].into();
+        let id = auth
+            .identify(&headers("ci", "rgt_ci"), client)
+            .await
+            .unwrap();
+        assert_eq!(id.name(), "ci");
+        assert_eq!(id.owner(), Some("alice"));
+        assert_eq!(id.principal().unwrap().1, ["team-a"]);
+        assert_eq!(auth.token_last_use("ci").unwrap().from, client);
+        let wrong = Err(AuthError::Invalid("invalid username or password"));
+        assert_eq!(
+            auth.identify(&headers("alice", "nope"), client).await,
+            wrong
+        );
+        for (name, secret) in [
+            ("ci", "rgt_other"),
+            ("old", "rgt_old"),
+            ("gone", "rgt_gone"),
+        ] {
+            assert_eq!(
+                auth.identify(&headers(name, secret), client).await,
+                wrong,
+                "{name}"
+            );
+        }
+        assert_eq!(metrics.auth_argon2_runs.get(), 1, "only alice's password");
+        assert_eq!(metrics.auth_result(AuthResult::Token).get(), 1);
+        assert_eq!(metrics.auth_result(AuthResult::TokenRefused).get(), 3);
+        // max_failures 3: the next wrong secret for ci from here is throttled; the right
+        // one is not (no guess can present it), nor ci from elsewhere.
+        for _ in 0..2 {
+            let _ = auth.identify(&headers("ci", "rgt_x"), client).await;
+        }
+        assert!(matches!(
+            auth.identify(&headers("ci", "rgt_x"), client).await,
+            Err(AuthError::Throttled(_))
+        ));
+        assert!(auth
+            .identify(&headers("ci", "rgt_ci"), client)
+            .await
+            .is_ok());
+        // The owner disabled (a reload): refused at once; the last use stays.
+        let auth = auth
+            .reloaded(users(true), &auth.settings)
+            .with_access_tokens(tokens(), "/nonexistent/last-used".into());
+        let other: IpAddr = [192, 0, 2, 2].into();
+        assert_eq!(auth.identify(&headers("ci", "rgt_ci"), other).await, wrong);
+        assert_eq!(auth.token_last_use("ci").unwrap().from, client);
+        assert_eq!(metrics.auth_argon2_runs.get(), 1);
+    }
+
+    /// docker's bearer token for a login with an access token stands for the access
+    /// token (its scope, re-checked each time), never for its owner.
+    #[tokio::test]
+    async fn a_bearer_token_of_an_access_token_stays_the_access_token() {
+        use access_tokens::{format_time, hash_secret, TokenEntry, TokenFile, Tokens};
+        let hash = users::hash_password("pw", 8, 1, 1).unwrap();
+        let users =
+            || Users::from_yaml(&format!("users:\n  - name: alice\n    hash: '{hash}'\n")).unwrap();
+        let now = unix_now();
+        let tokens = |revoked: bool| {
+            let e = TokenEntry {
+                name: "ci".into(),
+                owner: "alice".into(),
+                hash: hash_secret("rgt_ci"),
+                repos: vec!["team-a/**".into()],
+                actions: vec!["pull".into()],
+                created: format_time(now - 10),
+                expires: None,
+                description: None,
+                revoked: revoked.then(|| format_time(now)),
+            };
+            Tokens::from_file(&TokenFile { tokens: vec![e] }, None).unwrap()
+        };
+        let mut settings = settings(10);
+        settings.docker_bearer = true;
+        let auth = Authenticator::new(users(), &settings, Arc::default())
+            .with_access_tokens(tokens(false), "/nonexistent".into());
+        let client: IpAddr = [192, 0, 2, 1].into();
+        let id = auth
+            .identify(&headers("ci", "rgt_ci"), client)
+            .await
+            .unwrap();
+        let bearer_token = auth.issue_token(&id, now).unwrap();
+        let again = auth.identify(&bearer(&bearer_token), client).await.unwrap();
+        assert_eq!(again, id);
+        assert!(again.scope().is_some(), "still scoped: {again:?}");
+        let revoked = auth
+            .reloaded(users(), &settings)
+            .with_access_tokens(tokens(true), "/nonexistent".into());
+        assert!(revoked
+            .identify(&bearer(&bearer_token), client)
+            .await
+            .is_err());
     }
 
     #[test]

@@ -684,8 +684,6 @@ pub fn verify_password_in(phc: &str, password: &str, memory: &mut WorkMemory) ->
 /// and nothing is written: the running proxy would keep its old snapshot and every later
 /// edit would fail.
 pub fn save(path: &Path, file: &UserFile) -> Result<(), UsersError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     Users::from_file(UserFile {
         users: file.users.clone(),
     })
@@ -699,6 +697,20 @@ pub fn save(path: &Path, file: &UserFile) -> Result<(), UsersError> {
         message: m,
     };
     let text = serde_yaml::to_string(file).map_err(|e| err(e.to_string()))?;
+    write_private(
+        path,
+        b"# registry-guard user file; edit with `registry-guard user ...`\n",
+        text.as_bytes(),
+    )
+    .map_err(|e| err(format!("cannot write the user file: {e}")))
+}
+
+/// Replaces `path` atomically with `header` + `text`: a temporary file in the same
+/// folder, mode 0600, fsync'd, renamed over the old one, the folder fsync'd. (The user
+/// file, the tokens file and the tokens' last-use file are written this way.)
+pub fn write_private(path: &Path, header: &[u8], text: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -714,15 +726,14 @@ pub fn save(path: &Path, file: &UserFile) -> Result<(), UsersError> {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(b"# registry-guard user file; edit with `registry-guard user ...`\n")?;
-        f.write_all(text.as_bytes())?;
+        f.write_all(header)?;
+        f.write_all(text)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(dir)?.sync_all()
     };
-    write().map_err(|e| {
+    write().inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
-        err(format!("cannot write the user file: {e}"))
     })
 }
 

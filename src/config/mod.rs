@@ -102,6 +102,16 @@ impl Config {
             if let Some(k) = &mut auth.token_key_file {
                 fix(k);
             }
+            if let Some(t) = &mut auth.tokens {
+                let defaulted =
+                    t.last_used_file == crate::auth::access_tokens::default_last_used_file(&t.file);
+                fix(&mut t.file);
+                if defaulted {
+                    t.last_used_file = crate::auth::access_tokens::default_last_used_file(&t.file);
+                } else {
+                    fix(&mut t.last_used_file);
+                }
+            }
         }
         if let Some(audit) = &mut self.audit {
             fix(&mut audit.settings.file);

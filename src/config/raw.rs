@@ -18,6 +18,7 @@ pub(super) struct RawConfig {
     pub(super) auth: Option<RawAuth>,
     pub(super) access: Option<RawAccess>,
     pub(super) audit: Option<RawAudit>,
+    pub(super) tokens: Option<RawTokens>,
     pub(super) metrics: Option<RawMetrics>,
     #[serde(default)]
     pub(super) limits: RawLimits,
@@ -107,6 +108,16 @@ pub(super) struct RawAuth {
     pub(super) docker_bearer: Option<String>,
     pub(super) token_key_file: Option<PathBuf>,
     pub(super) upgrade_hashes: Option<bool>,
+    pub(super) tokens_file: Option<PathBuf>,
+}
+
+/// Access tokens' policy (the file itself is `auth.tokens_file`, next to the user file).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTokens {
+    pub(super) max_lifetime: Option<String>,
+    pub(super) last_used_file: Option<PathBuf>,
+    pub(super) flush_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

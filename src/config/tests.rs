@@ -419,3 +419,90 @@ fn audit_instance_is_a_name_without_colon() {
         assert!(e.starts_with("audit.instance:"), "{bad}: {e}");
     }
 }
+
+/// The access tokens' settings of a valid config.
+fn tokens_of(yaml: &str) -> AccessTokens {
+    Config::from_yaml(yaml)
+        .unwrap()
+        .auth
+        .and_then(|a| a.tokens)
+        .expect("auth.tokens_file")
+}
+
+#[test]
+fn access_tokens_settings() {
+    let c = Config::from_yaml(WITH_USERS).unwrap();
+    assert!(c.auth.unwrap().tokens.is_none());
+    let with = format!("{WITH_USERS}  tokens_file: tokens.yaml\n");
+    let t = Config::from_yaml(&with)
+        .unwrap()
+        .auth
+        .unwrap()
+        .tokens
+        .unwrap();
+    assert_eq!(t.file, std::path::PathBuf::from("tokens.yaml"));
+    assert_eq!(
+        t.last_used_file,
+        std::path::PathBuf::from("tokens.yaml.last-used")
+    );
+    assert_eq!(t.max_lifetime, None);
+    assert_eq!(t.flush_interval, DEFAULT_TOKEN_FLUSH);
+    let t = tokens_of(&format!(
+        "{with}tokens:\n  max_lifetime: 90d\n  last_used_file: /var/lib/rg/last-used.yaml\n  flush_interval: 5s\n"
+    ));
+    assert_eq!(t.max_lifetime, Some(Duration::from_secs(90 * 86400)));
+    assert_eq!(t.flush_interval, Duration::from_secs(5));
+    assert_eq!(
+        t.last_used_file,
+        std::path::PathBuf::from("/var/lib/rg/last-used.yaml")
+    );
+    for (yaml, key) in [
+        (
+            format!("{WITH_USERS}tokens:\n  max_lifetime: 90d\n"),
+            "tokens: set, but auth.tokens_file",
+        ),
+        (
+            format!("{with}tokens:\n  max_lifetime: soon\n"),
+            "tokens.max_lifetime: \"soon\"",
+        ),
+        (
+            format!("{with}tokens:\n  max_lifetime: 5s\n"),
+            "tokens.max_lifetime: must be at least",
+        ),
+        (
+            format!("{with}tokens:\n  flush_interval: 0s\n"),
+            "tokens.flush_interval",
+        ),
+        (
+            format!("{with}tokens:\n  maxlifetime: 1d\n"),
+            "unknown field `maxlifetime`",
+        ),
+        (
+            format!("{MIN}tokens:\n  max_lifetime: 1d\n"),
+            "tokens: access tokens need authentication",
+        ),
+    ] {
+        let e = err(&yaml);
+        assert!(e.contains(key), "{e}");
+    }
+    // Relative paths are the config file's folder's, the default last-use file follows.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, &with).unwrap();
+    let t = Config::load(&path).unwrap().auth.unwrap().tokens.unwrap();
+    assert_eq!(t.file, dir.path().join("tokens.yaml"));
+    assert_eq!(t.last_used_file, dir.path().join("tokens.yaml.last-used"));
+}
+
+#[test]
+fn the_example_config_is_valid_with_its_token_keys_uncommented() {
+    let text = include_str!("../../config/example.yaml")
+        .replace("  # tokens_file: ", "  tokens_file: ")
+        .replace("\n# tokens:\n", "\ntokens:\n")
+        .replace("#   max_lifetime:", "  max_lifetime:")
+        .replace("#   last_used_file:", "  last_used_file:")
+        .replace("#   flush_interval:", "  flush_interval:");
+    let t = tokens_of(&text);
+    assert_eq!(t.max_lifetime, Some(Duration::from_secs(90 * 86400)));
+    assert_eq!(t.flush_interval, DEFAULT_TOKEN_FLUSH);
+}

@@ -78,6 +78,16 @@ impl Access {
     }
 }
 
+impl Auth {
+    /// How often the tokens' last use is written (`tokens.flush_interval`, or its default
+    /// without tokens: a reload may add them).
+    pub fn token_flush_interval(&self) -> Duration {
+        self.tokens
+            .as_ref()
+            .map_or(DEFAULT_TOKEN_FLUSH, |t| t.flush_interval)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Auth {
     pub users_file: PathBuf,
@@ -86,11 +96,31 @@ pub struct Auth {
     /// The key docker's bearer tokens are signed with (`auth.token_key_file`), read at
     /// start; `None`: a random key per process (replicas then refuse each other's tokens).
     pub token_key_file: Option<PathBuf>,
+    /// Access tokens (`auth.tokens_file` and the `tokens:` section); `None`: none.
+    pub tokens: Option<AccessTokens>,
     /// A request refused before forwarding whose body was sent without
     /// `Expect: 100-continue` is read and discarded up to this many bytes, so the client
     /// sees the refusal instead of a reset connection.
     pub max_unauthenticated_body: u64,
 }
+
+/// Access tokens: where they are and the rules they live by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessTokens {
+    /// `auth.tokens_file`.
+    pub file: PathBuf,
+    /// `tokens.max_lifetime`: `token create` refuses longer (and "never"), and a token
+    /// in the file is refused from `created + max_lifetime` on whatever it says.
+    pub max_lifetime: Option<Duration>,
+    /// `tokens.last_used_file` (default `<tokens_file>.last-used`): where the proxy
+    /// writes each token's last use.
+    pub last_used_file: PathBuf,
+    /// `tokens.flush_interval`: at most how often that file is written (default 30 s).
+    pub flush_interval: Duration,
+}
+
+/// `tokens.flush_interval` when the config gives none.
+pub const DEFAULT_TOKEN_FLUSH: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct Server {

@@ -38,6 +38,19 @@ impl TryFrom<RawConfig> for Config {
             }
             Some(a) => Some(Auth::try_from(a)?),
         };
+        let auth = match (auth, raw.tokens) {
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "tokens",
+                    "access tokens need authentication, but auth.disabled is true",
+                ))
+            }
+            (Some(mut a), tokens) => {
+                a.tokens = access_tokens(a.tokens.take(), tokens)?;
+                Some(a)
+            }
+            (None, None) => None,
+        };
         let access = match (&auth, raw.access) {
             (None, None) => None,
             (None, Some(_)) => {
@@ -404,10 +417,18 @@ impl TryFrom<RawAuth> for Auth {
                 "set, but the proxy issues no tokens (auth.docker_bearer is off, or auto with auth.anonymous off)",
             ));
         }
+        // The tokens file alone for now; `tokens:` is joined in by `access_tokens`.
+        let tokens = a.tokens_file.map(|file| AccessTokens {
+            last_used_file: crate::auth::access_tokens::default_last_used_file(&file),
+            file,
+            max_lifetime: None,
+            flush_interval: DEFAULT_TOKEN_FLUSH,
+        });
         Ok(Auth {
             users_file,
             realm,
             settings,
+            tokens,
             token_key_file: a.token_key_file,
             max_unauthenticated_body: a
                 .max_unauthenticated_body
@@ -456,6 +477,56 @@ impl TryFrom<RawThrottle> for crate::auth::throttle::Limits {
             )?,
         })
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// tokens
+
+/// `auth.tokens_file` with the `tokens:` section (which needs it).
+fn access_tokens(
+    file: Option<AccessTokens>,
+    raw: Option<RawTokens>,
+) -> Result<Option<AccessTokens>, ConfigError> {
+    let (mut t, raw) = match (file, raw) {
+        (None, None) => return Ok(None),
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "tokens",
+                "set, but auth.tokens_file is not: name the tokens file there",
+            ))
+        }
+        (Some(t), raw) => (t, raw.unwrap_or_default()),
+    };
+    if let Some(v) = &raw.max_lifetime {
+        let d = humantime::parse_duration(v.trim()).map_err(|e| {
+            ConfigError::new(
+                "tokens.max_lifetime",
+                format!("{v:?} is not a duration like 90d or 1y: {e}"),
+            )
+        })?;
+        if d < Duration::from_secs(60) {
+            return Err(ConfigError::new(
+                "tokens.max_lifetime",
+                "must be at least 1m",
+            ));
+        }
+        t.max_lifetime = Some(d);
+    }
+    if let Some(f) = raw.last_used_file {
+        if f.as_os_str().is_empty() {
+            return Err(ConfigError::new(
+                "tokens.last_used_file",
+                "must name a file",
+            ));
+        }
+        t.last_used_file = f;
+    }
+    t.flush_interval = duration(
+        "tokens.flush_interval",
+        raw.flush_interval.as_deref(),
+        DEFAULT_TOKEN_FLUSH,
+    )?;
+    Ok(Some(t))
 }
 
 // ---------------------------------------------------------------------------------------

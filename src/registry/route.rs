@@ -84,6 +84,9 @@ impl Actions {
     pub const fn union(self, other: Actions) -> Actions {
         Actions(self.0 | other.0)
     }
+    pub const fn intersection(self, other: Actions) -> Actions {
+        Actions(self.0 & other.0)
+    }
     pub const fn contains(self, other: Actions) -> bool {
         self.0 & other.0 == other.0
     }

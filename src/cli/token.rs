@@ -1,0 +1,437 @@
+//! `registry-guard token create|list|revoke`: edits the tokens file (atomically, mode
+//! 0600, other tokens untouched) and reads the last-use file the proxy writes.
+//!
+//! With `--config`, the tokens file is `auth.tokens_file`, `tokens.max_lifetime` applies
+//! and the owner is checked against the user file (it must exist and be enabled; a token
+//! may not take a user's name). With `--tokens-file` alone none of that is known: the
+//! proxy still refuses what it must at load (a name that is a user's) and at each
+//! request (an owner gone or disabled, a lifetime past the maximum).
+
+use crate::auth::access_tokens::{self as at, TokenEntry, TokenFile};
+use crate::auth::users;
+use crate::config::Config;
+use clap::Subcommand;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Subcommand)]
+pub(super) enum TokenAction {
+    /// Create a token and print its secret on stdout, once: only its SHA-256 is stored.
+    /// A revoked token's name may be taken again (the old entry is replaced).
+    Create {
+        /// The token's name: the user name of its Basic credentials.
+        name: String,
+        /// The user the token acts for: it never gets more than this user may do now.
+        #[arg(long)]
+        owner: String,
+        /// Repository patterns, comma-separated, as in the rules (`team-a/**,public/**`).
+        #[arg(long, value_delimiter = ',', required = true)]
+        repos: Vec<String>,
+        /// Actions, comma-separated: pull, push, delete.
+        #[arg(long, value_delimiter = ',', required = true)]
+        actions: Vec<String>,
+        /// How long it is good for (`90d`, `12h`, `1y`), or `never` (refused when
+        /// tokens.max_lifetime is set).
+        #[arg(long)]
+        expires: String,
+        /// What it is for (one line).
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List tokens: name, owner, scope, created, expires, last use and from where,
+    /// state (never secrets or hashes).
+    List,
+    /// Revoke a token, or every token of a user (--owner). Revoked tokens stay listed.
+    Revoke {
+        #[arg(required_unless_present = "owner", conflicts_with = "owner")]
+        name: Option<String>,
+        /// Revoke every token of this user.
+        #[arg(long)]
+        owner: Option<String>,
+    },
+}
+
+/// Where the tokens file is and what else is known about it.
+struct Place {
+    file: PathBuf,
+    last_used_file: PathBuf,
+    max_lifetime: Option<Duration>,
+    /// The user file (path, loaded) when a config was given.
+    users: Option<(PathBuf, users::Checked)>,
+    /// The config file, to name it in messages.
+    config: Option<PathBuf>,
+}
+
+fn place(tokens_file: Option<PathBuf>, config: Option<PathBuf>) -> Result<Place, String> {
+    match (tokens_file, config) {
+        (Some(file), _) => Ok(Place {
+            last_used_file: at::default_last_used_file(&file),
+            file,
+            max_lifetime: None,
+            users: None,
+            config: None,
+        }),
+        (None, Some(c)) => {
+            let cfg = Config::load(&c).map_err(|e| e.to_string())?;
+            let Some(auth) = cfg.auth else {
+                return Err(format!(
+                    "{}: auth is disabled: there are no access tokens",
+                    c.display()
+                ));
+            };
+            let Some(t) = auth.tokens else {
+                return Err(format!(
+                    "{}: auth.tokens_file: not set: name the tokens file there",
+                    c.display()
+                ));
+            };
+            // Parsed and checked, without the dummy hash (only `user` logins need it).
+            let text = std::fs::read_to_string(&auth.users_file).map_err(|e| {
+                format!(
+                    "{}: cannot read the user file: {e}",
+                    auth.users_file.display()
+                )
+            })?;
+            let checked = users::Checked::from_yaml(&text)
+                .map_err(|e| format!("{}: {e}", auth.users_file.display()))?;
+            Ok(Place {
+                file: t.file,
+                last_used_file: t.last_used_file,
+                max_lifetime: t.max_lifetime,
+                users: Some((auth.users_file, checked)),
+                config: Some(c),
+            })
+        }
+        (None, None) => Err("give --tokens-file FILE or --config FILE".into()),
+    }
+}
+
+pub(super) fn command(
+    action: TokenAction,
+    tokens_file: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> Result<(), String> {
+    let p = place(tokens_file, config)?;
+    let mut file = read(&p.file, matches!(action, TokenAction::Create { .. }))?;
+    let now = crate::auth::unix_now();
+    let done = match action {
+        TokenAction::List => {
+            print!(
+                "{}",
+                list(
+                    &file,
+                    &at::read_last_used(&p.last_used_file),
+                    now,
+                    p.max_lifetime
+                )
+            );
+            return Ok(());
+        }
+        TokenAction::Create {
+            name,
+            owner,
+            repos,
+            actions,
+            expires,
+            description,
+        } => {
+            let entry = new_entry(
+                &p,
+                &file,
+                name,
+                owner,
+                repos,
+                actions,
+                &expires,
+                description,
+                now,
+            )?;
+            let secret = at::new_secret();
+            let entry = TokenEntry {
+                hash: at::hash_secret(&secret),
+                ..entry
+            };
+            let summary = format!(
+                "created token {:?} for {}: {} on {}, expires {}; the secret is printed once, on stdout",
+                entry.name,
+                entry.owner,
+                entry.actions.join(","),
+                entry.repos.join(","),
+                entry.expires.as_deref().unwrap_or("never")
+            );
+            file.tokens.retain(|t| t.name != entry.name);
+            file.tokens.push(entry);
+            at::save(&p.file, &file).map_err(|e| e.to_string())?;
+            println!("{secret}");
+            summary
+        }
+        TokenAction::Revoke { name, owner } => {
+            let stamp = at::format_time(now);
+            let mut revoked = Vec::new();
+            for t in &mut file.tokens {
+                let hit = match (&name, &owner) {
+                    (Some(n), _) => t.name == *n,
+                    (None, Some(o)) => t.owner == *o,
+                    (None, None) => false,
+                };
+                if hit && t.revoked.is_none() {
+                    t.revoked = Some(stamp.clone());
+                    revoked.push(t.name.clone());
+                }
+            }
+            if let Some(n) = &name {
+                if !file.tokens.iter().any(|t| t.name == *n) {
+                    return Err(format!("{}: no token {n:?}", p.file.display()));
+                }
+                if revoked.is_empty() {
+                    eprintln!("token {n:?} was revoked already");
+                    return Ok(());
+                }
+            }
+            if revoked.is_empty() {
+                eprintln!(
+                    "no token of {:?} to revoke in {}",
+                    owner.unwrap_or_default(),
+                    p.file.display()
+                );
+                return Ok(());
+            }
+            at::save(&p.file, &file).map_err(|e| e.to_string())?;
+            format!(
+                "revoked {}: refused from the next reload of the proxy (a few seconds)",
+                revoked.join(", ")
+            )
+        }
+    };
+    eprintln!("{done}");
+    Ok(())
+}
+
+/// The tokens file, parsed and checked as loading checks it; a missing one is empty when
+/// `create` will make it.
+fn read(path: &Path, may_be_missing: bool) -> Result<TokenFile, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let file = at::parse_file(&text).map_err(|e| e.in_file(path).to_string())?;
+            at::Tokens::from_file(&file, None).map_err(|e| e.in_file(path).to_string())?;
+            Ok(file)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_be_missing => {
+            Ok(TokenFile::default())
+        }
+        Err(e) => Err(format!(
+            "{}: cannot read the tokens file: {e}",
+            path.display()
+        )),
+    }
+}
+
+/// A checked new entry (its hash still empty). Errors name the file, the token and the
+/// field (or option).
+#[allow(clippy::too_many_arguments)]
+fn new_entry(
+    p: &Place,
+    file: &TokenFile,
+    name: String,
+    owner: String,
+    repos: Vec<String>,
+    actions: Vec<String>,
+    expires: &str,
+    description: Option<String>,
+    now: u64,
+) -> Result<TokenEntry, String> {
+    let err =
+        |field: &str, m: String| format!("{}: token {name:?}: {field}: {m}", p.file.display());
+    if file
+        .tokens
+        .iter()
+        .any(|t| t.name == name && t.revoked.is_none())
+    {
+        return Err(err(
+            "name",
+            "exists already (revoke it first to reuse the name)".into(),
+        ));
+    }
+    if let Some((users_file, u)) = &p.users {
+        if u.get(&name).is_some() {
+            return Err(err(
+                "name",
+                format!(
+                    "is a user in {}: a name is either a user or a token",
+                    users_file.display()
+                ),
+            ));
+        }
+        match u.get(&owner) {
+            None => {
+                return Err(err(
+                    "--owner",
+                    format!("no user {owner:?} in {}", users_file.display()),
+                ))
+            }
+            Some(o) if o.disabled => {
+                return Err(err("--owner", format!("user {owner:?} is disabled")))
+            }
+            Some(_) => {}
+        }
+    }
+    let lifetime = parse_expires(expires).map_err(|m| err("--expires", m))?;
+    if let Some(max) = p.max_lifetime {
+        let config = p
+            .config
+            .as_ref()
+            .map_or_else(String::new, |c| format!(" in {}", c.display()));
+        let max_text = humantime::format_duration(max);
+        match lifetime {
+            None => {
+                return Err(err(
+                    "--expires",
+                    format!("never is refused: tokens.max_lifetime is {max_text}{config}"),
+                ))
+            }
+            Some(l) if l > max => {
+                return Err(err(
+                    "--expires",
+                    format!("{expires} is longer than tokens.max_lifetime ({max_text}){config}"),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    let entry = TokenEntry {
+        name: name.clone(),
+        owner,
+        // A placeholder of the right shape, so the entry is checked whole now.
+        hash: at::hash_secret(""),
+        repos,
+        actions,
+        created: at::format_time(now),
+        expires: lifetime.map(|l| at::format_time(now.saturating_add(l.as_secs()))),
+        description,
+        revoked: None,
+    };
+    entry.check().map_err(|e| e.in_file(&p.file).to_string())?;
+    Ok(entry)
+}
+
+/// `--expires`: a duration, or `never` (None).
+fn parse_expires(text: &str) -> Result<Option<Duration>, String> {
+    if text.trim() == "never" {
+        return Ok(None);
+    }
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration like 90d or 12h, nor never: {e}"))?;
+    if d < Duration::from_secs(60) {
+        return Err("must be at least 1m".into());
+    }
+    Ok(Some(d))
+}
+
+/// PURE: the `token list` table.
+fn list(
+    file: &TokenFile,
+    last: &std::collections::BTreeMap<String, at::LastUseEntry>,
+    now: u64,
+    max_lifetime: Option<Duration>,
+) -> String {
+    use std::fmt::Write;
+    let mut out = format!(
+        "{:<20} {:<12} {:<14} {:<28} {:<20} {:<20} {:<20} {:<15} {}\n",
+        "NAME", "OWNER", "ACTIONS", "REPOS", "CREATED", "EXPIRES", "LAST USED", "FROM", "STATE"
+    );
+    let mut tokens: Vec<&TokenEntry> = file.tokens.iter().collect();
+    tokens.sort_by(|a, b| (&a.owner, &a.name).cmp(&(&b.owner, &b.name)));
+    for e in tokens {
+        let state = match e.check() {
+            Err(_) => "invalid".to_owned(),
+            Ok(mut t) => {
+                at::apply_max_lifetime(&mut t, max_lifetime);
+                match t.in_force(now) {
+                    Ok(()) => "active".to_owned(),
+                    Err(at::Refusal::Revoked) => {
+                        format!("revoked {}", e.revoked.as_deref().unwrap_or(""))
+                    }
+                    Err(r) => r.as_str().to_owned(),
+                }
+            }
+        };
+        let used = last.get(&e.name);
+        let _ = writeln!(
+            out,
+            "{:<20} {:<12} {:<14} {:<28} {:<20} {:<20} {:<20} {:<15} {}",
+            e.name,
+            e.owner,
+            e.actions.join(","),
+            e.repos.join(","),
+            e.created,
+            e.expires.as_deref().unwrap_or("never"),
+            used.map_or("never", |u| u.at.as_str()),
+            used.map_or("-", |u| u.from.as_str()),
+            state
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expires_takes_durations_or_never() {
+        assert_eq!(
+            parse_expires("90d").unwrap(),
+            Some(Duration::from_secs(90 * 86400))
+        );
+        assert_eq!(parse_expires("never").unwrap(), None);
+        assert!(parse_expires("soon").unwrap_err().contains("\"soon\""));
+        assert!(parse_expires("10s").unwrap_err().contains("at least"));
+    }
+
+    #[test]
+    fn list_shows_state_and_last_use_never_hashes() {
+        let now = 1_790_000_000;
+        let mk = |name: &str, expires: Option<u64>, revoked: bool| TokenEntry {
+            name: name.into(),
+            owner: "alice".into(),
+            hash: at::hash_secret("s"),
+            repos: vec!["team-a/**".into()],
+            actions: vec!["pull".into()],
+            created: at::format_time(now - 100),
+            expires: expires.map(at::format_time),
+            description: None,
+            revoked: revoked.then(|| at::format_time(now - 10)),
+        };
+        let file = TokenFile {
+            tokens: vec![
+                mk("a-live", Some(now + 100), false),
+                mk("b-old", Some(now - 1), false),
+                mk("c-gone", None, true),
+                mk("d-never", None, false),
+            ],
+        };
+        let mut last = std::collections::BTreeMap::new();
+        last.insert(
+            "a-live".to_owned(),
+            at::LastUseEntry {
+                at: at::format_time(now - 5),
+                from: "10.1.2.3".into(),
+            },
+        );
+        let text = list(&file, &last, now, None);
+        let line = |n: &str| text.lines().find(|l| l.starts_with(n)).unwrap().to_owned();
+        assert!(line("a-live").contains("10.1.2.3") && line("a-live").ends_with("active"));
+        assert!(line("b-old").ends_with("expired"), "{text}");
+        assert!(line("c-gone").contains("revoked 20"), "{text}");
+        assert!(line("d-never").ends_with("active"), "{text}");
+        assert!(!text.contains("sha256"), "{text}");
+        // Under a maximum lifetime of 50 s, d-never (created 100 s ago) is expired.
+        let capped = list(&file, &last, now, Some(Duration::from_secs(50)));
+        assert!(
+            capped
+                .lines()
+                .any(|l| l.starts_with("d-never") && l.ends_with("expired")),
+            "{capped}"
+        );
+    }
+}
