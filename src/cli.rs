@@ -925,6 +925,16 @@ fn print_report(
         r.denial_summaries, r.summarized_denials
     );
     println!("repairs: {}", r.repairs);
+    println!(
+        "access events: {} pulls, {} logins, {} failed logins, {} dropped by a full queue",
+        r.pulls, r.logins, r.failed_logins, r.dropped
+    );
+    if r.chain_heads > 0 {
+        println!(
+            "chain heads: {} (starts where the files and the sidecar disagreed: see the chain_head records)",
+            r.chain_heads
+        );
+    }
     println!("checkpoints: {}", r.checkpoints);
     if let Some(c) = &r.last_checkpoint {
         println!("last checkpoint: {c}");

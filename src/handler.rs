@@ -563,6 +563,8 @@ fn audit_record(ctx: &Ctx, target: audit::Target) -> audit::Record {
         )
         .then(|| reference.clone()),
         reference,
+        size: None,
+        media_type: None,
         tags: None,
         tags_complete: None,
         decision: audit::Decision::Allowed,
