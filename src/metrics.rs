@@ -37,6 +37,7 @@ pub const CONNECTIONS_REFUSED_PER_ADDRESS: &str =
 pub const AUDIT_RECORDS: &str = "registry_guard_audit_records_total";
 pub const AUDIT_WRITE_FAILURES: &str = "registry_guard_audit_write_failures_total";
 pub const AUDIT_DENIALS_SUPPRESSED: &str = "registry_guard_audit_denials_suppressed_total";
+pub const AUDIT_DROPPED: &str = "registry_guard_audit_dropped_total";
 pub const AUDIT_DISK_FREE_BYTES: &str = "registry_guard_audit_disk_free_bytes";
 pub const AUDIT_DISK_LOW: &str = "registry_guard_audit_disk_low";
 pub const AUDIT_WRITER_FAILING: &str = "registry_guard_audit_writer_failing";
@@ -237,6 +238,11 @@ struct TableLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuditLabels {
     phase: &'static str,
     /// `none` for records without one (intents, denials' own phase, the writer's).
@@ -304,6 +310,8 @@ pub struct Metrics {
     connections: [Level; 2],
     tls_failures: [Counter; TlsFailure::ALL.len()],
     audit_by_phase: Family<AuditLabels, PromCounter>,
+    /// Access events dropped (queue full, or their write failed), by kind.
+    audit_dropped: Family<KindLabels, PromCounter>,
     pub audit_write_duration: Histogram,
 }
 
@@ -462,6 +470,12 @@ impl Metrics {
             "Audit records written, by phase and outcome",
             audit_by_phase.clone(),
         );
+        let audit_dropped = Family::<KindLabels, PromCounter>::default();
+        r.register(
+            counter_name(AUDIT_DROPPED),
+            "Access events (push, pull, login) not written: the queue (audit.queue) was full or their write failed; by kind",
+            audit_dropped.clone(),
+        );
         let audit_write_duration = audit_buckets();
         r.register(
             AUDIT_WRITE_DURATION,
@@ -509,6 +523,7 @@ impl Metrics {
             connections,
             tls_failures,
             audit_by_phase,
+            audit_dropped,
             audit_write_duration,
         }
     }
@@ -571,6 +586,15 @@ impl Metrics {
             Protocol::H2 => &self.connections[1],
         };
         LevelGuard::new(level.clone())
+    }
+
+    /// One access event of `kind` dropped (`registry_guard_audit_dropped_total{kind}`).
+    pub fn audit_dropped(&self, kind: crate::audit::Kind) {
+        self.audit_dropped
+            .get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            })
+            .inc();
     }
 
     /// One audit record written (`outcome`: `none` when the record has none).

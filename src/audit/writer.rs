@@ -34,6 +34,7 @@
 //! key) is also kept in `.<name>.last`, rewritten after every batch, so a restart after
 //! a rotation continues the chain from where it really ended.
 
+use super::access::{AccessQueue, Logins, Offer};
 use super::key::{self, KeyError};
 use super::record::{
     line_hash, now_rfc3339, Chain, Entry, Event, Phase, Position, Record, GENESIS,
@@ -68,6 +69,11 @@ pub struct AuditSettings {
     pub max_denials_per_minute: u32,
     /// Below this many free bytes in the audit folder, `GET /ready` fails.
     pub min_free_bytes: u64,
+    /// Access events waiting for the writer at most (`audit.queue`); past it they are
+    /// dropped and counted.
+    pub queue: usize,
+    /// A successful login of a user from an address is recorded once in this long.
+    pub login_window: Duration,
 }
 
 /// Why the writer cannot start.
@@ -123,6 +129,8 @@ enum Msg {
     Denial(Box<Record>, Ack),
     Reopen,
     Tick,
+    /// Access events were queued (see `access`): take them.
+    Wake,
     /// Shutting down: write pending summaries and a last checkpoint.
     Close(Ack),
 }
@@ -137,6 +145,9 @@ impl std::fmt::Debug for Msg {
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
+    access: Arc<AccessQueue>,
+    logins: Arc<Logins>,
+    metrics: Arc<Metrics>,
 }
 
 /// How often the writer checks the disk, due summaries and checkpoints.
@@ -1048,6 +1059,10 @@ impl AuditLog {
         tracing::info!(file = %writer.settings.file.display(), position = %writer.position(), "audit chain continues from here");
         let (tx, mut rx) = mpsc::channel::<Msg>(1024);
         let weak = tx.downgrade();
+        let access = Arc::new(AccessQueue::new(writer.settings.queue));
+        let logins = Arc::new(Logins::new(writer.settings.login_window));
+        let metrics = writer.metrics.clone();
+        let queue = access.clone();
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
@@ -1080,6 +1095,7 @@ impl AuditLog {
                         }
                         Msg::Reopen => w.create_next = true,
                         Msg::Tick => tick = true,
+                        Msg::Wake => {}
                         Msg::Close(ack) => close = Some(ack),
                     };
                     handle(first, &mut writer);
@@ -1089,13 +1105,27 @@ impl AuditLog {
                             Err(_) => break,
                         }
                     }
+                    // Access events ride along in the same write and fsync, after the
+                    // records requests wait for; with the summaries of dropped ones.
+                    let events = queue.take();
+                    let kinds: Vec<_> = events.iter().map(|r| r.target.kind()).collect();
+                    let dropped = queue.summaries();
+                    entries.extend(events.into_iter().map(Entry::Request));
+                    entries.extend(dropped.iter().cloned().map(Entry::Event));
                     if !entries.is_empty() {
                         let n = entries.len();
                         let result = writer.write_batch(entries, false);
-                        if let Err(e) = &result {
-                            tracing::error!(error = %e, records = n, "audit write failed");
-                            for user in &announced {
-                                writer.denials.announce_failed(user);
+                        match &result {
+                            Ok(()) => queue.settle(&dropped),
+                            Err(e) => {
+                                tracing::error!(error = %e, records = n, "audit write failed");
+                                for user in &announced {
+                                    writer.denials.announce_failed(user);
+                                }
+                                for k in &kinds {
+                                    writer.metrics.audit_dropped(*k);
+                                }
+                                queue.lost(&kinds);
                             }
                         }
                         for ack in acks {
@@ -1121,7 +1151,33 @@ impl AuditLog {
                 let _ = tx.try_send(Msg::Tick);
             })
             .map_err(|e| StartError::File(format!("cannot start the audit ticker: {e}")))?;
-        Ok(AuditLog { tx })
+        Ok(AuditLog {
+            tx,
+            access,
+            logins,
+            metrics,
+        })
+    }
+
+    /// Queues an access event (push, pull, login) for the next batch; never waits, never
+    /// fails: when the queue is full the event is dropped and counted (see `access`).
+    /// Deletes never come here: [`AuditLog::write`].
+    pub fn event(&self, record: Record) {
+        let kind = record.target.kind();
+        match self.access.offer(record) {
+            Offer::QueuedFirst => {
+                // A full channel means the writer is busy and takes the queue next anyway.
+                let _ = self.tx.try_send(Msg::Wake);
+            }
+            Offer::Queued => {}
+            Offer::Dropped => self.metrics.audit_dropped(kind),
+        }
+    }
+
+    /// Whether a successful credential check of `user` from `client` is a login event:
+    /// the first per pair within `audit.login_window`.
+    pub fn first_login(&self, user: &str, client: std::net::IpAddr) -> bool {
+        self.logins.first(user, client, Instant::now())
     }
 
     /// Appends a record; returns once it is on disk (fsync'd), or why it is not.
@@ -1176,6 +1232,8 @@ mod tests {
             checkpoint_interval: Duration::from_secs(3600),
             max_denials_per_minute: 3,
             min_free_bytes: 0,
+            queue: 16,
+            login_window: Duration::from_secs(60),
         }
     }
 

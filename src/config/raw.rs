@@ -188,6 +188,9 @@ pub(super) struct RawAudit {
     pub(super) max_tags: Option<usize>,
     #[serde(default)]
     pub(super) trusted_proxies: Vec<String>,
+    pub(super) events: Option<Vec<String>>,
+    pub(super) queue: Option<usize>,
+    pub(super) login_window: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -401,3 +401,36 @@ fn audit_instance_is_a_name_without_colon() {
         assert!(e.starts_with("audit.instance:"), "{bad}: {e}");
     }
 }
+
+/// `audit.events` turns on push, pull and login records; deletes always are; an unknown
+/// kind is refused naming the key. `audit.queue` and `audit.login_window` are checked.
+#[test]
+fn audit_events_name_known_kinds_and_deletes_are_always_on() {
+    use crate::audit::Kind;
+    let base = format!("{MIN}audit:\n  file: a.jsonl\n  key_file: k\n");
+    let c = Config::from_yaml(&base).unwrap();
+    let a = c.audit.unwrap();
+    assert_eq!(a.events.iter().copied().collect::<Vec<_>>(), [Kind::Delete]);
+    assert_eq!(
+        (a.settings.queue, a.settings.login_window.as_secs()),
+        (10_000, 3600)
+    );
+    let c = Config::from_yaml(&format!(
+        "{base}  events: [pull, login]\n  queue: 5\n  login_window: 10m\n"
+    ))
+    .unwrap();
+    let a = c.audit.unwrap();
+    assert!(a.records(Kind::Delete) && a.records(Kind::Pull) && a.records(Kind::Login));
+    assert!(!a.records(Kind::Push));
+    assert_eq!(
+        (a.settings.queue, a.settings.login_window.as_secs()),
+        (5, 600)
+    );
+    let e = err(&format!("{base}  events: [pull, blob]\n"));
+    assert!(
+        e.contains("audit.events") && e.contains("\"blob\" is not an event kind"),
+        "{e}"
+    );
+    let e = err(&format!("{base}  queue: 0\n"));
+    assert!(e.contains("audit.queue"), "{e}");
+}

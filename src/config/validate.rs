@@ -653,12 +653,36 @@ impl TryFrom<RawAudit> for Audit {
                 )?,
                 max_denials_per_minute,
                 min_free_bytes: a.min_free_bytes.unwrap_or(64 << 20),
+                queue: ranged("audit.queue", a.queue, 10_000, 1..=1_000_000)?,
+                login_window: duration(
+                    "audit.login_window",
+                    a.login_window.as_deref(),
+                    Duration::from_secs(3600),
+                )?,
             },
             manifest_pushes: a.manifest_pushes,
             max_tags: ranged("audit.max_tags", a.max_tags, 100, ..=10_000)?,
             trusted_proxies,
+            events: audit_events(a.events.as_deref().unwrap_or_default())?,
         })
     }
+}
+
+/// `audit.events`: the kinds of records written besides deletes (which always are).
+fn audit_events(
+    names: &[String],
+) -> Result<std::collections::BTreeSet<crate::audit::Kind>, ConfigError> {
+    let mut kinds = std::collections::BTreeSet::from([crate::audit::Kind::Delete]);
+    for n in names {
+        let k = crate::audit::Kind::parse(n).ok_or_else(|| {
+            ConfigError::new(
+                "audit.events",
+                format!("{n:?} is not an event kind: delete, push, pull, login"),
+            )
+        })?;
+        kinds.insert(k);
+    }
+    Ok(kinds)
 }
 
 /// An instance id names a replica in its audit records and in `audit verify`'s report

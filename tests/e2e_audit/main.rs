@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 mod chain;
 mod deletes;
+mod events;
 mod flows;
 mod hardening;
 mod output;
