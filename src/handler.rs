@@ -785,7 +785,7 @@ async fn audited_forward(
         audit::Target::ManifestByTag | audit::Target::ManifestByDigest
     ) {
         if let Some(d) = rec.digest.clone() {
-            match lookup::tags_pointing_at(upstream, repo, &d, max_tags).await {
+            match lookup::tags_pointing_at(&ctx.snap.upstream, repo, &d, max_tags).await {
                 Ok((tags, complete)) => {
                     rec.tags = Some(tags);
                     rec.tags_complete = Some(complete);
@@ -862,9 +862,9 @@ async fn permit(ctx: &Ctx) -> Result<Permit, ProxyError> {
             return Err(refusal(refused));
         }
     };
-    // The explained reason only where it is kept (an audit record).
+    // The explained reason only where it is kept (an audit record, an access event).
     let reason = match (identity, &snap.policy) {
-        (Some(id), Some(policy)) if audit_target(ctx).is_some() => {
+        (Some(id), Some(policy)) if audit_target(ctx).is_some() || access_target(ctx).is_some() => {
             acl::verdict::explained_reason(policy, id, route)
         }
         _ => allowance.reason,

@@ -38,6 +38,9 @@ pub const AUDIT_RECORDS: &str = "registry_guard_audit_records_total";
 pub const AUDIT_WRITE_FAILURES: &str = "registry_guard_audit_write_failures_total";
 pub const AUDIT_DENIALS_SUPPRESSED: &str = "registry_guard_audit_denials_suppressed_total";
 pub const AUDIT_DROPPED: &str = "registry_guard_audit_dropped_total";
+pub const AUDIT_SYSLOG_SENT: &str = "registry_guard_audit_syslog_sent_total";
+pub const AUDIT_SYSLOG_DROPPED: &str = "registry_guard_audit_syslog_dropped_total";
+pub const AUDIT_SYSLOG_CONNECTED: &str = "registry_guard_audit_syslog_connected";
 pub const AUDIT_DISK_FREE_BYTES: &str = "registry_guard_audit_disk_free_bytes";
 pub const AUDIT_DISK_LOW: &str = "registry_guard_audit_disk_low";
 pub const AUDIT_WRITER_FAILING: &str = "registry_guard_audit_writer_failing";
@@ -280,6 +283,11 @@ pub struct Metrics {
     pub audit_records: Counter,
     pub audit_write_failures: Counter,
     pub audit_denials_suppressed: Counter,
+    /// Records sent to the syslog collector, and dropped (its buffer full).
+    pub audit_syslog_sent: Counter,
+    pub audit_syslog_dropped: Counter,
+    /// 1 while connected to the syslog collector.
+    pub audit_syslog_connected: Gauge,
     /// Free bytes where the audit file lives (0 without audit).
     pub audit_disk_free_bytes: Gauge,
     /// 1 while that is below `audit.min_free_bytes`: not ready.
@@ -364,6 +372,14 @@ impl Metrics {
             AUDIT_DENIALS_SUPPRESSED,
             "Denied records not written one by one (audit.max_denials_per_minute); summarized",
         );
+        let audit_syslog_sent = counter(
+            AUDIT_SYSLOG_SENT,
+            "Audit records sent to the syslog collector (audit.syslog)",
+        );
+        let audit_syslog_dropped = counter(
+            AUDIT_SYSLOG_DROPPED,
+            "Audit records not sent to the syslog collector: its buffer (audit.syslog.buffer) was full; the file has them",
+        );
         let received_bytes = counter(
             RECEIVED_BYTES,
             "Request body bytes received from clients and forwarded",
@@ -386,6 +402,10 @@ impl Metrics {
         let audit_writer_failing = gauge(
             AUDIT_WRITER_FAILING,
             "1 while audit writes fail (not ready)",
+        );
+        let audit_syslog_connected = gauge(
+            AUDIT_SYSLOG_CONNECTED,
+            "1 while connected to the syslog collector (audit.syslog)",
         );
         let auth_cache_entries = gauge(
             AUTH_CACHE_ENTRIES,
@@ -501,6 +521,9 @@ impl Metrics {
             audit_records,
             audit_write_failures,
             audit_denials_suppressed,
+            audit_syslog_sent,
+            audit_syslog_dropped,
+            audit_syslog_connected,
             audit_disk_free_bytes,
             audit_disk_low,
             audit_writer_failing,

@@ -9,6 +9,7 @@
 pub mod access;
 pub mod key;
 pub mod record;
+pub mod syslog;
 pub(crate) mod verify;
 pub(crate) mod writer;
 

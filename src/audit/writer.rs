@@ -74,6 +74,8 @@ pub struct AuditSettings {
     pub queue: usize,
     /// A successful login of a user from an address is recorded once in this long.
     pub login_window: Duration,
+    /// Also send every record to this syslog collector (`audit.syslog`).
+    pub syslog: Option<super::syslog::SyslogSettings>,
 }
 
 /// Why the writer cannot start.
@@ -83,6 +85,8 @@ pub enum StartError {
     Key(#[from] KeyError),
     #[error("{0}")]
     File(String),
+    #[error("{0}")]
+    Syslog(String),
 }
 
 impl StartError {
@@ -91,6 +95,7 @@ impl StartError {
         match self {
             StartError::Key(_) => "audit.key_file",
             StartError::File(_) => "audit.file",
+            StartError::Syslog(_) => "audit.syslog",
         }
     }
 }
@@ -217,6 +222,8 @@ struct Writer {
     denials: Denials,
     metrics: Arc<Metrics>,
     wrap: Option<Wrap>,
+    /// The syslog sink, if configured: records once their batch is on disk.
+    syslog: Option<super::syslog::Syslog>,
 }
 
 /// The default instance id: the host name (uname's nodename), as replicas usually run
@@ -441,6 +448,22 @@ fn newest_rotated(path: &Path, chain: &Chain) -> Result<Option<(String, Position
     }
 }
 
+/// The syslog severity of a record: warning for refusals, failures and the writer's
+/// reports of trouble; notice for deletes; info for the rest.
+fn severity(e: &Entry) -> u8 {
+    use super::record::Outcome;
+    use super::syslog::{INFO, NOTICE, WARNING};
+    match e {
+        Entry::Request(r) if matches!(r.outcome, Some(Outcome::Denied | Outcome::Failed)) => {
+            WARNING
+        }
+        Entry::Request(r) if matches!(r.phase, Phase::Intent | Phase::Outcome) => NOTICE,
+        Entry::Request(_) => INFO,
+        Entry::Event(e) if e.phase == Phase::Checkpoint => INFO,
+        Entry::Event(_) => WARNING,
+    }
+}
+
 /// PURE: where the chain continues at start, from the end of the files (`file`: the
 /// file read and the position of its last complete record) and the sidecar's position;
 /// with the `chain_head` record to write when they disagree or one is missing (never
@@ -555,6 +578,7 @@ impl Writer {
             denials: Denials::default(),
             metrics,
             wrap: None,
+            syslog: None,
         };
         writer.denials.per_minute = writer.settings.max_denials_per_minute;
         writer.check_disk();
@@ -643,10 +667,13 @@ impl Writer {
         for e in &mut entries {
             e.set_instance(&self.instance);
         }
+        // Where each line ends in `buf`, for the syslog sink.
+        let mut ends = Vec::new();
         for e in &entries {
             seq += 1;
             let (line, h) = e.to_line(seq, &hash, &self.chain);
             buf.push_str(&line);
+            ends.push(buf.len());
             buf.push('\n');
             hash = h;
         }
@@ -676,6 +703,15 @@ impl Writer {
             );
         }
         self.since_checkpoint += entries.len() as u64;
+        if let Some(sink) = &self.syslog {
+            let starts = std::iter::once(0).chain(ends.iter().map(|e| e + 1));
+            sink.offer(
+                entries
+                    .iter()
+                    .zip(starts.zip(&ends))
+                    .map(|(e, (a, b))| (e.time(), e.phase().as_str(), severity(e), &buf[a..*b])),
+            );
+        }
         if self.settings.stdout {
             let mut out = io::stdout().lock();
             let _ = out.write_all(buf.as_bytes());
@@ -1047,6 +1083,12 @@ impl AuditLog {
     pub fn start(settings: AuditSettings, metrics: Arc<Metrics>) -> Result<AuditLog, StartError> {
         let chain = key::load(&settings.key_file)?;
         let (mut writer, first) = Writer::open(settings, chain, metrics)?;
+        if let Some(s) = &writer.settings.syslog {
+            writer.syslog = Some(
+                super::syslog::Syslog::start(s, &writer.instance, writer.metrics.clone())
+                    .map_err(StartError::Syslog)?,
+            );
+        }
         if !first.is_empty() {
             writer
                 .write_batch(first.into_iter().map(Entry::Event).collect(), false)
@@ -1234,6 +1276,7 @@ mod tests {
             min_free_bytes: 0,
             queue: 16,
             login_window: Duration::from_secs(60),
+            syslog: None,
         }
     }
 

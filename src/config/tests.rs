@@ -434,3 +434,40 @@ fn audit_events_name_known_kinds_and_deletes_are_always_on() {
     let e = err(&format!("{base}  queue: 0\n"));
     assert!(e.contains("audit.queue"), "{e}");
 }
+
+/// `audit.syslog`: HOST:PORT, a known facility, TLS keys only with `tls: true`.
+#[test]
+fn audit_syslog_is_checked_naming_its_keys() {
+    let base = format!("{MIN}audit:\n  file: a.jsonl\n  key_file: k\n  syslog:\n");
+    let c = Config::from_yaml(&format!(
+        "{base}    address: logs.example:6514\n    tls: true\n    facility: local3\n"
+    ))
+    .unwrap();
+    let s = c.audit.unwrap().settings.syslog.unwrap();
+    assert_eq!(
+        (s.address.as_str(), s.tls, s.facility, s.buffer),
+        ("logs.example:6514", true, 19, 10_000)
+    );
+    assert_eq!(s.app_name, "registry-guard");
+    for (yaml, key) in [
+        ("    address: logs.example\n", "audit.syslog.address"),
+        ("    address: logs.example:0\n", "audit.syslog.address"),
+        (
+            "    address: h:514\n    facility: kern\n",
+            "audit.syslog.facility",
+        ),
+        (
+            "    address: h:514\n    ca_file: ca.pem\n",
+            "audit.syslog.tls",
+        ),
+        (
+            "    address: h:514\n    app_name: a b\n",
+            "audit.syslog.app_name",
+        ),
+        ("    address: h:514\n    buffer: 0\n", "audit.syslog.buffer"),
+        ("    address: h:514\n    port: 1\n", "port"),
+    ] {
+        let e = err(&format!("{base}{yaml}"));
+        assert!(e.contains(key), "{yaml}: {e}");
+    }
+}

@@ -192,6 +192,9 @@ fn push_pull_and_login_events_with_skopeo_and_curl() {
     for (i, r) in recs.iter().enumerate() {
         assert_eq!(r["seq"], i as u64 + 1, "{r:#}");
     }
+    if let Ok(to) = std::env::var("RG_SAMPLE_AUDIT") {
+        std::fs::copy(&audit, to).unwrap();
+    }
 }
 
 /// Without `audit.events` nothing but deletes is recorded (pushes, pulls, logins not).
