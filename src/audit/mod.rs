@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod key;
+pub mod query;
 pub mod record;
 pub mod syslog;
 pub(crate) mod verify;

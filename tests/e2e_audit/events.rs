@@ -333,3 +333,161 @@ fn pull_events_are_dropped_and_counted_never_waited_for() {
         "{report}"
     );
 }
+
+/// `audit show` picks records by kind, user, repository, digest, address and time, as
+/// a table or as the file's own lines (JSON Lines); `--follow` prints records as they
+/// are written; `audit stats` counts by user and repository. Against the real registry,
+/// with pull, push and login events on.
+#[test]
+fn show_filters_formats_follow_and_stats() {
+    let Some(reg) = tools() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let audit = work.path().join("audit.jsonl");
+    let proxy = start_proxy(&reg, &audit, EVENTS);
+    let layout = work.path().join("img");
+    let (x, y) = (mkimage(&layout, 0, "x", 1), mkimage(&layout, 0, "y", 1));
+    push_through(&proxy, &x, "alice/app:x", Some("alice:pw"));
+    push_direct(&reg, &y, "bob/lib:y");
+    let accept = format!("Accept: {ACCEPT}");
+    let get = |creds: &str, path: &str| {
+        pcurl(
+            &proxy,
+            &["-u", creds, "-H", &accept, &format!("{}{path}", proxy.base)],
+        )
+        .status
+    };
+    assert_eq!(get("alice:pw", "/v2/alice/app/manifests/x"), 200);
+    assert_eq!(get("bob:pw2", "/v2/bob/lib/manifests/y"), 200);
+    assert_eq!(get("bob:pw2", "/v2/bob/lib/manifests/y"), 200);
+    assert_eq!(get("bob:bad", "/v2/"), 401);
+    assert_eq!(
+        delete(&proxy, "alice:pw", "alice/app", &x.manifest_digest).status,
+        202
+    );
+    let file = audit.display().to_string();
+    let show = |args: &[&str]| {
+        let mut all = vec!["audit", "show", file.as_str()];
+        all.extend(args);
+        let (code, out, err) = cli(&all);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        out
+    };
+    let jsonl = |args: &[&str]| -> Vec<Value> {
+        let mut a = args.to_vec();
+        a.extend(["--format", "jsonl"]);
+        show(&a)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    // JSON Lines are the file's lines, byte for byte.
+    assert_eq!(
+        show(&["--format", "jsonl"]),
+        std::fs::read_to_string(&audit).unwrap()
+    );
+    let pulls = jsonl(&["--kind", "pull"]);
+    assert_eq!(pulls.len(), 3);
+    assert!(pulls.iter().all(|r| r["target"] == "manifest_pull"));
+    let bobs = jsonl(&["--kind", "pull,login", "--user", "bob"]);
+    assert_eq!(
+        bobs.iter()
+            .map(|r| r["target"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["login", "manifest_pull", "manifest_pull", "login"]
+    );
+    let of_x = jsonl(&["--digest", &x.manifest_digest]);
+    assert_eq!(
+        of_x.iter()
+            .map(|r| r["phase"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["access", "access", "intent", "outcome"],
+        "{of_x:#?}"
+    );
+    // bob's two pulls, and his login (made on a request for bob/lib).
+    assert_eq!(jsonl(&["--repo", "bob/lib"]).len(), 3);
+    assert_eq!(
+        jsonl(&["--address", "127.0.0.0/8"]).len(),
+        records(&audit).len()
+    );
+    assert!(jsonl(&["--address", "192.0.2.1"]).is_empty());
+    let mid = records(&audit)[3]["time"].as_str().unwrap().to_owned();
+    let before = jsonl(&["--until", &mid]);
+    assert!(before
+        .iter()
+        .all(|r| r["time"].as_str().unwrap() < mid.as_str()));
+    let after = jsonl(&["--since", &mid]);
+    assert_eq!(before.len() + after.len(), records(&audit).len());
+    // The table: one row per record, the access kind in the PHASE column.
+    let table = show(&["--kind", "pull", "--user", "bob"]);
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(
+        rows.iter()
+            .all(|r| r.contains(" pull ") && r.contains("bob/lib")),
+        "{table}"
+    );
+    // A wrong filter names itself.
+    let (code, _, err) = cli(&["audit", "show", &file, "--kind", "blob"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--kind \"blob\""), "{err}");
+
+    // Stats, by user and repository.
+    let (code, out, err) = cli(&["audit", "stats", &file, "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let stats: Value = serde_json::from_str(&out).unwrap();
+    let a = &stats["users"]["alice"];
+    assert_eq!(
+        (&a["pushes"], &a["pulls"], &a["deletes"], &a["logins"]),
+        (&1.into(), &1.into(), &1.into(), &1.into()),
+        "{stats:#}"
+    );
+    let b = &stats["users"]["bob"];
+    assert_eq!(
+        (&b["pulls"], &b["logins"], &b["failed_logins"]),
+        (&2.into(), &1.into(), &1.into()),
+        "{stats:#}"
+    );
+    assert_eq!(stats["repos"]["bob/lib"]["pulls"], 2, "{stats:#}");
+    assert_eq!(stats["repos"]["alice/app"]["deletes"], 1, "{stats:#}");
+    let (code, out, _) = cli(&["audit", "stats", &file, "--since", &mid]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("USER") && out.contains("REPOSITORY"),
+        "{out}"
+    );
+
+    // --follow: a record written after it started is printed.
+    let mut follower = Command::new(bin())
+        .args([
+            "audit", "show", &file, "--follow", "--format", "jsonl", "--kind", "pull", "--user",
+            "alice",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the existing pull");
+    assert!(first.contains("\"manifest_pull\""), "{first}");
+    push_through(&proxy, &y, "alice/app:y", Some("alice:pw"));
+    assert_eq!(get("alice:pw", "/v2/alice/app/manifests/y"), 200);
+    let next = rx.recv_timeout(Duration::from_secs(10));
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let next: Value = serde_json::from_str(&next.expect("--follow printed nothing new")).unwrap();
+    assert_eq!(
+        (&next["target"], &next["reference"]),
+        (&Value::from("manifest_pull"), &Value::from("y"))
+    );
+}
