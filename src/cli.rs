@@ -1308,12 +1308,9 @@ fn audit_command(action: AuditAction) -> ExitCode {
             format,
             follow: keep,
         } => {
-            let filter = match filter.build() {
-                Ok(f) => f,
-                Err(e) => return fail(EXIT_CONFIG, &e),
-            };
-            let contents = match read_files(&files) {
-                Ok(c) => c,
+            let (filter, contents) = match filter.build().and_then(|f| Ok((f, read_files(&files)?)))
+            {
+                Ok(x) => x,
                 Err(e) => return fail(EXIT_CONFIG, &e),
             };
             let rows = selected(&contents, &filter);
@@ -1354,12 +1351,9 @@ fn audit_command(action: AuditAction) -> ExitCode {
             filter,
             format,
         } => {
-            let filter = match filter.build() {
-                Ok(f) => f,
-                Err(e) => return fail(EXIT_CONFIG, &e),
-            };
-            let contents = match read_files(&files) {
-                Ok(c) => c,
+            let (filter, contents) = match filter.build().and_then(|f| Ok((f, read_files(&files)?)))
+            {
+                Ok(x) => x,
                 Err(e) => return fail(EXIT_CONFIG, &e),
             };
             let mut stats = crate::audit::query::Stats::default();
