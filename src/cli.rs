@@ -138,26 +138,254 @@ enum AuditAction {
         #[arg(long = "checkpoint", value_name = "[INSTANCE:]SEQ:HASH")]
         checkpoints: Vec<ReplicaPosition>,
     },
-    /// Print the records as a table, oldest first; the records of several replicas'
-    /// files are merged by time, with an INSTANCE column.
+    /// Print the records as a table (or JSON Lines), oldest first; the records of several
+    /// replicas' files are merged by time, with an INSTANCE column.
     Show {
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Only this user's records (a user's own and those of the user's access
-        /// tokens; or one token's, by its name).
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// `table` (default) or `jsonl` (the records as they are in the file).
+        #[arg(long, default_value = "table", value_parser = ["table", "jsonl"])]
+        format: String,
+        /// After the records there are, wait for more in the last file and print them as
+        /// they come (a new, shorter file there is read from its start). Stop with Ctrl-C.
         #[arg(long)]
-        user: Option<String>,
-        /// Only this repository's records.
-        #[arg(long)]
-        repo: Option<String>,
-        /// Only records at or after this time (RFC 3339, e.g. 2026-11-23T10:00:00Z, or a
-        /// date 2026-11-23).
-        #[arg(long)]
-        since: Option<String>,
+        follow: bool,
+    },
+    /// Count deletes, pushes, pulls, logins, failed logins, refusals and failures by user
+    /// and by repository, for a period (--since/--until) and the other filters of `show`.
+    Stats {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// `table` (default) or `json`.
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
     },
     /// Make a new audit key (32 random bytes, hex) in FILE, mode 0600, for
     /// audit.key_file. Never replaces an existing file.
     Keygen { file: PathBuf },
+}
+
+/// What `audit show` and `audit stats` select.
+#[derive(Debug, clap::Args)]
+struct FilterArgs {
+    /// Only records of these kinds: delete, push, pull, login (repeatable, or
+    /// comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    kind: Vec<String>,
+    /// Only this user's records: the user's own and those of the user's access tokens
+    /// (or one token's, by its name).
+    #[arg(long)]
+    user: Option<String>,
+    /// Only records of requests made with an access token of this owner.
+    #[arg(long)]
+    owner: Option<String>,
+    /// Only this repository's records.
+    #[arg(long)]
+    repo: Option<String>,
+    /// Only records of this digest (or of this digest as the reference).
+    #[arg(long)]
+    digest: Option<String>,
+    /// Only records of this client address, or of a network (CIDR).
+    #[arg(long)]
+    address: Option<String>,
+    /// Only records at or after this time (RFC 3339, e.g. 2026-11-23T10:00:00Z, or a
+    /// date 2026-11-23).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only records before this time (same forms as --since).
+    #[arg(long)]
+    until: Option<String>,
+}
+
+impl FilterArgs {
+    /// The filter, or what is wrong with an argument (naming it).
+    fn build(&self) -> Result<crate::audit::query::Filter, String> {
+        use crate::audit::record::normalize_since;
+        let kinds = self
+            .kind
+            .iter()
+            .map(|k| {
+                crate::audit::Kind::parse(k)
+                    .ok_or_else(|| format!("--kind {k:?}: one of delete, push, pull, login"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let address = match &self.address {
+            None => None,
+            Some(a) => Some(
+                a.parse::<ipnet::IpNet>()
+                    .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("--address {a:?}: an IP address or a network (CIDR)"))?,
+            ),
+        };
+        let time = |flag: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(normalize_since)
+                .transpose()
+                .map_err(|e| format!("{flag}: {e}"))
+        };
+        Ok(crate::audit::query::Filter {
+            kinds,
+            user: self.user.clone(),
+            owner: self.owner.clone(),
+            repo: self.repo.clone(),
+            digest: self.digest.clone(),
+            address,
+            since: time("--since", &self.since)?,
+            until: time("--until", &self.until)?,
+        })
+    }
+}
+
+/// One row of `audit show`'s table, after TIME (and INSTANCE).
+fn show_row(entry: &crate::audit::Entry) -> String {
+    let r = match entry {
+        crate::audit::Entry::Request(r) => r,
+        crate::audit::Entry::Event(e) => {
+            // The writer's own records: no request, no repository.
+            return format!(
+                "{:<8} {:<12} {:<15} {:<7} {:<28} {:<20} {}",
+                e.phase.as_str(),
+                e.user.as_deref().unwrap_or("-"),
+                "-",
+                "-",
+                "-",
+                "-",
+                e.reason
+            );
+        }
+    };
+    let phase = match (r.phase, r.target) {
+        (crate::audit::Phase::Access, t) => t.kind().as_str(),
+        (p, _) => p.as_str(),
+    };
+    let outcome = r
+        .outcome
+        .and_then(|o| serde_json::to_value(o).ok())
+        .and_then(|v| v.as_str().map(str::to_owned));
+    let status = r.upstream_status.map_or("-".to_owned(), |s| s.to_string());
+    let mut detail = outcome.unwrap_or_else(|| r.decision.as_str().to_owned());
+    if let Some(d) = &r.digest {
+        if *d != r.reference {
+            detail.push_str(&format!(" digest={d}"));
+        }
+    }
+    if let Some(t) = &r.tags {
+        detail.push_str(&format!(
+            " tags=[{}]{}",
+            t.join(","),
+            if r.tags_complete == Some(false) {
+                "+?"
+            } else {
+                ""
+            }
+        ));
+    }
+    if let Some(owner) = &r.owner {
+        detail.push_str(&format!(" token-of={owner}"));
+    }
+    if r.phase == crate::audit::Phase::Denied || r.outcome == Some(crate::audit::Outcome::Denied) {
+        detail.push_str(&format!(" ({})", r.reason));
+    }
+    // By characters: a hand-edited file may hold any UTF-8, and a byte slice inside a
+    // character panics.
+    let reference = if r.reference.chars().count() > 20 {
+        format!("{}…", r.reference.chars().take(19).collect::<String>())
+    } else {
+        r.reference.clone()
+    };
+    format!(
+        "{:<8} {:<12} {:<15} {:<7} {:<28} {:<20} {}",
+        phase, r.user, r.client, status, r.repo, reference, detail
+    )
+}
+
+/// The selected records of `contents` (file name, bytes): (time, instance, entry, line),
+/// merged by time across files (a stable sort keeps each file's order for equal times).
+fn selected(
+    contents: &[(String, Vec<u8>)],
+    filter: &crate::audit::query::Filter,
+) -> Vec<(String, String, crate::audit::Entry, Vec<u8>)> {
+    let mut rows = Vec::new();
+    for (name, c) in contents {
+        for (i, line) in c.split(|&b| b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            match crate::audit::Entry::parse(line) {
+                Ok(e) => {
+                    if filter.matches(&e) {
+                        rows.push((
+                            e.time().to_owned(),
+                            e.instance().unwrap_or("-").to_owned(),
+                            e,
+                            line.to_vec(),
+                        ));
+                    }
+                }
+                Err(_) => eprintln!("{name}:{}: not an audit record", i + 1),
+            }
+        }
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    rows
+}
+
+/// Prints rows of `audit show` (table rows with or without INSTANCE, or the lines).
+fn print_rows(rows: &[(String, String, crate::audit::Entry, Vec<u8>)], jsonl: bool, several: bool) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for (time, instance, entry, line) in rows {
+        let _ = if jsonl {
+            out.write_all(line).and_then(|()| out.write_all(b"\n"))
+        } else if several {
+            writeln!(out, "{time:<24} {instance:<16} {}", show_row(entry))
+        } else {
+            writeln!(out, "{time:<24} {}", show_row(entry))
+        };
+    }
+    let _ = out.flush();
+}
+
+/// `audit show --follow`: polls `file` for complete lines after `from` and prints the
+/// selected ones; a file shorter than what was read (rotated) is read from its start.
+fn follow(
+    file: &std::path::Path,
+    mut from: u64,
+    filter: &crate::audit::query::Filter,
+    jsonl: bool,
+    several: bool,
+) -> ExitCode {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut partial: Vec<u8> = Vec::new();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        let Ok(mut f) = std::fs::File::open(file) else {
+            continue;
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < from {
+            (from, partial) = (0, Vec::new());
+        }
+        if len == from || f.seek(SeekFrom::Start(from)).is_err() {
+            continue;
+        }
+        let mut new = Vec::new();
+        if f.take(len - from).read_to_end(&mut new).is_err() {
+            continue;
+        }
+        from += new.len() as u64;
+        partial.extend_from_slice(&new);
+        let Some(end) = partial.iter().rposition(|&b| b == b'\n') else {
+            continue;
+        };
+        let complete: Vec<u8> = partial.drain(..=end).collect();
+        let rows = selected(&[(file.display().to_string(), complete)], filter);
+        print_rows(&rows, jsonl, several);
+    }
 }
 
 /// A chain position, for one replica's files when it names an instance.
@@ -1092,11 +1320,6 @@ fn read_files(files: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>, String> {
         .collect()
 }
 
-/// A record's instance for `audit show`: `-` in files from before replicas were named.
-fn instance_of(i: &Option<String>) -> String {
-    i.clone().unwrap_or_else(|| "-".to_owned())
-}
-
 /// Prints one chain's report as `audit verify` shows it; true when it is broken.
 fn print_report(
     r: &crate::audit::verify::Report,
@@ -1115,6 +1338,16 @@ fn print_report(
         r.denial_summaries, r.summarized_denials
     );
     println!("repairs: {}", r.repairs);
+    println!(
+        "access events: {} pulls, {} logins, {} failed logins, {} dropped by a full queue",
+        r.pulls, r.logins, r.failed_logins, r.dropped
+    );
+    if r.chain_heads > 0 {
+        println!(
+            "chain heads: {} (starts where the files and the sidecar disagreed: see the chain_head records)",
+            r.chain_heads
+        );
+    }
     println!("checkpoints: {}", r.checkpoints);
     if let Some(c) = &r.last_checkpoint {
         println!("last checkpoint: {c}");
@@ -1254,116 +1487,22 @@ fn audit_command(action: AuditAction) -> ExitCode {
         },
         AuditAction::Show {
             files,
-            user,
-            repo,
-            since,
+            filter,
+            format,
+            follow: keep,
         } => {
-            let since = match since
-                .as_deref()
-                .map(crate::audit::record::normalize_since)
-                .transpose()
+            let (filter, contents) = match filter.build().and_then(|f| Ok((f, read_files(&files)?)))
             {
-                Ok(s) => s,
+                Ok(x) => x,
                 Err(e) => return fail(EXIT_CONFIG, &e),
             };
-            let contents = match read_files(&files) {
-                Ok(c) => c,
-                Err(e) => return fail(EXIT_CONFIG, &e),
-            };
-            // (time, instance, the row after TIME): merged by time across the files of
-            // several replicas; a stable sort keeps each file's order for equal times.
-            let mut rows: Vec<(String, String, String)> = Vec::new();
-            for (name, c) in &contents {
-                for (i, line) in c.split(|&b| b == b'\n').enumerate() {
-                    if line.is_empty() {
-                        continue;
-                    }
-                    let r = match crate::audit::Entry::parse(line) {
-                        Ok(crate::audit::Entry::Request(r)) => r,
-                        Ok(crate::audit::Entry::Event(e)) => {
-                            // The writer's own records: no request, no repository.
-                            if user
-                                .as_deref()
-                                .is_some_and(|u| Some(u) != e.user.as_deref())
-                                || repo.is_some()
-                                || since.as_deref().is_some_and(|s| e.time.as_str() < s)
-                            {
-                                continue;
-                            }
-                            let row = format!(
-                                "{:<8} {:<12} {:<15} {:<7} {:<28} {:<20} {}",
-                                e.phase.as_str(),
-                                e.user.as_deref().unwrap_or("-"),
-                                "-",
-                                "-",
-                                "-",
-                                "-",
-                                e.reason
-                            );
-                            rows.push((e.time.clone(), instance_of(&e.instance), row));
-                            continue;
-                        }
-                        Err(_) => {
-                            eprintln!("{name}:{}: not an audit record", i + 1);
-                            continue;
-                        }
-                    };
-                    if user
-                        .as_deref()
-                        .is_some_and(|u| u != r.user && r.owner.as_deref() != Some(u))
-                        || repo.as_deref().is_some_and(|p| p != r.repo)
-                        || since.as_deref().is_some_and(|s| r.time.as_str() < s)
-                    {
-                        continue;
-                    }
-                    let phase = r.phase.as_str();
-                    let outcome = r
-                        .outcome
-                        .and_then(|o| serde_json::to_value(o).ok())
-                        .and_then(|v| v.as_str().map(str::to_owned));
-                    let status = r.upstream_status.map_or("-".to_owned(), |s| s.to_string());
-                    let mut detail = outcome.unwrap_or_else(|| r.decision.as_str().to_owned());
-                    if let Some(d) = &r.digest {
-                        if *d != r.reference {
-                            detail.push_str(&format!(" digest={d}"));
-                        }
-                    }
-                    if let Some(t) = &r.tags {
-                        detail.push_str(&format!(
-                            " tags=[{}]{}",
-                            t.join(","),
-                            if r.tags_complete == Some(false) {
-                                "+?"
-                            } else {
-                                ""
-                            }
-                        ));
-                    }
-                    if let Some(owner) = &r.owner {
-                        detail.push_str(&format!(" token-of={owner}"));
-                    }
-                    if r.phase == crate::audit::Phase::Denied {
-                        detail.push_str(&format!(" ({})", r.reason));
-                    }
-                    // By characters: a hand-edited file may hold any UTF-8, and a byte
-                    // slice inside a character panics.
-                    let reference = if r.reference.chars().count() > 20 {
-                        format!("{}…", r.reference.chars().take(19).collect::<String>())
-                    } else {
-                        r.reference.clone()
-                    };
-                    let row = format!(
-                        "{:<8} {:<12} {:<15} {:<7} {:<28} {:<20} {}",
-                        phase, r.user, r.client, status, r.repo, reference, detail
-                    );
-                    rows.push((r.time.clone(), instance_of(&r.instance), row));
-                }
-            }
-            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            let rows = selected(&contents, &filter);
+            let jsonl = format == "jsonl";
             // One replica (or files from before replicas were named): the table as it
             // always was; several: which one wrote each row.
             let several = rows.iter().any(|r| r.1 != rows[0].1);
-            if several {
+            if jsonl {
+            } else if several {
                 println!(
                     "{:<24} {:<16} {:<8} {:<12} {:<15} {:<7} {:<28} {:<20} DETAIL",
                     "TIME",
@@ -1381,12 +1520,48 @@ fn audit_command(action: AuditAction) -> ExitCode {
                     "TIME", "PHASE", "USER", "CLIENT", "STATUS", "REPOSITORY", "REFERENCE"
                 );
             }
-            for (time, instance, row) in &rows {
-                if several {
-                    println!("{time:<24} {instance:<16} {row}");
-                } else {
-                    println!("{time:<24} {row}");
+            print_rows(&rows, jsonl, several);
+            if keep {
+                // Complete lines only were printed: continue after the last newline.
+                let (last, c) = (&files[files.len() - 1], &contents[contents.len() - 1].1);
+                let read = c.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                return follow(last, read as u64, &filter, jsonl, several);
+            }
+            ExitCode::SUCCESS
+        }
+        AuditAction::Stats {
+            files,
+            filter,
+            format,
+        } => {
+            let (filter, contents) = match filter.build().and_then(|f| Ok((f, read_files(&files)?)))
+            {
+                Ok(x) => x,
+                Err(e) => return fail(EXIT_CONFIG, &e),
+            };
+            let mut stats = crate::audit::query::Stats::default();
+            for (_, _, e, _) in selected(&contents, &filter) {
+                stats.add(&e);
+            }
+            if format == "json" {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&stats).unwrap_or_default()
+                );
+                return ExitCode::SUCCESS;
+            }
+            for (title, table) in [("USER", &stats.users), ("REPOSITORY", &stats.repos)] {
+                println!(
+                    "{title:<28} {:>8} {:>8} {:>8} {:>8} {:>13} {:>8} {:>8}",
+                    "DELETES", "PUSHES", "PULLS", "LOGINS", "FAILED_LOGIN", "DENIED", "FAILED"
+                );
+                for (name, c) in table {
+                    println!(
+                        "{name:<28} {:>8} {:>8} {:>8} {:>8} {:>13} {:>8} {:>8}",
+                        c.deletes, c.pushes, c.pulls, c.logins, c.failed_logins, c.denied, c.failed
+                    );
                 }
+                println!();
             }
             ExitCode::SUCCESS
         }

@@ -368,13 +368,24 @@ async fn serve(
         check_token_request(snap, &parts.headers)?;
     }
 
-    // No credentials, bad ones, throttled: answered without an audit record, so requests
-    // nobody vouches for cannot fill the audit disk.
-    let identity = match &snap.auth {
-        Some(auth) => Some(auth.identify(&parts.headers, client).await?),
-        None => None,
+    let mut ctx = Ctx {
+        state: state.clone(),
+        snap: snap.clone(),
+        client,
+        request_id: record.request_id.clone(),
+        parts,
+        route,
+        identity: None,
     };
-    if let Some(id) = &identity {
+    // No credentials, bad ones, throttled: answered without a delete's audit record, so
+    // requests nobody vouches for cannot fill the audit disk (failed logins are access
+    // events, bounded by the throttle and the event queue).
+    if let Some(auth) = &snap.auth {
+        let result = auth.identify(&ctx.parts.headers, client).await;
+        login_event(&ctx, &result);
+        ctx.identity = Some(result?);
+    }
+    if let Some(id) = &ctx.identity {
         record.user = Some(id.name().to_owned());
         record.owner = id.owner().map(str::to_owned);
         // A token holds connections under its own name, as a user does.
@@ -394,15 +405,6 @@ async fn serve(
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
-    let ctx = Ctx {
-        state: state.clone(),
-        snap: snap.clone(),
-        client,
-        request_id: record.request_id.clone(),
-        parts,
-        route,
-        identity,
-    };
     if ctx.route.target == Target::Token {
         return issue_token(&ctx);
     }
@@ -418,6 +420,11 @@ async fn serve(
                 .is_some_and(|i| !matches!(i, Identity::Anonymous));
             if let (Some(target), true) = (audited, authenticated) {
                 audit_refusal(&ctx, target, &e).await;
+            }
+            if let (Some(target), Some(Identity::User { .. })) =
+                (access_target(&ctx), &ctx.identity)
+            {
+                access_refusal(&ctx, target, &e);
             }
             return Err(e);
         }
@@ -435,9 +442,16 @@ async fn serve(
     let body = body
         .take()
         .ok_or_else(|| ProxyError::internal("the request body", "already used"))?;
-    match audited {
-        Some(target) => audited_forward(ctx, body, permit, target).await,
-        None => forward(&ctx, body, permit).await,
+    match (audited, access_target(&ctx)) {
+        (Some(target), _) => audited_forward(ctx, body, permit, target).await,
+        (None, Some(target)) => {
+            let started = std::time::Instant::now();
+            let reason = permit.reason.clone();
+            let result = forward(&ctx, body, permit).await;
+            access_event(&ctx, target, reason, started, &result);
+            result
+        }
+        (None, None) => forward(&ctx, body, permit).await,
     }
 }
 
@@ -580,6 +594,8 @@ fn audit_record(ctx: &Ctx, target: audit::Target) -> audit::Record {
         )
         .then(|| reference.clone()),
         reference,
+        size: None,
+        media_type: None,
         tags: None,
         tags_complete: None,
         decision: audit::Decision::Allowed,
@@ -608,6 +624,153 @@ async fn audit_refusal(ctx: &Ctx, target: audit::Target, error: &ProxyError) {
     if let Err(e) = log.write_denial(r).await {
         tracing::error!(error = %e, request_id = ctx.request_id, "audit record of a refusal not written");
     }
+}
+
+/// What an access event (`audit.events`) a request is, if it is one and its kind is on:
+/// a manifest GET (pull; HEAD and blob GETs are not events, to keep the volume sane) or
+/// a manifest PUT (push; unless `audit.manifest_pushes` audits it fail-closed already).
+fn access_target(ctx: &Ctx) -> Option<audit::Target> {
+    let settings = ctx.snap.audit.as_ref()?;
+    ctx.state.audit_log.as_ref()?;
+    match (&ctx.route.method, &ctx.route.target) {
+        (&Method::GET, Target::Manifest { .. }) if settings.records(audit::Kind::Pull) => {
+            Some(audit::Target::ManifestPull)
+        }
+        (&Method::PUT, Target::Manifest { .. })
+            if settings.records(audit::Kind::Push) && !settings.manifest_pushes =>
+        {
+            Some(audit::Target::ManifestPush)
+        }
+        _ => None,
+    }
+}
+
+/// The digest a manifest request names, when it names one.
+fn reference_digest(route: &Route) -> Option<String> {
+    match &route.target {
+        Target::Manifest {
+            reference: Reference::Digest(d),
+            ..
+        } => Some(d.clone()),
+        _ => None,
+    }
+}
+
+fn header_str(headers: &http::HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(256).collect())
+}
+
+/// Queues the access event of a forwarded pull or push (never waits: see
+/// `audit::access`): the upstream's status, the digest it names (else the request's),
+/// and the manifest's size and media type — the upstream's answer for a pull, the
+/// request's for a push.
+fn access_event(
+    ctx: &Ctx,
+    target: audit::Target,
+    reason: String,
+    started: std::time::Instant,
+    result: &Result<Response<ResponseBody>, ProxyError>,
+) {
+    let Some(log) = &ctx.state.audit_log else {
+        return;
+    };
+    let mut r = audit_record(ctx, target);
+    r.phase = Phase::Access;
+    r.reason = reason;
+    r.duration_ms = Some(started.elapsed().as_millis() as u64);
+    r.digest = reference_digest(&ctx.route);
+    match result {
+        Ok(resp) => {
+            let ok = resp.status().is_success();
+            r.upstream_status = Some(resp.status().as_u16());
+            r.outcome = Some(match (ok, target) {
+                (true, audit::Target::ManifestPull) => Outcome::Pulled,
+                (true, _) => Outcome::Pushed,
+                (false, _) => Outcome::Failed,
+            });
+            if let Some(d) = header_str(
+                resp.headers(),
+                header::HeaderName::from_static("docker-content-digest"),
+            ) {
+                r.digest = Some(d);
+            }
+            let described = match target {
+                audit::Target::ManifestPull if ok => Some(resp.headers()),
+                audit::Target::ManifestPush => Some(&ctx.parts.headers),
+                _ => None,
+            };
+            if let Some(h) = described {
+                r.size = header_str(h, header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
+                r.media_type = header_str(h, header::CONTENT_TYPE);
+            }
+        }
+        Err(e) => {
+            r.outcome = Some(Outcome::Failed);
+            r.reason = e.to_string();
+        }
+    }
+    log.event(r);
+}
+
+/// Queues the access event of an authenticated user's refused pull or push.
+fn access_refusal(ctx: &Ctx, target: audit::Target, error: &ProxyError) {
+    let Some(log) = &ctx.state.audit_log else {
+        return;
+    };
+    let mut r = audit_record(ctx, target);
+    r.phase = Phase::Access;
+    r.decision = audit::Decision::Denied;
+    r.reason = error.to_string();
+    r.outcome = Some(Outcome::Denied);
+    r.duration_ms = Some(0);
+    r.digest = reference_digest(&ctx.route);
+    log.event(r);
+}
+
+/// Queues a login event (`audit.events: [login]`): a Basic credential check that failed,
+/// or the first that succeeded for the user from this address within
+/// `audit.login_window` — not every request a cached verification lets through. A
+/// bearer token is no credential check (its login was the token request's); throttled
+/// and malformed attempts never reach a check.
+fn login_event(ctx: &Ctx, result: &Result<Identity, AuthError>) {
+    let (Some(log), Some(settings)) = (&ctx.state.audit_log, &ctx.snap.audit) else {
+        return;
+    };
+    if !settings.records(audit::Kind::Login) {
+        return;
+    }
+    let mut values = ctx.parts.headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return;
+    };
+    let Ok(creds) = crate::auth::basic::parse(value.as_bytes()) else {
+        return;
+    };
+    let ok = match result {
+        Ok(Identity::User { .. }) => true,
+        Err(AuthError::Invalid(_)) => false,
+        _ => return,
+    };
+    if ok && !log.first_login(&creds.user, ctx.client) {
+        return;
+    }
+    let mut r = audit_record(ctx, audit::Target::Login);
+    r.phase = Phase::Access;
+    r.user = creds.user.chars().take(256).collect();
+    r.reference = String::new();
+    r.duration_ms = Some(0);
+    if ok {
+        r.outcome = Some(Outcome::LoggedIn);
+        r.reason = "credentials verified".into();
+    } else {
+        r.decision = audit::Decision::Denied;
+        r.outcome = Some(Outcome::Failed);
+        r.reason = "invalid username or password".into();
+    }
+    log.event(r);
 }
 
 /// Forwards an audited request: resolves what it removes, writes the intent (fsync'd:
@@ -639,7 +802,7 @@ async fn audited_forward(
         audit::Target::ManifestByTag | audit::Target::ManifestByDigest
     ) {
         if let Some(d) = rec.digest.clone() {
-            match lookup::tags_pointing_at(upstream, repo, &d, max_tags).await {
+            match lookup::tags_pointing_at(&ctx.snap.upstream, repo, &d, max_tags).await {
                 Ok((tags, complete)) => {
                     rec.tags = Some(tags);
                     rec.tags_complete = Some(complete);
@@ -716,9 +879,9 @@ async fn permit(ctx: &Ctx) -> Result<Permit, ProxyError> {
             return Err(refusal(refused));
         }
     };
-    // The explained reason only where it is kept (an audit record).
+    // The explained reason only where it is kept (an audit record, an access event).
     let reason = match (identity, &snap.policy) {
-        (Some(id), Some(policy)) if audit_target(ctx).is_some() => {
+        (Some(id), Some(policy)) if audit_target(ctx).is_some() || access_target(ctx).is_some() => {
             acl::verdict::explained_reason(policy, id, route)
         }
         _ => allowance.reason,

@@ -37,6 +37,10 @@ pub const CONNECTIONS_REFUSED_PER_ADDRESS: &str =
 pub const AUDIT_RECORDS: &str = "registry_guard_audit_records_total";
 pub const AUDIT_WRITE_FAILURES: &str = "registry_guard_audit_write_failures_total";
 pub const AUDIT_DENIALS_SUPPRESSED: &str = "registry_guard_audit_denials_suppressed_total";
+pub const AUDIT_DROPPED: &str = "registry_guard_audit_dropped_total";
+pub const AUDIT_SYSLOG_SENT: &str = "registry_guard_audit_syslog_sent_total";
+pub const AUDIT_SYSLOG_DROPPED: &str = "registry_guard_audit_syslog_dropped_total";
+pub const AUDIT_SYSLOG_CONNECTED: &str = "registry_guard_audit_syslog_connected";
 pub const AUDIT_DISK_FREE_BYTES: &str = "registry_guard_audit_disk_free_bytes";
 pub const AUDIT_DISK_LOW: &str = "registry_guard_audit_disk_low";
 pub const AUDIT_WRITER_FAILING: &str = "registry_guard_audit_writer_failing";
@@ -245,6 +249,11 @@ struct TableLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuditLabels {
     phase: &'static str,
     /// `none` for records without one (intents, denials' own phase, the writer's).
@@ -282,6 +291,11 @@ pub struct Metrics {
     pub audit_records: Counter,
     pub audit_write_failures: Counter,
     pub audit_denials_suppressed: Counter,
+    /// Records sent to the syslog collector, and dropped (its buffer full).
+    pub audit_syslog_sent: Counter,
+    pub audit_syslog_dropped: Counter,
+    /// 1 while connected to the syslog collector.
+    pub audit_syslog_connected: Gauge,
     /// Free bytes where the audit file lives (0 without audit).
     pub audit_disk_free_bytes: Gauge,
     /// 1 while that is below `audit.min_free_bytes`: not ready.
@@ -312,6 +326,8 @@ pub struct Metrics {
     connections: [Level; 2],
     tls_failures: [Counter; TlsFailure::ALL.len()],
     audit_by_phase: Family<AuditLabels, PromCounter>,
+    /// Access events dropped (queue full, or their write failed), by kind.
+    audit_dropped: Family<KindLabels, PromCounter>,
     pub audit_write_duration: Histogram,
 }
 
@@ -364,6 +380,14 @@ impl Metrics {
             AUDIT_DENIALS_SUPPRESSED,
             "Denied records not written one by one (audit.max_denials_per_minute); summarized",
         );
+        let audit_syslog_sent = counter(
+            AUDIT_SYSLOG_SENT,
+            "Audit records sent to the syslog collector (audit.syslog)",
+        );
+        let audit_syslog_dropped = counter(
+            AUDIT_SYSLOG_DROPPED,
+            "Audit records not sent to the syslog collector: its buffer (audit.syslog.buffer) was full; the file has them",
+        );
         let received_bytes = counter(
             RECEIVED_BYTES,
             "Request body bytes received from clients and forwarded",
@@ -386,6 +410,10 @@ impl Metrics {
         let audit_writer_failing = gauge(
             AUDIT_WRITER_FAILING,
             "1 while audit writes fail (not ready)",
+        );
+        let audit_syslog_connected = gauge(
+            AUDIT_SYSLOG_CONNECTED,
+            "1 while connected to the syslog collector (audit.syslog)",
         );
         let auth_cache_entries = gauge(
             AUTH_CACHE_ENTRIES,
@@ -470,6 +498,12 @@ impl Metrics {
             "Audit records written, by phase and outcome",
             audit_by_phase.clone(),
         );
+        let audit_dropped = Family::<KindLabels, PromCounter>::default();
+        r.register(
+            counter_name(AUDIT_DROPPED),
+            "Access events (push, pull, login) not written: the queue (audit.queue) was full or their write failed; by kind",
+            audit_dropped.clone(),
+        );
         let audit_write_duration = audit_buckets();
         r.register(
             AUDIT_WRITE_DURATION,
@@ -495,6 +529,9 @@ impl Metrics {
             audit_records,
             audit_write_failures,
             audit_denials_suppressed,
+            audit_syslog_sent,
+            audit_syslog_dropped,
+            audit_syslog_connected,
             audit_disk_free_bytes,
             audit_disk_low,
             audit_writer_failing,
@@ -517,6 +554,7 @@ impl Metrics {
             connections,
             tls_failures,
             audit_by_phase,
+            audit_dropped,
             audit_write_duration,
         }
     }
@@ -579,6 +617,15 @@ impl Metrics {
             Protocol::H2 => &self.connections[1],
         };
         LevelGuard::new(level.clone())
+    }
+
+    /// One access event of `kind` dropped (`registry_guard_audit_dropped_total{kind}`).
+    pub fn audit_dropped(&self, kind: crate::audit::Kind) {
+        self.audit_dropped
+            .get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            })
+            .inc();
     }
 
     /// One audit record written (`outcome`: `none` when the record has none).

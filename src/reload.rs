@@ -239,6 +239,9 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
                 "audit.max_denials_per_minute",
             );
             check(a.min_free_bytes != b.min_free_bytes, "audit.min_free_bytes");
+            check(a.queue != b.queue, "audit.queue");
+            check(a.login_window != b.login_window, "audit.login_window");
+            check(a.syslog != b.syslog, "audit.syslog");
         }
         _ => check(true, "audit"),
     }

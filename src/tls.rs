@@ -182,13 +182,19 @@ pub fn server_config(tls: &Tls) -> Result<Option<Arc<ServerConfig>>, ConfigError
 /// The upstream client's TLS config for an `https://` upstream: the CA file if given,
 /// else the system's roots.
 pub fn upstream_client_config(ca_file: Option<&Path>) -> Result<ClientConfig, ConfigError> {
+    ca_client_config("upstream.ca_file", ca_file)
+}
+
+/// A client TLS config trusting the CA file named by the configuration key `key`, else
+/// the system's roots (the upstream's, the audit syslog collector's).
+pub fn ca_client_config(key: &str, ca_file: Option<&Path>) -> Result<ClientConfig, ConfigError> {
     let mut roots = RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            for cert in load_certs("upstream.ca_file", path)? {
+            for cert in load_certs(key, path)? {
                 roots.add(cert).map_err(|e| {
                     ConfigError::new(
-                        "upstream.ca_file",
+                        key,
                         format!("{}: unusable CA certificate: {e}", path.display()),
                     )
                 })?;
@@ -200,8 +206,8 @@ pub fn upstream_client_config(ca_file: Option<&Path>) -> Result<ClientConfig, Co
             }
             if roots.is_empty() {
                 return Err(ConfigError::new(
-                    "upstream.ca_file",
-                    "no system CA certificates found: install ca-certificates or give upstream.ca_file",
+                    key,
+                    "no system CA certificates found: install ca-certificates or name a CA file here",
                 ));
             }
         }

@@ -6,10 +6,13 @@
 //!
 //! `record` and `verify` are pure; `writer` owns the file; `key` makes and reads the key.
 
+pub mod access;
 pub mod key;
+pub mod query;
 pub mod record;
+pub mod syslog;
 pub(crate) mod verify;
 pub(crate) mod writer;
 
-pub use record::{Chain, Decision, Entry, Event, Outcome, Phase, Position, Record, Target};
+pub use record::{Chain, Decision, Entry, Event, Kind, Outcome, Phase, Position, Record, Target};
 pub use writer::{AuditLog, AuditSettings, StartError};

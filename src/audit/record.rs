@@ -10,9 +10,12 @@
 //! `prev` covers yet. The first record of a rotated file names the last hash of the file
 //! before it, so the chain runs across files.
 //!
-//! Besides the records of requests (intent, outcome, denied) the writer adds records of
-//! its own ([`Event`]): periodic checkpoints, repairs of a torn tail, and summaries of
-//! denials that the per-user rate limit kept from being written one by one.
+//! Besides the records of requests (intent, outcome, denied; `access` for the events of
+//! `audit.events`: pushes, pulls, logins) the writer adds records of its own ([`Event`]):
+//! periodic checkpoints, repairs of a torn tail, summaries of denials that the per-user
+//! rate limit kept from being written one by one, summaries of access events a full
+//! queue dropped, and where the chain was taken up at start when the files and the
+//! sidecar disagreed.
 //!
 //! Files written before the chain was keyed (no `seq`, `prev` a plain SHA-256) are still
 //! readable: `audit verify --unkeyed` checks them with [`Chain::Unkeyed`].
@@ -123,18 +126,29 @@ pub enum Phase {
     Outcome,
     /// A refused request of an authenticated user: the only record it gets.
     Denied,
+    /// An access event (`audit.events`: push, pull, login): one record, written after
+    /// the fact through a bounded queue, never fail-closed.
+    Access,
     /// The writer's: denials of one user that the rate limit did not write one by one.
     DenialsSummary,
     /// The writer's: a torn tail (crash or failed write) was cut off the file.
     Repair,
     /// The writer's: the chain's position, also printed to the log for an outside copy.
     Checkpoint,
+    /// The writer's: access events of one kind a full queue dropped.
+    DroppedSummary,
+    /// The writer's: at start, the end of the files and the sidecar disagreed (or one of
+    /// them was missing); says which position the chain continues from, and why.
+    ChainHead,
 }
 
 impl Phase {
     /// Records of requests ([`Record`]); the others are the writer's own ([`Event`]).
     pub fn is_request(self) -> bool {
-        matches!(self, Phase::Intent | Phase::Outcome | Phase::Denied)
+        matches!(
+            self,
+            Phase::Intent | Phase::Outcome | Phase::Denied | Phase::Access
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -142,14 +156,17 @@ impl Phase {
             Phase::Intent => "intent",
             Phase::Outcome => "outcome",
             Phase::Denied => "denied",
+            Phase::Access => "access",
             Phase::DenialsSummary => "denials_summary",
             Phase::Repair => "repair",
             Phase::Checkpoint => "checkpoint",
+            Phase::DroppedSummary => "dropped_summary",
+            Phase::ChainHead => "chain_head",
         }
     }
 }
 
-/// What a delete (or audited push) removes or writes.
+/// What a delete (or audited push) removes or writes; what an access event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
@@ -157,6 +174,50 @@ pub enum Target {
     ManifestByTag,
     Blob,
     ManifestPush,
+    /// A manifest GET (by tag or digest): a pull event.
+    ManifestPull,
+    /// A credential check: a login event.
+    Login,
+}
+
+/// The kinds of records `audit.events` turns on (`delete` is always on) and `audit
+/// show --kind` picks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Delete,
+    Push,
+    Pull,
+    Login,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Delete, Kind::Push, Kind::Pull, Kind::Login];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Delete => "delete",
+            Kind::Push => "push",
+            Kind::Pull => "pull",
+            Kind::Login => "login",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl Target {
+    /// The kind of record a request record about this target is.
+    pub fn kind(self) -> Kind {
+        match self {
+            Target::ManifestByDigest | Target::ManifestByTag | Target::Blob => Kind::Delete,
+            Target::ManifestPush => Kind::Push,
+            Target::ManifestPull => Kind::Pull,
+            Target::Login => Kind::Login,
+        }
+    }
 }
 
 /// What the proxy decided about the request.
@@ -181,6 +242,10 @@ impl Decision {
 pub enum Outcome {
     Deleted,
     Pushed,
+    /// A manifest GET answered 2xx.
+    Pulled,
+    /// A credential check that succeeded.
+    LoggedIn,
     Denied,
     Failed,
     /// Only in verification: an intent whose outcome was never written (a crash).
@@ -192,6 +257,8 @@ impl Outcome {
         match self {
             Outcome::Deleted => "deleted",
             Outcome::Pushed => "pushed",
+            Outcome::Pulled => "pulled",
+            Outcome::LoggedIn => "logged_in",
             Outcome::Denied => "denied",
             Outcome::Failed => "failed",
             Outcome::Unknown => "unknown",
@@ -228,6 +295,12 @@ pub struct Record {
     /// The manifest digest (a delete by tag: what the tag pointed at before).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// Push and pull events: the manifest's size in bytes and media type (the request's
+    /// `Content-Length`/`Content-Type` for a push, the upstream's answer for a pull).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
     /// Tags that pointed at the digest before the delete.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tags: Option<Vec<String>>,
@@ -277,6 +350,19 @@ pub struct Event {
     pub bytes_removed: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub removed_sha256: Option<String>,
+    /// Dropped summary: the kind of access events dropped (`count` says how many).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<Kind>,
+    /// Chain head: the file whose end was read, where it ends (`SEQ:HASH`), where the
+    /// sidecar said the chain ends, and where it continues from now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_end: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar_end: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continues_from: Option<String>,
     /// What happened, in words.
     pub reason: String,
     #[serde(default)]
@@ -299,6 +385,11 @@ impl Event {
             last: None,
             bytes_removed: None,
             removed_sha256: None,
+            kind: None,
+            file: None,
+            file_end: None,
+            sidecar_end: None,
+            continues_from: None,
             reason,
             seq: 0,
             prev: String::new(),
@@ -335,6 +426,14 @@ impl Entry {
         match self {
             Entry::Request(r) => r.phase,
             Entry::Event(e) => e.phase,
+        }
+    }
+
+    /// The kind of a request record (`None`: the writer's own records).
+    pub fn kind(&self) -> Option<Kind> {
+        match self {
+            Entry::Request(r) => Some(r.target.kind()),
+            Entry::Event(_) => None,
         }
     }
 
@@ -554,6 +653,8 @@ mod tests {
             target: Target::ManifestByDigest,
             reference: "sha256:x".into(),
             digest: Some("sha256:x".into()),
+            size: None,
+            media_type: None,
             tags: Some(vec!["a".into(), "b".into()]),
             tags_complete: Some(true),
             decision: Decision::Allowed,

@@ -10,7 +10,7 @@
 //! unknown outcome (a crash between the two). The first broken place is reported by file
 //! and line.
 
-use super::record::{Chain, Entry, Outcome, Phase, Position, GENESIS};
+use super::record::{Chain, Entry, Outcome, Phase, Position, Target, GENESIS};
 use std::collections::HashMap;
 
 /// What the caller knows besides the files.
@@ -39,6 +39,14 @@ pub struct Report {
     pub unknown: u64,
     /// Repairs of a torn tail recorded by the writer.
     pub repairs: u64,
+    /// Access events (`audit.events`): manifest pulls, logins that succeeded and failed.
+    pub pulls: u64,
+    pub logins: u64,
+    pub failed_logins: u64,
+    /// Access events dropped by a full queue, as the writer's summaries count them.
+    pub dropped: u64,
+    /// Starts at which the files and the sidecar disagreed (`chain_head` records).
+    pub chain_heads: u64,
     /// Checkpoint records in the files; the last one.
     pub checkpoints: u64,
     pub last_checkpoint: Option<String>,
@@ -202,6 +210,14 @@ fn count(r: &mut Report, entry: &Entry, open: &mut HashMap<String, ()>, order: &
                 }
             }
             Phase::Denied => r.denials += 1,
+            Phase::Access => match (rec.target, rec.outcome) {
+                (_, Some(Outcome::Denied)) => r.denials += 1,
+                (Target::Login, Some(Outcome::LoggedIn)) => r.logins += 1,
+                (Target::Login, _) => r.failed_logins += 1,
+                (Target::ManifestPull, Some(Outcome::Pulled)) => r.pulls += 1,
+                (_, Some(Outcome::Pushed)) => r.pushes += 1,
+                _ => {}
+            },
             _ => {
                 open.remove(&rec.request_id);
                 match rec.outcome {
@@ -209,6 +225,8 @@ fn count(r: &mut Report, entry: &Entry, open: &mut HashMap<String, ()>, order: &
                     Some(Outcome::Pushed) => r.pushes += 1,
                     Some(Outcome::Failed) => r.failures += 1,
                     Some(Outcome::Denied) => r.denials += 1,
+                    // Only access records carry these.
+                    Some(Outcome::Pulled | Outcome::LoggedIn) => {}
                     Some(Outcome::Unknown) | None => r.unknown += 1,
                 }
             }
@@ -221,6 +239,8 @@ fn count(r: &mut Report, entry: &Entry, open: &mut HashMap<String, ()>, order: &
                 r.denials = r.denials.saturating_add(n);
             }
             Phase::Repair => r.repairs += 1,
+            Phase::DroppedSummary => r.dropped = r.dropped.saturating_add(e.count.unwrap_or(0)),
+            Phase::ChainHead => r.chain_heads += 1,
             _ => r.checkpoints += 1,
         },
     }
@@ -322,6 +342,8 @@ mod tests {
             target: Target::ManifestByDigest,
             reference: "sha256:x".into(),
             digest: None,
+            size: None,
+            media_type: None,
             tags: None,
             tags_complete: None,
             decision: crate::audit::Decision::Allowed,

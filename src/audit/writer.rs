@@ -34,6 +34,7 @@
 //! key) is also kept in `.<name>.last`, rewritten after every batch, so a restart after
 //! a rotation continues the chain from where it really ended.
 
+use super::access::{AccessQueue, Logins, Offer};
 use super::key::{self, KeyError};
 use super::record::{
     line_hash, now_rfc3339, Chain, Entry, Event, Phase, Position, Record, GENESIS,
@@ -68,6 +69,13 @@ pub struct AuditSettings {
     pub max_denials_per_minute: u32,
     /// Below this many free bytes in the audit folder, `GET /ready` fails.
     pub min_free_bytes: u64,
+    /// Access events waiting for the writer at most (`audit.queue`); past it they are
+    /// dropped and counted.
+    pub queue: usize,
+    /// A successful login of a user from an address is recorded once in this long.
+    pub login_window: Duration,
+    /// Also send every record to this syslog collector (`audit.syslog`).
+    pub syslog: Option<super::syslog::SyslogSettings>,
 }
 
 /// Why the writer cannot start.
@@ -77,6 +85,8 @@ pub enum StartError {
     Key(#[from] KeyError),
     #[error("{0}")]
     File(String),
+    #[error("{0}")]
+    Syslog(String),
 }
 
 impl StartError {
@@ -85,6 +95,7 @@ impl StartError {
         match self {
             StartError::Key(_) => "audit.key_file",
             StartError::File(_) => "audit.file",
+            StartError::Syslog(_) => "audit.syslog",
         }
     }
 }
@@ -123,6 +134,8 @@ enum Msg {
     Denial(Box<Record>, Ack),
     Reopen,
     Tick,
+    /// Access events were queued (see `access`): take them.
+    Wake,
     /// Shutting down: write pending summaries and a last checkpoint.
     Close(Ack),
 }
@@ -137,6 +150,9 @@ impl std::fmt::Debug for Msg {
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
+    access: Arc<AccessQueue>,
+    logins: Arc<Logins>,
+    metrics: Arc<Metrics>,
 }
 
 /// How often the writer checks the disk, due summaries and checkpoints.
@@ -206,6 +222,8 @@ struct Writer {
     denials: Denials,
     metrics: Arc<Metrics>,
     wrap: Option<Wrap>,
+    /// The syslog sink, if configured: records once their batch is on disk.
+    syslog: Option<super::syslog::Syslog>,
 }
 
 /// The default instance id: the host name (uname's nodename), as replicas usually run
@@ -370,15 +388,144 @@ fn check_tail(
     Ok(Some(end))
 }
 
+/// Endings of rotated files that the writer cannot read (compressed) or that are no
+/// audit file of its own.
+const NOT_ROTATED: &[&str] = &[".gz", ".xz", ".bz2", ".zst", ".lz4", ".z", ".tmp"];
+
+/// The end of the newest rotated file next to `path` (`NAME.*` or `NAME-*`: the writer's
+/// own `NAME.STAMP`, logrotate's `NAME.1` and `NAME-DATE`; newest by modification time,
+/// compressed ones left out): its name and where its last complete record ends. `None`:
+/// no such file, or one without records, or one written before the chain was keyed. A
+/// file whose records are not the key's is refused, as the current file would be.
+fn newest_rotated(path: &Path, chain: &Chain) -> Result<Option<(String, Position)>, String> {
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Ok(None);
+    };
+    let Ok(dir) = std::fs::read_dir(folder_of(path)) else {
+        return Ok(None);
+    };
+    let mut best: Option<(std::time::SystemTime, String, PathBuf)> = None;
+    for entry in dir.flatten() {
+        let n = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = n.strip_prefix(name.as_str()) else {
+            continue;
+        };
+        if rest.len() < 2
+            || !rest.starts_with(['.', '-'])
+            || NOT_ROTATED.iter().any(|e| n.ends_with(e))
+        {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+        if best
+            .as_ref()
+            .map_or(true, |(t, b, _)| (mtime, &n) > (*t, b))
+        {
+            best = Some((mtime, n, entry.path()));
+        }
+    }
+    let Some((_, _, file)) = best else {
+        return Ok(None);
+    };
+    let shown = file.display().to_string();
+    let tail = File::open(&file)
+        .and_then(|mut f| read_tail(&mut f))
+        .map_err(|e| format!("the newest rotated file {shown} cannot be read: {e}"))?;
+    let last = tail.lines.strip_suffix(b"\n").unwrap_or_default();
+    let last = last.rsplit(|&b| b == b'\n').next().unwrap_or_default();
+    if Entry::parse(last).is_ok_and(|e| e.seq() == 0) {
+        return Ok(None);
+    }
+    match check_tail(&tail, &shown, chain, None) {
+        Ok(end) => Ok(end.map(|e| (shown, e))),
+        Err(e) => Err(format!(
+            "the newest rotated file {shown}, whose end the chain would continue: {e}"
+        )),
+    }
+}
+
+/// The syslog severity of a record: warning for refusals, failures and the writer's
+/// reports of trouble; notice for deletes; info for the rest.
+fn severity(e: &Entry) -> u8 {
+    use super::record::Outcome;
+    use super::syslog::{INFO, NOTICE, WARNING};
+    match e {
+        Entry::Request(r) if matches!(r.outcome, Some(Outcome::Denied | Outcome::Failed)) => {
+            WARNING
+        }
+        Entry::Request(r) if matches!(r.phase, Phase::Intent | Phase::Outcome) => NOTICE,
+        Entry::Request(_) => INFO,
+        Entry::Event(e) if e.phase == Phase::Checkpoint => INFO,
+        Entry::Event(_) => WARNING,
+    }
+}
+
+/// PURE: where the chain continues at start, from the end of the files (`file`: the
+/// file read and the position of its last complete record) and the sidecar's position;
+/// with the `chain_head` record to write when they disagree or one is missing (never
+/// silently: whoever reads the log sees which one was taken, and why).
+///
+/// The file is the source of truth where it reaches at least as far as the sidecar (a
+/// crash between a batch and its sidecar, or an older sidecar put back); a newest
+/// rotated file that ends before the sidecar leaves the records after it in a file not
+/// found here (compressed, moved) or cut: the chain continues from the sidecar, and
+/// `audit verify` shows the gap. (The current file ending before the sidecar is refused
+/// before this: see `check_tail`.)
+fn choose_head(
+    file: Option<(&str, Position)>,
+    sidecar: Option<Position>,
+) -> (Position, Option<Event>) {
+    let genesis = Position {
+        seq: 0,
+        hash: GENESIS.to_owned(),
+    };
+    let (name, end, side) = match (file, sidecar) {
+        (None, None) => return (genesis, None),
+        (None, Some(s)) => return (s, None),
+        (Some((_, f)), Some(s)) if f == s => return (f, None),
+        (Some((n, f)), s) => (n, f, s),
+    };
+    let (head, why) = match &side {
+        None => (
+            end.clone(),
+            format!("no sidecar (.<file>.last): the chain continues from the end of {name}"),
+        ),
+        Some(s) if end.seq > s.seq => (
+            end.clone(),
+            format!("{name} ends at record {}, after the sidecar's record {} (a crash between a write and its sidecar, or an older sidecar put back): the chain continues from the file", end.seq, s.seq),
+        ),
+        Some(s) if end.seq == s.seq => (
+            end.clone(),
+            format!("{name} ends at record {} with another hash than the sidecar's: the chain continues from the file; check both with `audit verify --checkpoint`", end.seq),
+        ),
+        Some(s) => (
+            s.clone(),
+            format!("{name} ends at record {}, before the sidecar's record {}: the records after it are in a file not read here (compressed, moved) or were cut; the chain continues from the sidecar", end.seq, s.seq),
+        ),
+    };
+    let mut e = Event::new(Phase::ChainHead, why);
+    e.file = Some(name.to_owned());
+    e.file_end = Some(end.to_string());
+    e.sidecar_end = side.map(|s| s.to_string());
+    e.continues_from = Some(head.to_string());
+    (head, Some(e))
+}
+
 impl Writer {
-    /// Opens (creating it 0600 if needed) the audit file, cuts a torn tail off (returning
-    /// the repair record to write first), and finds where the chain ends: the file's last
-    /// record, else the sidecar, else genesis.
+    /// Opens (creating it 0600 if needed) the audit file, cuts a torn tail off, and finds
+    /// where the chain ends: the file's last complete record, else the newest rotated
+    /// file's, checked against the sidecar (see [`choose_head`]). Returns the records to
+    /// write first: the repair of a torn tail, and a `chain_head` record when the files
+    /// and the sidecar disagreed.
     fn open(
         settings: AuditSettings,
         chain: Chain,
         metrics: Arc<Metrics>,
-    ) -> Result<(Writer, Option<Event>), StartError> {
+    ) -> Result<(Writer, Vec<Event>), StartError> {
         let path = settings.file.clone();
         let shown = path.display().to_string();
         let err = |what: String| StartError::File(format!("{shown}: {what}"));
@@ -399,13 +546,22 @@ impl Writer {
             None
         };
         let side = read_sidecar(&path, &chain)?;
-        if side.is_none() && !tail.lines.is_empty() {
-            tracing::warn!(file = %shown, "the audit file has no sidecar (.<name>.last): whether its end was cut cannot be checked at start");
-        }
-        let (seq, last_hash) = match check_tail(&tail, &shown, &chain, side.clone()).map_err(err)? {
-            Some(end) => (end.seq, end.hash),
-            None => side.map_or((0, GENESIS.to_owned()), |p| (p.seq, p.hash)),
+        // The file's own end; when it holds no record yet (new, or emptied by a rotation
+        // nobody told the proxy about), the end of the newest rotated file next to it.
+        let found = match check_tail(&tail, &shown, &chain, side.clone()).map_err(err)? {
+            Some(end) => Some((shown.clone(), end)),
+            None => newest_rotated(&path, &chain).map_err(err)?,
         };
+        let (head, chain_head) = choose_head(
+            found
+                .as_ref()
+                .map(|(name, end)| (name.as_str(), end.clone())),
+            side,
+        );
+        if let Some(e) = &chain_head {
+            tracing::warn!(file = %shown, reason = %e.reason, "audit chain head: the files and the sidecar disagree");
+        }
+        let (seq, last_hash) = (head.seq, head.hash);
         let instance = settings.instance.clone().unwrap_or_else(host_name);
         let mut writer = Writer {
             settings,
@@ -422,10 +578,11 @@ impl Writer {
             denials: Denials::default(),
             metrics,
             wrap: None,
+            syslog: None,
         };
         writer.denials.per_minute = writer.settings.max_denials_per_minute;
         writer.check_disk();
-        Ok((writer, repair))
+        Ok((writer, repair.into_iter().chain(chain_head).collect()))
     }
 
     fn position(&self) -> Position {
@@ -510,10 +667,13 @@ impl Writer {
         for e in &mut entries {
             e.set_instance(&self.instance);
         }
+        // Where each line ends in `buf`, for the syslog sink.
+        let mut ends = Vec::new();
         for e in &entries {
             seq += 1;
             let (line, h) = e.to_line(seq, &hash, &self.chain);
             buf.push_str(&line);
+            ends.push(buf.len());
             buf.push('\n');
             hash = h;
         }
@@ -543,6 +703,15 @@ impl Writer {
             );
         }
         self.since_checkpoint += entries.len() as u64;
+        if let Some(sink) = &self.syslog {
+            let starts = std::iter::once(0).chain(ends.iter().map(|e| e + 1));
+            sink.offer(
+                entries
+                    .iter()
+                    .zip(starts.zip(&ends))
+                    .map(|(e, (a, b))| (e.time(), e.phase().as_str(), severity(e), &buf[a..*b])),
+            );
+        }
         if self.settings.stdout {
             let mut out = io::stdout().lock();
             let _ = out.write_all(buf.as_bytes());
@@ -913,17 +1082,29 @@ impl AuditLog {
     /// tail, finds where its chain ends, and starts the writer thread.
     pub fn start(settings: AuditSettings, metrics: Arc<Metrics>) -> Result<AuditLog, StartError> {
         let chain = key::load(&settings.key_file)?;
-        let (mut writer, repair) = Writer::open(settings, chain, metrics)?;
-        if let Some(r) = repair {
+        let (mut writer, first) = Writer::open(settings, chain, metrics)?;
+        if let Some(s) = &writer.settings.syslog {
+            writer.syslog = Some(
+                super::syslog::Syslog::start(s, &writer.instance, writer.metrics.clone())
+                    .map_err(StartError::Syslog)?,
+            );
+        }
+        if !first.is_empty() {
             writer
-                .write_batch(vec![Entry::Event(r)], false)
+                .write_batch(first.into_iter().map(Entry::Event).collect(), false)
                 .map_err(|e| {
-                    StartError::File(format!("the repair of a torn tail was not recorded: {e}"))
+                    StartError::File(format!(
+                        "the repair of a torn tail or where the chain continues was not recorded: {e}"
+                    ))
                 })?;
         }
         tracing::info!(file = %writer.settings.file.display(), position = %writer.position(), "audit chain continues from here");
         let (tx, mut rx) = mpsc::channel::<Msg>(1024);
         let weak = tx.downgrade();
+        let access = Arc::new(AccessQueue::new(writer.settings.queue));
+        let logins = Arc::new(Logins::new(writer.settings.login_window));
+        let metrics = writer.metrics.clone();
+        let queue = access.clone();
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
@@ -956,6 +1137,7 @@ impl AuditLog {
                         }
                         Msg::Reopen => w.create_next = true,
                         Msg::Tick => tick = true,
+                        Msg::Wake => {}
                         Msg::Close(ack) => close = Some(ack),
                     };
                     handle(first, &mut writer);
@@ -965,13 +1147,27 @@ impl AuditLog {
                             Err(_) => break,
                         }
                     }
+                    // Access events ride along in the same write and fsync, after the
+                    // records requests wait for; with the summaries of dropped ones.
+                    let events = queue.take();
+                    let kinds: Vec<_> = events.iter().map(|r| r.target.kind()).collect();
+                    let dropped = queue.summaries();
+                    entries.extend(events.into_iter().map(Entry::Request));
+                    entries.extend(dropped.iter().cloned().map(Entry::Event));
                     if !entries.is_empty() {
                         let n = entries.len();
                         let result = writer.write_batch(entries, false);
-                        if let Err(e) = &result {
-                            tracing::error!(error = %e, records = n, "audit write failed");
-                            for user in &announced {
-                                writer.denials.announce_failed(user);
+                        match &result {
+                            Ok(()) => queue.settle(&dropped),
+                            Err(e) => {
+                                tracing::error!(error = %e, records = n, "audit write failed");
+                                for user in &announced {
+                                    writer.denials.announce_failed(user);
+                                }
+                                for k in &kinds {
+                                    writer.metrics.audit_dropped(*k);
+                                }
+                                queue.lost(&kinds);
                             }
                         }
                         for ack in acks {
@@ -997,7 +1193,33 @@ impl AuditLog {
                 let _ = tx.try_send(Msg::Tick);
             })
             .map_err(|e| StartError::File(format!("cannot start the audit ticker: {e}")))?;
-        Ok(AuditLog { tx })
+        Ok(AuditLog {
+            tx,
+            access,
+            logins,
+            metrics,
+        })
+    }
+
+    /// Queues an access event (push, pull, login) for the next batch; never waits, never
+    /// fails: when the queue is full the event is dropped and counted (see `access`).
+    /// Deletes never come here: [`AuditLog::write`].
+    pub fn event(&self, record: Record) {
+        let kind = record.target.kind();
+        match self.access.offer(record) {
+            Offer::QueuedFirst => {
+                // A full channel means the writer is busy and takes the queue next anyway.
+                let _ = self.tx.try_send(Msg::Wake);
+            }
+            Offer::Queued => {}
+            Offer::Dropped => self.metrics.audit_dropped(kind),
+        }
+    }
+
+    /// Whether a successful credential check of `user` from `client` is a login event:
+    /// the first per pair within `audit.login_window`.
+    pub fn first_login(&self, user: &str, client: std::net::IpAddr) -> bool {
+        self.logins.first(user, client, Instant::now())
     }
 
     /// Appends a record; returns once it is on disk (fsync'd), or why it is not.
@@ -1052,6 +1274,9 @@ mod tests {
             checkpoint_interval: Duration::from_secs(3600),
             max_denials_per_minute: 3,
             min_free_bytes: 0,
+            queue: 16,
+            login_window: Duration::from_secs(60),
+            syslog: None,
         }
     }
 
@@ -1072,6 +1297,8 @@ mod tests {
             target: Target::ManifestByDigest,
             reference: "sha256:x".into(),
             digest: None,
+            size: None,
+            media_type: None,
             tags: None,
             tags_complete: None,
             decision: crate::audit::Decision::Denied,
@@ -1085,10 +1312,18 @@ mod tests {
         })
     }
 
+    /// The writer, the repair record it would write first (if any), its metrics.
     fn open(dir: &Path) -> (Writer, Option<Event>, Arc<Metrics>) {
-        let metrics = Arc::new(Metrics::default());
-        let (w, repair) = Writer::open(settings(dir), Chain::keyed(KEY), metrics.clone()).unwrap();
+        let (w, first, metrics) = open_all(dir);
+        let repair = first.into_iter().find(|e| e.phase == Phase::Repair);
         (w, repair, metrics)
+    }
+
+    /// The writer, every record it would write first, its metrics.
+    fn open_all(dir: &Path) -> (Writer, Vec<Event>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::default());
+        let (w, first) = Writer::open(settings(dir), Chain::keyed(KEY), metrics.clone()).unwrap();
+        (w, first, metrics)
     }
 
     fn check(path: &Path) -> Report {
@@ -1419,6 +1654,191 @@ mod tests {
         std::fs::write(sidecar(&path), side).unwrap();
         let (w, _, _) = open(dir.path());
         assert_eq!(w.seq, 2);
+    }
+
+    #[test]
+    fn the_chain_head_is_chosen_from_the_files_and_a_disagreement_recorded() {
+        let at = |seq: u64, c: char| Position {
+            seq,
+            hash: c.to_string().repeat(64),
+        };
+        assert_eq!(
+            choose_head(None, None),
+            (
+                Position {
+                    seq: 0,
+                    hash: GENESIS.into()
+                },
+                None
+            )
+        );
+        assert_eq!(choose_head(None, Some(at(4, 'a'))), (at(4, 'a'), None));
+        assert_eq!(
+            choose_head(Some(("f", at(4, 'a'))), Some(at(4, 'a'))),
+            (at(4, 'a'), None)
+        );
+        let cases = [
+            (at(7, 'b'), None, at(7, 'b'), "no sidecar"),
+            (
+                at(7, 'b'),
+                Some(at(4, 'a')),
+                at(7, 'b'),
+                "after the sidecar's record 4",
+            ),
+            (at(4, 'b'), Some(at(4, 'a')), at(4, 'b'), "another hash"),
+            (
+                at(3, 'b'),
+                Some(at(4, 'a')),
+                at(4, 'a'),
+                "before the sidecar's record 4",
+            ),
+        ];
+        for (file, side, want, why) in cases {
+            let (head, event) = choose_head(Some(("audit.jsonl.1", file.clone())), side.clone());
+            assert_eq!(head, want, "{why}");
+            let e = event.expect("a disagreement was not recorded");
+            assert_eq!(e.phase, Phase::ChainHead);
+            assert!(e.reason.contains(why), "{}", e.reason);
+            assert_eq!(e.file.as_deref(), Some("audit.jsonl.1"));
+            assert_eq!(e.file_end, Some(file.to_string()));
+            assert_eq!(e.sidecar_end, side.map(|s| s.to_string()));
+            assert_eq!(e.continues_from, Some(want.to_string()));
+        }
+    }
+
+    /// logrotate without SIGHUP, then a restart: the file was renamed to `NAME.1` and
+    /// an empty one created; the sidecar is an older one (a crash between a batch and
+    /// its sidecar, or a restore). The chain continues from the rotated file's last
+    /// record, the disagreement is recorded, and the two files verify as one chain.
+    #[test]
+    fn a_restart_after_logrotate_continues_from_the_newest_rotated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _, _) = open(dir.path());
+        let path = w.settings.file.clone();
+        w.write_batch(vec![record("bob", "r1")], false).unwrap();
+        let stale = std::fs::read(sidecar(&path)).unwrap();
+        w.write_batch(vec![record("bob", "r2"), record("bob", "r3")], false)
+            .unwrap();
+        drop(w);
+        let rotated = dir.path().join("audit.jsonl.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        std::fs::write(&path, "").unwrap();
+        // An older rotated file and a compressed newer one are not taken.
+        std::fs::write(dir.path().join("audit.jsonl.2"), "").unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(dir.path().join("audit.jsonl.2"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        std::fs::write(dir.path().join("audit.jsonl.0.gz"), b"\x1f\x8b").unwrap();
+        std::fs::write(sidecar(&path), &stale).unwrap();
+        let (mut w, first, _) = open_all(dir.path());
+        assert_eq!(w.seq, 3, "continued from the stale sidecar");
+        assert_eq!(first.len(), 1, "{first:?}");
+        let e = &first[0];
+        assert_eq!(e.phase, Phase::ChainHead);
+        assert!(
+            e.reason
+                .contains("ends at record 3, after the sidecar's record 1"),
+            "{}",
+            e.reason
+        );
+        assert_eq!(
+            e.file.as_deref(),
+            Some(rotated.display().to_string().as_str())
+        );
+        w.write_batch(first.into_iter().map(Entry::Event).collect(), false)
+            .unwrap();
+        w.write_batch(vec![record("bob", "r4")], false).unwrap();
+        let (a, b) = (
+            std::fs::read(&rotated).unwrap(),
+            std::fs::read(&path).unwrap(),
+        );
+        let chain = Chain::keyed(KEY);
+        let opts = Options {
+            chain: &chain,
+            start: None,
+            checkpoints: Vec::new(),
+        };
+        let r = verify(
+            [
+                ("audit.jsonl.1", a.as_slice()),
+                ("audit.jsonl", b.as_slice()),
+            ],
+            &opts,
+        );
+        assert_eq!(
+            (r.broken.as_deref(), r.records, r.chain_heads),
+            (None, 5, 1),
+            "{r:?}"
+        );
+        // Now file and sidecar agree: no record at the next start.
+        drop(w);
+        let (w, first, _) = open_all(dir.path());
+        assert!(first.is_empty(), "{first:?}");
+        assert_eq!(w.seq, 5);
+    }
+
+    /// Without a sidecar (removed, or never written), the rotated file's end is taken,
+    /// not genesis; and that is recorded too.
+    #[test]
+    fn without_a_sidecar_the_rotated_file_is_continued_and_that_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _, _) = open(dir.path());
+        let path = w.settings.file.clone();
+        w.write_batch(vec![record("bob", "r1"), record("bob", "r2")], false)
+            .unwrap();
+        drop(w);
+        std::fs::rename(&path, dir.path().join("audit.jsonl-20261123")).unwrap();
+        std::fs::remove_file(sidecar(&path)).unwrap();
+        let (w, first, _) = open_all(dir.path());
+        assert_eq!(w.seq, 2);
+        assert_eq!(first.len(), 1);
+        assert!(
+            first[0].reason.starts_with("no sidecar"),
+            "{}",
+            first[0].reason
+        );
+        // A rotated file that is not the key's is not continued.
+        drop(w);
+        std::fs::remove_file(&path).unwrap();
+        let rotated = dir.path().join("audit.jsonl-20261123");
+        let text = std::fs::read_to_string(&rotated).unwrap();
+        std::fs::write(&rotated, text.replace("\"bob\"", "\"eve\"")).unwrap();
+        let e = Writer::open(
+            settings(dir.path()),
+            Chain::keyed(KEY),
+            Arc::new(Metrics::default()),
+        )
+        .err()
+        .expect("a forged rotated file was continued")
+        .to_string();
+        assert!(
+            e.contains("the newest rotated file") && e.contains("MAC"),
+            "{e}"
+        );
+    }
+
+    /// The file ahead of its sidecar (the current file) is continued, and recorded.
+    #[test]
+    fn a_current_file_ahead_of_its_sidecar_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _, _) = open(dir.path());
+        w.write_batch(vec![record("bob", "r1")], false).unwrap();
+        let path = w.settings.file.clone();
+        let side = std::fs::read(sidecar(&path)).unwrap();
+        w.write_batch(vec![record("bob", "r2")], false).unwrap();
+        drop(w);
+        std::fs::write(sidecar(&path), side).unwrap();
+        let (_, first, _) = open_all(dir.path());
+        assert_eq!(first.len(), 1);
+        assert!(
+            first[0].reason.contains("after the sidecar's record 1"),
+            "{}",
+            first[0].reason
+        );
     }
 
     /// Checkpoints by count land in the batch that reaches them; by time, on a tick.

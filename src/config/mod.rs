@@ -116,6 +116,14 @@ impl Config {
         if let Some(audit) = &mut self.audit {
             fix(&mut audit.settings.file);
             fix(&mut audit.settings.key_file);
+            if let Some(ca) = audit
+                .settings
+                .syslog
+                .as_mut()
+                .and_then(|s| s.ca_file.as_mut())
+            {
+                fix(ca);
+            }
         }
         if let Some(Credentials {
             password: SecretSource::File(f),

@@ -200,6 +200,23 @@ pub(super) struct RawAudit {
     pub(super) max_tags: Option<usize>,
     #[serde(default)]
     pub(super) trusted_proxies: Vec<String>,
+    pub(super) events: Option<Vec<String>>,
+    pub(super) queue: Option<usize>,
+    pub(super) login_window: Option<String>,
+    pub(super) syslog: Option<RawSyslog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSyslog {
+    pub(super) address: String,
+    #[serde(default)]
+    pub(super) tls: bool,
+    pub(super) ca_file: Option<PathBuf>,
+    pub(super) server_name: Option<String>,
+    pub(super) facility: Option<String>,
+    pub(super) app_name: Option<String>,
+    pub(super) buffer: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -506,3 +506,73 @@ fn the_example_config_is_valid_with_its_token_keys_uncommented() {
     assert_eq!(t.max_lifetime, Some(Duration::from_secs(90 * 86400)));
     assert_eq!(t.flush_interval, DEFAULT_TOKEN_FLUSH);
 }
+
+/// `audit.events` turns on push, pull and login records; deletes always are; an unknown
+/// kind is refused naming the key. `audit.queue` and `audit.login_window` are checked.
+#[test]
+fn audit_events_name_known_kinds_and_deletes_are_always_on() {
+    use crate::audit::Kind;
+    let base = format!("{MIN}audit:\n  file: a.jsonl\n  key_file: k\n");
+    let c = Config::from_yaml(&base).unwrap();
+    let a = c.audit.unwrap();
+    assert_eq!(a.events.iter().copied().collect::<Vec<_>>(), [Kind::Delete]);
+    assert_eq!(
+        (a.settings.queue, a.settings.login_window.as_secs()),
+        (10_000, 3600)
+    );
+    let c = Config::from_yaml(&format!(
+        "{base}  events: [pull, login]\n  queue: 5\n  login_window: 10m\n"
+    ))
+    .unwrap();
+    let a = c.audit.unwrap();
+    assert!(a.records(Kind::Delete) && a.records(Kind::Pull) && a.records(Kind::Login));
+    assert!(!a.records(Kind::Push));
+    assert_eq!(
+        (a.settings.queue, a.settings.login_window.as_secs()),
+        (5, 600)
+    );
+    let e = err(&format!("{base}  events: [pull, blob]\n"));
+    assert!(
+        e.contains("audit.events") && e.contains("\"blob\" is not an event kind"),
+        "{e}"
+    );
+    let e = err(&format!("{base}  queue: 0\n"));
+    assert!(e.contains("audit.queue"), "{e}");
+}
+
+/// `audit.syslog`: HOST:PORT, a known facility, TLS keys only with `tls: true`.
+#[test]
+fn audit_syslog_is_checked_naming_its_keys() {
+    let base = format!("{MIN}audit:\n  file: a.jsonl\n  key_file: k\n  syslog:\n");
+    let c = Config::from_yaml(&format!(
+        "{base}    address: logs.example:6514\n    tls: true\n    facility: local3\n"
+    ))
+    .unwrap();
+    let s = c.audit.unwrap().settings.syslog.unwrap();
+    assert_eq!(
+        (s.address.as_str(), s.tls, s.facility, s.buffer),
+        ("logs.example:6514", true, 19, 10_000)
+    );
+    assert_eq!(s.app_name, "registry-guard");
+    for (yaml, key) in [
+        ("    address: logs.example\n", "audit.syslog.address"),
+        ("    address: logs.example:0\n", "audit.syslog.address"),
+        (
+            "    address: h:514\n    facility: kern\n",
+            "audit.syslog.facility",
+        ),
+        (
+            "    address: h:514\n    ca_file: ca.pem\n",
+            "audit.syslog.tls",
+        ),
+        (
+            "    address: h:514\n    app_name: a b\n",
+            "audit.syslog.app_name",
+        ),
+        ("    address: h:514\n    buffer: 0\n", "audit.syslog.buffer"),
+        ("    address: h:514\n    port: 1\n", "port"),
+    ] {
+        let e = err(&format!("{base}{yaml}"));
+        assert!(e.contains(key), "{yaml}: {e}");
+    }
+}

@@ -50,6 +50,15 @@ pub struct Audit {
     pub max_tags: usize,
     /// Peers whose X-Forwarded-For is believed for the client address.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The kinds of records written (`audit.events`); `delete` always.
+    pub events: std::collections::BTreeSet<crate::audit::Kind>,
+}
+
+impl Audit {
+    /// Whether records of `kind` are written.
+    pub fn records(&self, kind: crate::audit::Kind) -> bool {
+        self.events.contains(&kind)
+    }
 }
 
 /// Compiled access rules plus what validation could not check without the user file.

@@ -725,12 +725,94 @@ impl TryFrom<RawAudit> for Audit {
                 )?,
                 max_denials_per_minute,
                 min_free_bytes: a.min_free_bytes.unwrap_or(64 << 20),
+                queue: ranged("audit.queue", a.queue, 10_000, 1..=1_000_000)?,
+                login_window: duration(
+                    "audit.login_window",
+                    a.login_window.as_deref(),
+                    Duration::from_secs(3600),
+                )?,
+                syslog: a.syslog.map(syslog_settings).transpose()?,
             },
             manifest_pushes: a.manifest_pushes,
             max_tags: ranged("audit.max_tags", a.max_tags, 100, ..=10_000)?,
             trusted_proxies,
+            events: audit_events(a.events.as_deref().unwrap_or_default())?,
         })
     }
+}
+
+/// `audit.syslog`: the collector's `host:port`, plain TCP or TLS, facility, buffer.
+fn syslog_settings(
+    s: super::raw::RawSyslog,
+) -> Result<crate::audit::syslog::SyslogSettings, ConfigError> {
+    use crate::audit::syslog::FACILITIES;
+    let port_ok = s
+        .address
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+    if !port_ok {
+        return Err(ConfigError::new(
+            "audit.syslog.address",
+            format!(
+                "{:?} is not HOST:PORT (e.g. collector.example:6514)",
+                s.address
+            ),
+        ));
+    }
+    let facility = match s.facility.as_deref() {
+        None => 10,
+        Some(f) => FACILITIES
+            .iter()
+            .find(|(n, _)| *n == f)
+            .map(|(_, n)| *n)
+            .ok_or_else(|| {
+                let names: Vec<&str> = FACILITIES.iter().map(|(n, _)| *n).collect();
+                ConfigError::new(
+                    "audit.syslog.facility",
+                    format!("{f:?} is not one of {}", names.join(", ")),
+                )
+            })?,
+    };
+    if !s.tls && (s.ca_file.is_some() || s.server_name.is_some()) {
+        return Err(ConfigError::new(
+            "audit.syslog.tls",
+            "ca_file and server_name are for TLS: set tls: true",
+        ));
+    }
+    let app_name = s.app_name.unwrap_or_else(|| "registry-guard".to_owned());
+    if app_name.is_empty() || app_name.len() > 48 || !app_name.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ConfigError::new(
+            "audit.syslog.app_name",
+            "1 to 48 printable ASCII characters, no space (RFC 5424 APP-NAME)",
+        ));
+    }
+    Ok(crate::audit::syslog::SyslogSettings {
+        address: s.address,
+        tls: s.tls,
+        ca_file: s.ca_file,
+        server_name: s.server_name,
+        facility,
+        app_name,
+        buffer: ranged("audit.syslog.buffer", s.buffer, 10_000, 1..=1_000_000)?,
+    })
+}
+
+/// `audit.events`: the kinds of records written besides deletes (which always are).
+fn audit_events(
+    names: &[String],
+) -> Result<std::collections::BTreeSet<crate::audit::Kind>, ConfigError> {
+    let mut kinds = std::collections::BTreeSet::from([crate::audit::Kind::Delete]);
+    for n in names {
+        let k = crate::audit::Kind::parse(n).ok_or_else(|| {
+            ConfigError::new(
+                "audit.events",
+                format!("{n:?} is not an event kind: delete, push, pull, login"),
+            )
+        })?;
+        kinds.insert(k);
+    }
+    Ok(kinds)
 }
 
 /// An instance id names a replica in its audit records and in `audit verify`'s report

@@ -230,10 +230,16 @@ pub async fn catalog_page(
     Ok((page.repositories.unwrap_or_default(), next))
 }
 
+/// HEADs of one audited delete's tag lookup in flight at once at most: enough to hide
+/// the upstream's latency, few enough not to crowd out the requests of others.
+pub const TAG_LOOKUPS: usize = 16;
+
 /// The tags of `repo` pointing at `digest` (a delete by digest removes them all), from
-/// at most `max` tags; the flag says whether every tag was examined.
+/// at most `max` tags (read with [`tags`]); the flag says whether every tag was
+/// examined. One HEAD per tag, at most [`TAG_LOOKUPS`] at once; the first failure ends
+/// the lookup (the rest are cancelled). The tags found are in the list's order.
 pub async fn tags_pointing_at(
-    up: &Upstream,
+    up: &std::sync::Arc<Upstream>,
     repo: &str,
     digest: &str,
     max: usize,
@@ -242,11 +248,29 @@ pub async fn tags_pointing_at(
         tags: Vec::new(),
         complete: true,
     });
-    let mut out = Vec::new();
-    for t in tags {
-        if manifest_digest(up, repo, &t).await?.as_deref() == Some(digest) {
-            out.push(t);
+    let mut lookups = tokio::task::JoinSet::new();
+    let start = |set: &mut tokio::task::JoinSet<_>, (i, tag): (usize, String)| {
+        let (up, repo) = (up.clone(), repo.to_owned());
+        set.spawn(async move {
+            let found = manifest_digest(&up, &repo, &tag).await;
+            (i, tag, found)
+        });
+    };
+    let mut pending = tags.into_iter().enumerate();
+    for t in pending.by_ref().take(TAG_LOOKUPS) {
+        start(&mut lookups, t);
+    }
+    let mut out: Vec<(usize, String)> = Vec::new();
+    while let Some(joined) = lookups.join_next().await {
+        let (i, tag, found) =
+            joined.map_err(|e| ProxyError::internal("a tag lookup of an audited delete", e))?;
+        if found?.as_deref() == Some(digest) {
+            out.push((i, tag));
+        }
+        if let Some(t) = pending.next() {
+            start(&mut lookups, t);
         }
     }
-    Ok((out, complete))
+    out.sort_unstable();
+    Ok((out.into_iter().map(|(_, t)| t).collect(), complete))
 }

@@ -145,9 +145,16 @@ fn kill_9_during_a_burst_of_deletes_leaves_a_verifiable_complete_log() {
     assert_eq!(r.status, 202, "{r:?}");
     let (code, report) = verify(&[&audit]);
     assert_eq!(code, 0, "audit verify after the restart:\n{report}");
+    // A kill between a batch and its sidecar leaves the file ahead of the sidecar: the
+    // restart records that (a `chain_head` record) before the delete's two.
+    let heads = records(&audit)
+        .iter()
+        .filter(|r| r["phase"] == "chain_head")
+        .count();
+    assert!(heads <= 1, "{heads} chain heads");
     assert_eq!(
         report_field(&report, "records"),
-        (recs.len() + 2).to_string(),
+        (recs.len() + heads + 2).to_string(),
         "{report}"
     );
 }
@@ -516,4 +523,104 @@ async fn a_rewritten_or_cut_chain_fails_verify() {
     let (code, report) = verify_with(&[&cut], &["--checkpoint", last]);
     assert_eq!(code, 1, "{report}");
     assert!(report.contains("records were cut from the end"), "{report}");
+}
+
+// ---- 8. the chain across restarts (issue 13, point 4) ----------------------------------
+
+/// logrotate without SIGHUP, twice. While the proxy runs, `audit.jsonl` is renamed to
+/// `audit.jsonl.1` and an empty one created (logrotate's `create`): the next deletes go
+/// into the new file, continuing the chain. The proxy is killed; logrotate rotates again
+/// (`.1` → `.2`, the file → `.1`, a new empty one), and the sidecar is an older one (a
+/// crash between a batch and its sidecar; a restore). At the restart the chain continues
+/// from the newest rotated file's last record, not from the sidecar, and a `chain_head`
+/// record says so (file, its end, the sidecar's, where it continues); the three files
+/// verify as one chain from genesis. A second restart, with file and sidecar agreeing,
+/// records nothing.
+#[test]
+fn a_restart_after_logrotate_without_sighup_continues_from_the_files() {
+    let Some(reg) = tools() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("log");
+    std::fs::create_dir(&dir).unwrap();
+    let audit = dir.join("audit.jsonl");
+    let side = dir.join(".audit.jsonl.last");
+    let img = mkimage(&work.path().join("img"), 0, "base", 1);
+    push_direct(&reg, &img, "alice/lr:base");
+    let digests = put_variants(&reg, &img, "alice/lr", 5);
+    let mut proxy = start_proxy(&reg, &audit, "");
+    assert_eq!(
+        delete(&proxy, "alice:pw", "alice/lr", &digests[0]).status,
+        202
+    );
+    let stale = std::fs::read(&side).unwrap();
+    // logrotate (create, no postrotate SIGHUP) while the proxy runs.
+    let (one, two) = (dir.join("audit.jsonl.1"), dir.join("audit.jsonl.2"));
+    std::fs::rename(&audit, &one).unwrap();
+    std::fs::write(&audit, "").unwrap();
+    assert_eq!(
+        delete(&proxy, "alice:pw", "alice/lr", &digests[1]).status,
+        202
+    );
+    assert_eq!(
+        delete(&proxy, "alice:pw", "alice/lr", &digests[2]).status,
+        202
+    );
+    signal(proxy.pid(), "KILL");
+    let _ = proxy.terminate(Duration::from_secs(5));
+    let end = end_of(&audit);
+    // The next rotation, with the proxy down; an older sidecar put back.
+    std::fs::rename(&one, &two).unwrap();
+    std::fs::rename(&audit, &one).unwrap();
+    std::fs::write(&audit, "").unwrap();
+    std::fs::write(&side, &stale).unwrap();
+
+    let proxy = start_proxy(&reg, &audit, "");
+    assert_eq!(
+        delete(&proxy, "alice:pw", "alice/lr", &digests[3]).status,
+        202
+    );
+    let recs = records(&audit);
+    assert_eq!(recs[0]["phase"], "chain_head", "{recs:#?}");
+    assert_eq!(recs[0]["file"], one.display().to_string());
+    assert_eq!(recs[0]["file_end"], end);
+    assert_eq!(recs[0]["continues_from"], end);
+    assert_eq!(
+        recs[0]["sidecar_end"],
+        format!("2:{}", &end_of_bytes(&stale))
+    );
+    assert!(
+        recs[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("after the sidecar's record 2"),
+        "{:#?}",
+        recs[0]
+    );
+    let (code, report) = verify(&[&two, &one, &audit]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report_field(&report, "chain starts at"), "genesis");
+    assert_eq!(report_field(&report, "deletes"), "4");
+    assert!(report.contains("chain heads: 1"), "{report}");
+    drop(proxy);
+
+    // File and sidecar agree now: the next start records no chain head.
+    let proxy = start_proxy(&reg, &audit, "");
+    assert_eq!(
+        delete(&proxy, "alice:pw", "alice/lr", &digests[4]).status,
+        202
+    );
+    let heads = records(&audit)
+        .iter()
+        .filter(|r| r["phase"] == "chain_head")
+        .count();
+    assert_eq!(heads, 1);
+    let (code, report) = verify(&[&two, &one, &audit]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report_field(&report, "deletes"), "5");
+}
+
+/// The `SEQ:HASH` hash part of a sidecar's bytes (`SEQ HASH MAC`).
+fn end_of_bytes(sidecar: &[u8]) -> String {
+    let text = String::from_utf8_lossy(sidecar);
+    text.split_whitespace().nth(1).unwrap().to_owned()
 }

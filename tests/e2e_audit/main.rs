@@ -34,9 +34,11 @@ use std::time::{Duration, Instant};
 
 mod chain;
 mod deletes;
+mod events;
 mod flows;
 mod hardening;
 mod output;
+mod syslog;
 
 /// Every manifest type, so a HEAD finds whatever a reference points at.
 const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
