@@ -698,7 +698,8 @@ fn check_config(path: &std::path::Path) -> Result<String, ConfigError> {
                 ));
             }
             if let Some(access) = &cfg.access {
-                access.check_groups(&users).map_err(in_file)?;
+                access.check_groups(&users, a.ldap.is_some())
+                    .map_err(in_file)?;
                 s.push_str(&format!(
                     "\n  access: {} rules",
                     access.policy.rules().len()

@@ -182,13 +182,22 @@ pub fn server_config(tls: &Tls) -> Result<Option<Arc<ServerConfig>>, ConfigError
 /// The upstream client's TLS config for an `https://` upstream: the CA file if given,
 /// else the system's roots.
 pub fn upstream_client_config(ca_file: Option<&Path>) -> Result<ClientConfig, ConfigError> {
+    client_config_trusting("upstream.ca_file", ca_file)
+}
+
+/// A client config trusting the CA bundle `ca_file` (the config key `key` names it in
+/// errors), or the system's roots without one.
+pub fn client_config_trusting(
+    key: &str,
+    ca_file: Option<&Path>,
+) -> Result<ClientConfig, ConfigError> {
     let mut roots = RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            for cert in load_certs("upstream.ca_file", path)? {
+            for cert in load_certs(key, path)? {
                 roots.add(cert).map_err(|e| {
                     ConfigError::new(
-                        "upstream.ca_file",
+                        key,
                         format!("{}: unusable CA certificate: {e}", path.display()),
                     )
                 })?;
@@ -200,8 +209,8 @@ pub fn upstream_client_config(ca_file: Option<&Path>) -> Result<ClientConfig, Co
             }
             if roots.is_empty() {
                 return Err(ConfigError::new(
-                    "upstream.ca_file",
-                    "no system CA certificates found: install ca-certificates or give upstream.ca_file",
+                    key,
+                    format!("no system CA certificates found: install ca-certificates or give {key}"),
                 ));
             }
         }

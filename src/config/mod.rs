@@ -13,12 +13,14 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+mod ldap;
 mod raw;
 #[cfg(test)]
 mod tests;
 mod types;
 mod validate;
 
+pub use ldap::{GroupLookup, Ldap, LdapTransport};
 pub use types::*;
 pub(crate) use validate::check_instance;
 
@@ -101,6 +103,14 @@ impl Config {
             fix(&mut auth.users_file);
             if let Some(k) = &mut auth.token_key_file {
                 fix(k);
+            }
+            if let Some(l) = &mut auth.ldap {
+                if let Some(ca) = &mut l.ca_file {
+                    fix(ca);
+                }
+                if let SecretSource::File(f) = &mut l.bind_password {
+                    fix(f);
+                }
             }
         }
         if let Some(audit) = &mut self.audit {

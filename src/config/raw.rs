@@ -106,6 +106,28 @@ pub(super) struct RawAuth {
     pub(super) max_unauthenticated_body: Option<u64>,
     pub(super) docker_bearer: Option<String>,
     pub(super) token_key_file: Option<PathBuf>,
+    pub(super) ldap: Option<RawLdap>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLdap {
+    pub(super) url: String,
+    #[serde(default)]
+    pub(super) allow_plaintext: bool,
+    pub(super) ca_file: Option<PathBuf>,
+    pub(super) bind_dn: String,
+    pub(super) bind_password_file: Option<PathBuf>,
+    pub(super) bind_password_env: Option<String>,
+    pub(super) user_base: String,
+    pub(super) user_filter: Option<String>,
+    pub(super) group_attribute: Option<String>,
+    pub(super) group_base: Option<String>,
+    pub(super) group_filter: Option<String>,
+    pub(super) group_name_attribute: Option<String>,
+    pub(super) connect_timeout: Option<String>,
+    pub(super) timeout: Option<String>,
+    pub(super) pool_size: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
