@@ -197,8 +197,12 @@ fn parse_url(url: &str) -> Result<LdapTransport, String> {
     let authority: http::uri::Authority = host
         .parse()
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    if authority.port().is_some() && authority.port_u16().is_none() {
-        return Err(format!("{url:?}: bad port"));
+    // After the host (an IPv6 one is in brackets), a port of 1 to 65535 if any.
+    let after_host = authority.as_str().rsplit(']').next().unwrap_or_default();
+    if let Some((_, port)) = after_host.rsplit_once(':') {
+        if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+            return Err(format!("{url:?}: the port must be 1 to 65535"));
+        }
     }
     Ok(transport)
 }
