@@ -20,7 +20,8 @@
 pub mod basic;
 pub mod cache;
 pub mod ldap;
-pub(crate) mod throttle;
+// Public for benches that build an `AuthSettings` (its `throttle` field).
+pub mod throttle;
 pub mod token;
 pub mod users;
 

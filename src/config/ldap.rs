@@ -233,6 +233,27 @@ mod tests {
             .unwrap_or_default()
     }
 
+    /// The commented `auth.ldap` block of config/example.yaml, uncommented, is valid.
+    #[test]
+    fn the_example_block_is_valid() {
+        let example = include_str!("../../config/example.yaml");
+        let text: String = example
+            .lines()
+            .map(|l| match l.strip_prefix("  # ldap:") {
+                Some(rest) => format!("  ldap:{rest}"),
+                None => match l.strip_prefix("  #   ") {
+                    Some(rest) if !rest.starts_with('#') => format!("    {rest}"),
+                    _ => l.to_owned(),
+                },
+            })
+            .map(|l| l + "\n")
+            .collect();
+        assert!(text.contains("\n  ldap:\n    url: ldaps://"), "{text}");
+        let l = Config::from_yaml(&text).unwrap().auth.unwrap().ldap.unwrap();
+        assert_eq!(l.groups, GroupLookup::Attribute("memberOf".into()));
+        assert_eq!(l.pool_size, 8);
+    }
+
     #[test]
     fn defaults() {
         let l = ldap("").unwrap();

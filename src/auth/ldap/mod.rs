@@ -130,6 +130,17 @@ impl Directory {
         })
     }
 
+    /// The directory of a whole configuration's `auth.ldap` (YAML text; relative paths
+    /// as they are), for benches and tools outside the crate.
+    pub fn from_config_yaml(text: &str, metrics: Arc<Metrics>) -> Result<Directory, String> {
+        let cfg = config::Config::from_yaml(text).map_err(|e| e.to_string())?;
+        let l = cfg
+            .auth
+            .and_then(|a| a.ldap)
+            .ok_or("the configuration has no auth.ldap")?;
+        Directory::new(&l, metrics).map_err(|e| e.to_string())
+    }
+
     /// Whether `cfg` describes this directory exactly (same settings and service
     /// password): a reload keeps this one, its pool and the logins it cached.
     pub fn same_as(&self, cfg: &config::Ldap) -> bool {
