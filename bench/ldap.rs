@@ -7,7 +7,7 @@
 //!
 //!     cargo bench --bench ldap
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod common;
 #[path = "../tests/ldap/slapd.rs"]
 #[allow(dead_code)]
@@ -32,7 +32,13 @@ fn headers(user: &str, pw: &str) -> HeaderMap {
 }
 
 /// Best of `runs` runs of `iters` calls, in ns per call.
-fn best_of(rt: &tokio::runtime::Runtime, runs: usize, iters: u32, auth: &Authenticator, h: &HeaderMap) -> f64 {
+fn best_of(
+    rt: &tokio::runtime::Runtime,
+    runs: usize,
+    iters: u32,
+    auth: &Authenticator,
+    h: &HeaderMap,
+) -> f64 {
     let ip: IpAddr = [192, 0, 2, 1].into();
     (0..runs)
         .map(|_| {
@@ -95,8 +101,10 @@ fn main() {
 
     // Cached logins through identify: a file user and a directory user.
     let hash = hash_password("file-pw", 19456, 2, 1).unwrap();
-    let users =
-        Users::from_yaml(&format!("users:\n  - name: filebob\n    hash: '{hash}'\n    groups: [g]\n")).unwrap();
+    let users = Users::from_yaml(&format!(
+        "users:\n  - name: filebob\n    hash: '{hash}'\n    groups: [g]\n"
+    ))
+    .unwrap();
     let settings = AuthSettings {
         anonymous: false,
         cache_ttl: Duration::from_secs(3600),
@@ -113,7 +121,10 @@ fn main() {
         docker_bearer: false,
     };
     let auth = Authenticator::new(users, &settings, metrics).with_directory(Some(dir));
-    let (file_h, dir_h) = (headers("filebob", "file-pw"), headers("alice", "alice-Dir-pw"));
+    let (file_h, dir_h) = (
+        headers("filebob", "file-pw"),
+        headers("alice", "alice-Dir-pw"),
+    );
     best_of(&rt, 1, 1, &auth, &file_h); // fills the caches
     best_of(&rt, 1, 1, &auth, &dir_h);
     let file_cached = best_of(&rt, 5, 100_000, &auth, &file_h);
@@ -127,7 +138,10 @@ fn main() {
             c.sort_by(f64::total_cmp);
             c[2]
         },
-        cold.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ")
+        cold.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
         "  uncached login, pooled connection      p50 {:>8.3} ms  p90 {:>8.3} ms  p99 {:>8.3} ms",
@@ -135,6 +149,12 @@ fn main() {
         percentile(&first, 0.9),
         percentile(&first, 0.99)
     );
-    println!("  cached file login (identify)               {:>8.0} ns", file_cached);
-    println!("  cached directory login (identify)          {:>8.0} ns", dir_cached);
+    println!(
+        "  cached file login (identify)               {:>8.0} ns",
+        file_cached
+    );
+    println!(
+        "  cached directory login (identify)          {:>8.0} ns",
+        dir_cached
+    );
 }

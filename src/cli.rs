@@ -714,8 +714,7 @@ fn check_config(path: &std::path::Path) -> Result<String, ConfigError> {
             }
             if let Some(l) = &a.ldap {
                 // The service password and the CA bundle; the directory is not asked.
-                crate::auth::ldap::Directory::new(l, std::sync::Arc::default())
-                    .map_err(in_file)?;
+                crate::auth::ldap::Directory::new(l, std::sync::Arc::default()).map_err(in_file)?;
                 s.push_str(&format!(
                     "\n  directory: {} for names not in the user file (user_base {})",
                     l.url, l.user_base
@@ -731,7 +730,8 @@ fn check_config(path: &std::path::Path) -> Result<String, ConfigError> {
                 ));
             }
             if let Some(access) = &cfg.access {
-                access.check_groups(&users, a.ldap.is_some())
+                access
+                    .check_groups(&users, a.ldap.is_some())
                     .map_err(in_file)?;
                 s.push_str(&format!(
                     "\n  access: {} rules",
@@ -833,14 +833,12 @@ fn explain(
                         groups,
                     }
                 }
-                None => {
-                    return Err(format!(
-                        "no user {name:?} in {} nor in the directory {} (exactly one entry under {})",
-                        auth.users_file.display(),
-                        l.url,
-                        l.user_base
-                    ))
-                }
+                None => return Err(format!(
+                    "no user {name:?} in {} nor in the directory {} (exactly one entry under {})",
+                    auth.users_file.display(),
+                    l.url,
+                    l.user_base
+                )),
             },
             (None, None) => {
                 return Err(format!("no user {name:?} in {}", auth.users_file.display()))

@@ -210,7 +210,9 @@ pub fn client_config_trusting(
             if roots.is_empty() {
                 return Err(ConfigError::new(
                     key,
-                    format!("no system CA certificates found: install ca-certificates or give {key}"),
+                    format!(
+                        "no system CA certificates found: install ca-certificates or give {key}"
+                    ),
                 ));
             }
         }

@@ -106,7 +106,8 @@ impl TryFrom<RawLdap> for Ldap {
         let attribute = |k: &str, v: &str| {
             let ok = !v.is_empty()
                 && v.len() <= 128
-                && v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b';');
+                && v.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b';');
             if ok {
                 Ok(v.to_owned())
             } else {
@@ -249,7 +250,12 @@ mod tests {
             .map(|l| l + "\n")
             .collect();
         assert!(text.contains("\n  ldap:\n    url: ldaps://"), "{text}");
-        let l = Config::from_yaml(&text).unwrap().auth.unwrap().ldap.unwrap();
+        let l = Config::from_yaml(&text)
+            .unwrap()
+            .auth
+            .unwrap()
+            .ldap
+            .unwrap();
         assert_eq!(l.groups, GroupLookup::Attribute("memberOf".into()));
         assert_eq!(l.pool_size, 8);
     }
@@ -264,7 +270,11 @@ mod tests {
         assert_eq!(l.bind_password, SecretSource::Env("LDAP_PW".into()));
         assert_eq!(
             (l.connect_timeout, l.timeout, l.pool_size),
-            (Duration::from_secs(5), Duration::from_secs(5), DEFAULT_POOL_SIZE)
+            (
+                Duration::from_secs(5),
+                Duration::from_secs(5),
+                DEFAULT_POOL_SIZE
+            )
         );
     }
 
@@ -317,12 +327,18 @@ mod tests {
     #[test]
     fn filters_are_templates_with_placeholders() {
         let l = ldap("    user_filter: '(&(objectClass=user)(sAMAccountName={user}))'\n").unwrap();
-        assert_eq!(l.user_filter, "(&(objectClass=user)(sAMAccountName={user}))");
+        assert_eq!(
+            l.user_filter,
+            "(&(objectClass=user)(sAMAccountName={user}))"
+        );
         for (extra, key) in [
             ("    user_filter: '(uid=alice)'\n", "auth.ldap.user_filter"),
             ("    user_filter: 'uid={user}'\n", "auth.ldap.user_filter"),
             ("    user_filter: '(uid={dn})'\n", "auth.ldap.user_filter"),
-            ("    group_filter: '(member={dn})'\n", "auth.ldap.group_filter"),
+            (
+                "    group_filter: '(member={dn})'\n",
+                "auth.ldap.group_filter",
+            ),
             (
                 "    group_base: ou=groups,dc=x\n    group_filter: '(member=x)'\n",
                 "auth.ldap.group_filter",
@@ -331,8 +347,14 @@ mod tests {
                 "    group_attribute: memberOf\n    group_base: ou=groups,dc=x\n",
                 "auth.ldap.group_attribute",
             ),
-            ("    group_attribute: 'member of'\n", "auth.ldap.group_attribute"),
-            ("    group_name_attribute: ''\n", "auth.ldap.group_name_attribute"),
+            (
+                "    group_attribute: 'member of'\n",
+                "auth.ldap.group_attribute",
+            ),
+            (
+                "    group_name_attribute: ''\n",
+                "auth.ldap.group_name_attribute",
+            ),
             ("    pool_size: 0\n", "auth.ldap.pool_size"),
             ("    timeout: 0s\n", "auth.ldap.timeout"),
             ("    connect_timeout: soon\n", "auth.ldap.connect_timeout"),

@@ -87,7 +87,11 @@ impl TryFrom<RawConfig> for Config {
 // Values shared by the sections.
 
 /// A duration like `10s` in (0, 24h], or `default` when the key is absent.
-pub(super) fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+pub(super) fn duration(
+    key: &str,
+    value: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     let Some(v) = value else { return Ok(default) };
     let d = humantime::parse_duration(v.trim()).map_err(|e| {
         ConfigError::new(
@@ -106,7 +110,12 @@ pub(super) fn duration(key: &str, value: Option<&str>, default: Duration) -> Res
 
 /// A number within `range` (`1..`, `..=10_000`, `1..=MAX`), or `default` when the key is
 /// absent. The message states the range as written.
-pub(super) fn ranged<T, R>(key: &str, value: Option<T>, default: T, range: R) -> Result<T, ConfigError>
+pub(super) fn ranged<T, R>(
+    key: &str,
+    value: Option<T>,
+    default: T,
+    range: R,
+) -> Result<T, ConfigError>
 where
     T: PartialOrd + fmt::Display,
     R: RangeBounds<T>,

@@ -366,7 +366,9 @@ pub fn ldap_filter(data: &[u8]) {
                 [&b"2a"[..], b"28", b"29", b"5c", b"00"].contains(&esc),
                 "unexpected escape in {e:?}"
             );
-            back.push(u8::from_str_radix(std::str::from_utf8(esc).unwrap_or("00"), 16).unwrap_or(0));
+            back.push(
+                u8::from_str_radix(std::str::from_utf8(esc).unwrap_or("00"), 16).unwrap_or(0),
+            );
             rest = &tail[2..];
         } else {
             back.push(b);

@@ -99,8 +99,11 @@ fn directory_users_push_by_their_own_rule_and_by_group_and_every_refusal_is_righ
         .assert_refusal(401, "UNAUTHORIZED", "wrong password");
     // The user file wins: carol's directory password is not hers here; her file one is,
     // with the file's groups (not team-a).
-    s.get("carol", "carol-Dir-pw", "/v2/")
-        .assert_refusal(401, "UNAUTHORIZED", "carol's directory password");
+    s.get("carol", "carol-Dir-pw", "/v2/").assert_refusal(
+        401,
+        "UNAUTHORIZED",
+        "carol's directory password",
+    );
     assert_eq!(s.get("carol", CAROL_FILE_PW, "/v2/").status, 200);
     s.upload("carol", CAROL_FILE_PW, "team-a/app")
         .assert_refusal(403, "DENIED", "carol's file groups");
@@ -135,11 +138,17 @@ fn directory_users_push_by_their_own_rule_and_by_group_and_every_refusal_is_righ
     );
     // Filter characters cannot widen the search: escaped (RFC 4515), they match no one.
     for name in ["*", "al*", "*)(uid=*", "alice)(|(uid=*", "a\\", "("] {
-        s.get(name, "alice-Dir-pw", "/v2/")
-            .assert_refusal(401, "UNAUTHORIZED", &format!("name {name:?}"));
+        s.get(name, "alice-Dir-pw", "/v2/").assert_refusal(
+            401,
+            "UNAUTHORIZED",
+            &format!("name {name:?}"),
+        );
     }
     let log = s.slapd.log();
-    assert!(log.contains("(uid=\\2A)"), "the star is sent escaped (slapd logs hex in capitals):\n{log}");
+    assert!(
+        log.contains("(uid=\\2A)"),
+        "the star is sent escaped (slapd logs hex in capitals):\n{log}"
+    );
     assert!(
         log.contains("(uid=\\2A\\29\\28uid=\\2A)"),
         "parentheses are sent escaped:\n{log}"
@@ -147,7 +156,10 @@ fn directory_users_push_by_their_own_rule_and_by_group_and_every_refusal_is_righ
     // Two entries for one name: refused, not the first one.
     s.get("dup", "dup-pw", "/v2/")
         .assert_refusal(401, "UNAUTHORIZED", "two entries named dup");
-    assert!(s.slapd.log_lines("BIND dn=\"uid=dup").is_empty(), "dup never bound");
+    assert!(
+        s.slapd.log_lines("BIND dn=\"uid=dup").is_empty(),
+        "dup never bound"
+    );
     // The service password is in no log line and no answer.
     let logs = s.proxy.logs();
     assert!(!logs.contains(SERVICE_PW), "{logs}");
@@ -161,7 +173,9 @@ fn directory_users_push_by_their_own_rule_and_by_group_and_every_refusal_is_righ
             "{op}"
         );
         assert_eq!(
-            m.get(&format!("registry_guard_ldap_errors_total{{operation=\"{op}\"}}")),
+            m.get(&format!(
+                "registry_guard_ldap_errors_total{{operation=\"{op}\"}}"
+            )),
             0,
             "{op}"
         );
@@ -186,7 +200,11 @@ fn a_directory_outage_gives_503_to_uncached_logins_and_spares_cached_ones() {
         200,
         "a cached login needs no directory"
     );
-    assert_eq!(s.get("carol", CAROL_FILE_PW, "/v2/").status, 200, "file users too");
+    assert_eq!(
+        s.get("carol", CAROL_FILE_PW, "/v2/").status,
+        200,
+        "file users too"
+    );
     // bob was not cached: 503 with a registry error, never 401, and never counted by
     // the throttle (max_failures is 3: the 6th try is still 503, not 429).
     for i in 0..6 {
@@ -197,7 +215,10 @@ fn a_directory_outage_gives_503_to_uncached_logins_and_spares_cached_ones() {
     }
     let m = scrape(s.metrics);
     assert!(m.get("registry_guard_ldap_errors_total{operation=\"connect\"}") > 0);
-    assert_eq!(m.get("registry_guard_auth_results_total{result=\"unavailable\"}"), 6);
+    assert_eq!(
+        m.get("registry_guard_auth_results_total{result=\"unavailable\"}"),
+        6
+    );
     // Readiness reports the directory but stays ready (cached and file users work).
     let (status, body) = http_get(s.metrics, "/readyz");
     assert_eq!(status, 200, "{body}");
@@ -269,11 +290,16 @@ fn groups_by_search_over_starttls_and_the_cli_explains_directory_users() {
     );
     assert!(out.contains("decision: ALLOWED"), "{out}");
     let mut cmd = std::process::Command::new(bin());
-    cmd.env("LDAP_SVC_PW", SERVICE_PW)
-        .args(["explain", "--config", &cfg, "--user", "nobody", "GET", "/v2/"]);
+    cmd.env("LDAP_SVC_PW", SERVICE_PW).args([
+        "explain", "--config", &cfg, "--user", "nobody", "GET", "/v2/",
+    ]);
     let out = run(&mut cmd, Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(64));
-    assert!(text(&out.stderr).contains("nor in the directory"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("nor in the directory"),
+        "{}",
+        text(&out.stderr)
+    );
     // user list: where each identity comes from.
     let mut cmd = std::process::Command::new(bin());
     cmd.env("LDAP_SVC_PW", SERVICE_PW)
@@ -283,5 +309,8 @@ fn groups_by_search_over_starttls_and_the_cli_explains_directory_users() {
         out.contains("carol\tfile-group\tfile (shadows a directory user)"),
         "{out}"
     );
-    assert!(out.contains("*\t(groups from the directory)\tdirectory ldap://"), "{out}");
+    assert!(
+        out.contains("*\t(groups from the directory)\tdirectory ldap://"),
+        "{out}"
+    );
 }

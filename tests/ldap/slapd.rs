@@ -207,7 +207,10 @@ impl Slapd {
             let _ = child.kill();
             let _ = child.wait();
         }
-        panic!("slapd did not start on free ports in 5 tries:\n{}", self.log());
+        panic!(
+            "slapd did not start on free ports in 5 tries:\n{}",
+            self.log()
+        );
     }
 
     /// Stops slapd (SIGTERM by its PID, then SIGKILL), as a directory outage.

@@ -74,9 +74,7 @@ pub fn check_template(template: &str, allowed: &[&str]) -> Result<(), String> {
     for (i, c) in template.char_indices() {
         match c {
             '(' => depth += 1,
-            ')' if depth == 0 => {
-                return Err(format!("{template:?}: unbalanced ')' at byte {i}"))
-            }
+            ')' if depth == 0 => return Err(format!("{template:?}: unbalanced ')' at byte {i}")),
             ')' => {
                 depth -= 1;
                 if depth == 0 && i + 1 != template.len() {

@@ -168,7 +168,10 @@ impl Directory {
     /// The current groups of `user`, looked up with the service account (no password):
     /// `None` when the directory has no such user (or several). For `explain`, and for
     /// checks of an owner that is not logging in (tokens).
-    pub async fn groups_of(self: &Arc<Self>, user: &str) -> Result<Option<Vec<String>>, Unavailable> {
+    pub async fn groups_of(
+        self: &Arc<Self>,
+        user: &str,
+    ) -> Result<Option<Vec<String>>, Unavailable> {
         if user.is_empty() || user.len() > MAX_NAME {
             return Ok(None);
         }
@@ -235,7 +238,9 @@ impl Directory {
             rc => {
                 lease.broken();
                 self.metrics.ldap_error(LdapOp::Bind);
-                Err(Unavailable(format!("the user bind answered result code {rc}")))
+                Err(Unavailable(format!(
+                    "the user bind answered result code {rc}"
+                )))
             }
         }
     }
@@ -389,7 +394,10 @@ impl Directory {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => {
                 self.metrics.ldap_error(LdapOp::Connect);
-                return Err(Unavailable(format!("cannot connect to {}: {e}", self.cfg.url)));
+                return Err(Unavailable(format!(
+                    "cannot connect to {}: {e}",
+                    self.cfg.url
+                )));
             }
             Err(_) => {
                 self.metrics.ldap_error(LdapOp::Connect);
@@ -450,9 +458,11 @@ fn values(entry: &SearchEntry, name: &str) -> Vec<String> {
 async fn isolated<T: Send + 'static>(
     fut: impl std::future::Future<Output = Result<T, Unavailable>> + Send + 'static,
 ) -> Result<T, Unavailable> {
-    tokio::spawn(fut)
-        .await
-        .unwrap_or_else(|e| Err(Unavailable(format!("the directory's answer could not be read: {e}"))))
+    tokio::spawn(fut).await.unwrap_or_else(|e| {
+        Err(Unavailable(format!(
+            "the directory's answer could not be read: {e}"
+        )))
+    })
 }
 
 /// Reads the service password from its file or environment variable.
@@ -569,19 +579,31 @@ mod tests {
         std::env::set_var("RG_TEST_LDAP_PW_1", "service-secret-1");
         let m = Arc::new(Metrics::default());
         let d = Arc::new(Directory::new(&cfg("RG_TEST_LDAP_PW_1"), m.clone()).unwrap());
-        assert_eq!(d.login("alice", "").await, Ok(Login::Refused("empty password")));
-        assert!(!m.render().contains("operation=\"connect\"} 1"), "no connection was tried");
+        assert_eq!(
+            d.login("alice", "").await,
+            Ok(Login::Refused("empty password"))
+        );
+        assert!(
+            !m.render().contains("operation=\"connect\"} 1"),
+            "no connection was tried"
+        );
         // Nothing listens on port 9: a real attempt is unavailable, not refused, and
         // the error names no password.
         let e = d.login("alice", "pw").await.unwrap_err();
         assert!(e.0.contains("127.0.0.1:9"), "{e}");
-        assert!(!format!("{e} {d:?}").contains("service-secret-1"), "{e} {d:?}");
+        assert!(
+            !format!("{e} {d:?}").contains("service-secret-1"),
+            "{e} {d:?}"
+        );
     }
 
     #[test]
     fn the_service_password_is_read_without_its_newline_and_never_empty() {
         std::env::set_var("RG_TEST_LDAP_PW_2", "s3cret\n");
-        assert_eq!(read_secret(&SecretSource::Env("RG_TEST_LDAP_PW_2".into())).unwrap(), "s3cret");
+        assert_eq!(
+            read_secret(&SecretSource::Env("RG_TEST_LDAP_PW_2".into())).unwrap(),
+            "s3cret"
+        );
         std::env::set_var("RG_TEST_LDAP_PW_3", "\n");
         let e = read_secret(&SecretSource::Env("RG_TEST_LDAP_PW_3".into())).unwrap_err();
         assert_eq!(e.key, "auth.ldap");
