@@ -833,12 +833,14 @@ fn explain(
                         groups,
                     }
                 }
-                None => return Err(format!(
+                None => {
+                    return Err(format!(
                     "no user {name:?} in {} nor in the directory {} (exactly one entry under {})",
                     auth.users_file.display(),
                     l.url,
                     l.user_base
-                )),
+                ))
+                }
             },
             (None, None) => {
                 return Err(format!("no user {name:?} in {}", auth.users_file.display()))

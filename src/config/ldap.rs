@@ -238,16 +238,20 @@ mod tests {
     #[test]
     fn the_example_block_is_valid() {
         let example = include_str!("../../config/example.yaml");
+        let mut in_block = false;
         let text: String = example
             .lines()
-            .map(|l| match l.strip_prefix("  # ldap:") {
-                Some(rest) => format!("  ldap:{rest}"),
-                None => match l.strip_prefix("  #   ") {
-                    Some(rest) if !rest.starts_with('#') => format!("    {rest}"),
-                    _ => l.to_owned(),
-                },
+            .map(|l| {
+                if let Some(rest) = l.strip_prefix("  # ldap:") {
+                    in_block = true;
+                    return format!("  ldap:{rest}\n");
+                }
+                in_block &= l.starts_with("  #   ");
+                match l.strip_prefix("  #   ") {
+                    Some(rest) if in_block && !rest.starts_with('#') => format!("    {rest}\n"),
+                    _ => format!("{l}\n"),
+                }
             })
-            .map(|l| l + "\n")
             .collect();
         assert!(text.contains("\n  ldap:\n    url: ldaps://"), "{text}");
         let l = Config::from_yaml(&text)
