@@ -465,34 +465,15 @@ async fn isolated<T: Send + 'static>(
     })
 }
 
-/// Reads the service password from its file or environment variable.
+/// Reads the service password from its file or environment variable. An empty one is
+/// refused: the service bind would be an anonymous one.
 fn read_secret(src: &SecretSource) -> Result<String, ConfigError> {
-    let key = "auth.ldap";
-    let value = match src {
-        SecretSource::File(p) => std::fs::read_to_string(p).map_err(|e| {
-            ConfigError::new(
-                format!("{key}.bind_password_file"),
-                format!("cannot read {}: {e}", p.display()),
-            )
-        })?,
-        SecretSource::Env(name) => std::env::var(name).map_err(|_| {
-            ConfigError::new(
-                format!("{key}.bind_password_env"),
-                format!("environment variable {name} is not set or not UTF-8"),
-            )
-        })?,
-    };
-    // A trailing newline from `echo pw > file` is not part of the password.
-    let value = value.strip_suffix('\n').unwrap_or(&value);
-    let value = value.strip_suffix('\r').unwrap_or(value).to_owned();
-    if value.is_empty() {
-        // An empty password would make the service bind an anonymous one.
-        return Err(ConfigError::new(
-            key,
-            "the service account's password is empty",
-        ));
-    }
-    Ok(value)
+    crate::proxy::upstream::read_secret(
+        src,
+        "auth.ldap",
+        ["bind_password_file", "bind_password_env"],
+        "the service account's password",
+    )
 }
 
 struct Conn {
