@@ -231,8 +231,12 @@ fn a_directory_outage_gives_503_to_uncached_logins_and_spares_cached_ones() {
 }
 
 #[test]
-fn a_user_removed_from_a_group_loses_push_after_the_cache_ttl() {
-    let Some(s) = setup("", "  cache_ttl: 2s\n", false) else {
+fn a_user_removed_from_a_group_loses_push_after_the_cache_ttl_and_refusals_are_throttled() {
+    let Some(s) = setup(
+        "",
+        "  cache_ttl: 2s\n  throttle:\n    max_failures: 3\n",
+        false,
+    ) else {
         return;
     };
     assert_eq!(s.upload("dana", "dana-Dir-pw", "team-a/app").status, 202);
@@ -250,6 +254,26 @@ fn a_user_removed_from_a_group_loses_push_after_the_cache_ttl() {
     assert!(
         s.slapd.log_lines("BIND dn=\"uid=dana,ou=people").len() >= 4,
         "two logins, each with its bind"
+    );
+    // Directory refusals count toward the throttle like wrong file passwords: the
+    // 4th wrong password for bob gets 429, without asking the directory.
+    for i in 0..3 {
+        s.get("bob", &format!("guess-{i}"), "/v2/").assert_refusal(
+            401,
+            "UNAUTHORIZED",
+            "a wrong directory password",
+        );
+    }
+    let binds = s.slapd.log_lines("BIND dn=\"uid=bob,ou=people").len();
+    s.get("bob", "bob-Dir-pw", "/v2/").assert_refusal(
+        429,
+        "TOOMANYREQUESTS",
+        "bob after 3 failures",
+    );
+    assert_eq!(
+        s.slapd.log_lines("BIND dn=\"uid=bob,ou=people").len(),
+        binds,
+        "a throttled login never reaches the directory"
     );
 }
 
