@@ -13,7 +13,7 @@
 //! they get the registry's 404 before any credential check.
 
 use crate::handler::State;
-use crate::health::{self, AuditCheck, Inputs, UpstreamCheck, UsersCheck};
+use crate::health::{self, AuditCheck, DirectoryCheck, Inputs, UpstreamCheck, UsersCheck};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::server::conn::http1;
@@ -35,6 +35,7 @@ pub const PROBE_CACHE: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub struct UpstreamProbe {
     last: tokio::sync::Mutex<Option<(Instant, UpstreamCheck)>>,
+    directory: tokio::sync::Mutex<Option<(Instant, DirectoryCheck)>>,
 }
 
 impl UpstreamProbe {
@@ -55,11 +56,34 @@ impl UpstreamProbe {
     }
 }
 
+impl UpstreamProbe {
+    /// The directory's answer, reused for [`PROBE_CACHE`] like the upstream's.
+    async fn directory(&self, dir: &Arc<crate::auth::ldap::Directory>) -> DirectoryCheck {
+        let mut last = self.directory.lock().await;
+        if let Some((at, seen)) = &*last {
+            if at.elapsed() < PROBE_CACHE {
+                return seen.clone();
+            }
+        }
+        let seen = match dir.check().await {
+            Ok(()) => DirectoryCheck::Answered,
+            Err(e) => DirectoryCheck::Failed(e.to_string()),
+        };
+        *last = Some((Instant::now(), seen.clone()));
+        seen
+    }
+}
+
 /// What the readiness decision needs, gathered from the running proxy.
 async fn inputs(state: &State, probe: &UpstreamProbe) -> Inputs {
     let m = &state.metrics;
     let snap = state.snapshot.load_full();
+    let directory = match snap.auth.as_ref().and_then(|a| a.directory()) {
+        Some(d) => Some(probe.directory(d).await),
+        None => None,
+    };
     Inputs {
+        directory,
         upstream: probe.check(state).await,
         audit: snap.audit.as_ref().map(|a| AuditCheck {
             writer_failing: m.audit_writer_failing.get() == 1,

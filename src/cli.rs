@@ -52,8 +52,9 @@ enum Command {
     Explain {
         #[arg(long, short)]
         config: PathBuf,
-        /// The user making the request (groups come from the user file), or an access
-        /// token's name (its owner's rules, cut down to its scope).
+        /// The user making the request (groups come from the user file, or for a name
+        /// not in it from the directory of auth.ldap, looked up with its service account),
+        /// or an access token's name (its owner's rules, cut down to its scope).
         #[arg(
             long,
             required_unless_present = "anonymous",
@@ -447,7 +448,9 @@ enum UserAction {
     },
     /// Remove a user.
     Del { name: String },
-    /// List users, their groups and whether they are disabled (never hashes).
+    /// List users, their groups and whether they are disabled (never hashes). With
+    /// --config naming a directory (auth.ldap), also where each identity comes from:
+    /// `file`, `file, shadows a directory user`, and the directory for every other name.
     List,
     /// Import the users of an htpasswd file (bcrypt: `htpasswd -B`), other users left
     /// untouched. Any other line (MD5 `$apr1$`, `{SHA}`, crypt, plaintext, a bad name)
@@ -554,10 +557,14 @@ fn user_command(
     users_file: Option<PathBuf>,
     config: Option<PathBuf>,
 ) -> Result<(), String> {
+    let mut ldap = None;
     let path = match (users_file, config) {
         (Some(f), _) => f,
         (None, Some(c)) => match Config::load(&c).map_err(|e| e.to_string())?.auth {
-            Some(a) => a.users_file,
+            Some(a) => {
+                ldap = a.ldap;
+                a.users_file
+            }
             None => {
                 return Err(format!(
                     "{}: auth is disabled: there is no user file",
@@ -611,16 +618,33 @@ fn user_command(
     let done: String;
     match action {
         UserAction::List => {
+            // With a directory: the source of each identity (a file user the directory
+            // also has is shadowed by the file's entry).
+            let directory = ldap.as_ref().map(Directory::offline).transpose()?;
             for u in &file.users {
                 let groups = if u.groups.is_empty() {
                     "-".to_owned()
                 } else {
                     u.groups.join(",")
                 };
+                let source = match &directory {
+                    None => String::new(),
+                    Some(d) => match d.groups_of(&u.name) {
+                        Ok(Some(_)) => "\tfile (shadows a directory user)".to_owned(),
+                        Ok(None) => "\tfile".to_owned(),
+                        Err(e) => format!("\tfile (directory not asked: {e})"),
+                    },
+                };
                 println!(
-                    "{}\t{groups}{}",
+                    "{}\t{groups}{}{source}",
                     u.name,
                     if u.disabled { "\tdisabled" } else { "" }
+                );
+            }
+            if let Some(l) = &ldap {
+                println!(
+                    "*\t(groups from the directory)\tdirectory {} (user_base {}, user_filter {})",
+                    l.url, l.user_base, l.user_filter
                 );
             }
             return Ok(());
@@ -1053,6 +1077,14 @@ fn check_config(path: &std::path::Path) -> Result<String, ConfigError> {
                     ));
                 }
             }
+            if let Some(l) = &a.ldap {
+                // The service password and the CA bundle; the directory is not asked.
+                crate::auth::ldap::Directory::new(l, std::sync::Arc::default()).map_err(in_file)?;
+                s.push_str(&format!(
+                    "\n  directory: {} for names not in the user file (user_base {})",
+                    l.url, l.user_base
+                ));
+            }
             if a.settings.docker_bearer {
                 s.push_str(&format!(
                     "\n  docker: Bearer challenge and tokens, key {}",
@@ -1063,7 +1095,9 @@ fn check_config(path: &std::path::Path) -> Result<String, ConfigError> {
                 ));
             }
             if let Some(access) = &cfg.access {
-                access.check_groups(&users).map_err(in_file)?;
+                access
+                    .check_groups(&users, a.ldap.is_some())
+                    .map_err(in_file)?;
                 s.push_str(&format!(
                     "\n  access: {} rules",
                     access.policy.rules().len()
@@ -1155,14 +1189,37 @@ fn explain(
         .map_err(|e| e.to_string())?;
     // A token is refused before any rule when it is not in force or its owner is not.
     let mut token_refusal = None;
+    let mut source = "";
     let id = match user {
         None => Identity::Anonymous,
-        Some(name) => match (users.get(name), tokens.as_ref().and_then(|t| t.get(name))) {
-            (Some(u), _) => Identity::User {
+        Some(name) => match (
+            users.get(name),
+            tokens.as_ref().and_then(|t| t.get(name)),
+            &auth.ldap,
+        ) {
+            (Some(u), _, _) => Identity::User {
                 name: u.name.clone(),
                 groups: u.groups.clone(),
             },
-            (None, Some(t)) => {
+            // Not in the file: the directory's current groups, as a login would get them.
+            (None, None, Some(l)) => match Directory::offline(l)?.groups_of(name)? {
+                Some(groups) => {
+                    source = "from the directory, ";
+                    Identity::User {
+                        name: name.to_owned(),
+                        groups,
+                    }
+                }
+                None => {
+                    return Err(format!(
+                    "no user {name:?} in {} nor in the directory {} (exactly one entry under {})",
+                    auth.users_file.display(),
+                    l.url,
+                    l.user_base
+                ))
+                }
+            },
+            (None, Some(t), _) => {
                 let now = crate::auth::unix_now();
                 match crate::auth::access_tokens::identity(t, &users, now) {
                     Ok(id) => id,
@@ -1177,7 +1234,7 @@ fn explain(
                     }
                 }
             }
-            (None, None) => {
+            (None, None, None) => {
                 let also = auth.tokens.as_ref().map_or_else(String::new, |t| {
                     format!(" and no token {name:?} in {}", t.file.display())
                 });
@@ -1220,7 +1277,7 @@ fn explain(
             }
         }
         Identity::User { name, groups } => {
-            let _ = writeln!(out, "identity: {name} (groups: {})", listed(groups));
+            let _ = writeln!(out, "identity: {name} ({source}groups: {})", listed(groups));
         }
         Identity::Anonymous => {
             let _ = writeln!(
@@ -1307,6 +1364,35 @@ fn explain(
         );
     }
     Ok(out)
+}
+
+/// The directory of `auth.ldap` for a command run once (`user list`, `explain`): a
+/// runtime of its own and the service account.
+struct Directory {
+    rt: tokio::runtime::Runtime,
+    dir: std::sync::Arc<crate::auth::ldap::Directory>,
+}
+
+impl Directory {
+    fn offline(l: &crate::config::Ldap) -> Result<Directory, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime: {e}"))?;
+        let dir = crate::auth::ldap::Directory::new(l, std::sync::Arc::default())
+            .map_err(|e| e.to_string())?;
+        Ok(Directory {
+            rt,
+            dir: std::sync::Arc::new(dir),
+        })
+    }
+
+    /// The current groups of `name`, or `None` when the directory has no such user.
+    fn groups_of(&self, name: &str) -> Result<Option<Vec<String>>, String> {
+        self.rt
+            .block_on(self.dir.groups_of(name))
+            .map_err(|e| e.to_string())
+    }
 }
 
 fn read_files(files: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>, String> {

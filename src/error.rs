@@ -136,6 +136,7 @@ impl ProxyError {
     /// Whose fault it is.
     pub fn fault(&self) -> Fault {
         match self {
+            ProxyError::Auth(crate::auth::AuthError::Unavailable) => Fault::Proxy,
             ProxyError::Route(_)
             | ProxyError::Auth(_)
             | ProxyError::Denied(_)

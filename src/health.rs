@@ -39,9 +39,20 @@ pub enum UsersCheck {
     Loaded(usize),
 }
 
+/// What the directory probe saw (`auth.ldap`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectoryCheck {
+    /// The service account bound and `user_base` was read.
+    Answered,
+    /// Why not.
+    Failed(String),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inputs {
     pub upstream: UpstreamCheck,
+    /// `None`: no directory configured.
+    pub directory: Option<DirectoryCheck>,
     /// `None`: no audit log configured.
     pub audit: Option<AuditCheck>,
     pub users: UsersCheck,
@@ -53,6 +64,8 @@ pub struct Check {
     pub name: &'static str,
     pub ok: bool,
     pub detail: String,
+    /// A failure makes the proxy unready (false: reported as degraded only).
+    pub required: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,14 +75,23 @@ pub struct Readiness {
 
 impl Readiness {
     pub fn ready(&self) -> bool {
-        self.checks.iter().all(|c| c.ok)
+        self.checks.iter().all(|c| c.ok || !c.required)
     }
 
-    /// The checks that failed, by name.
+    /// The required checks that failed, by name.
     pub fn failing(&self) -> Vec<&'static str> {
+        self.names(|c| !c.ok && c.required)
+    }
+
+    /// The checks that failed without making the proxy unready, by name.
+    pub fn degraded(&self) -> Vec<&'static str> {
+        self.names(|c| !c.ok && !c.required)
+    }
+
+    fn names(&self, which: impl Fn(&Check) -> bool) -> Vec<&'static str> {
         self.checks
             .iter()
-            .filter(|c| !c.ok)
+            .filter(|c| which(c))
             .map(|c| c.name)
             .collect()
     }
@@ -91,6 +113,7 @@ impl Readiness {
         let body = json!({
             "ready": self.ready(),
             "failing": self.failing(),
+            "degraded": self.degraded(),
             "checks": Value::Object(checks),
         });
         format!("{body}\n")
@@ -105,11 +128,13 @@ pub fn decide(inputs: &Inputs) -> Readiness {
             name: "upstream",
             ok: true,
             detail: format!("GET /v2/ answered {status}"),
+            required: true,
         },
         UpstreamCheck::Failed(why) => Check {
             name: "upstream",
             ok: false,
             detail: format!("GET /v2/ got no answer: {why}"),
+            required: true,
         },
     });
     if let Some(a) = &inputs.audit {
@@ -139,6 +164,7 @@ pub fn decide(inputs: &Inputs) -> Readiness {
             name: "audit",
             ok,
             detail,
+            required: true,
         });
     }
     match inputs.users {
@@ -147,6 +173,24 @@ pub fn decide(inputs: &Inputs) -> Readiness {
             name: "users",
             ok: true,
             detail: format!("{n} users loaded"),
+            required: true,
+        }),
+    }
+    match &inputs.directory {
+        None => {}
+        Some(DirectoryCheck::Answered) => checks.push(Check {
+            name: "directory",
+            ok: true,
+            detail: "the service account bound and auth.ldap.user_base was read".into(),
+            required: false,
+        }),
+        Some(DirectoryCheck::Failed(why)) => checks.push(Check {
+            name: "directory",
+            ok: false,
+            detail: format!(
+                "{why} (logins not cached lately get 503; file users and cached logins are served)"
+            ),
+            required: false,
         }),
     }
     Readiness { checks }
@@ -166,7 +210,26 @@ mod tests {
                 min_free_bytes: 64 << 20,
             }),
             users: UsersCheck::Loaded(2),
+            directory: Some(DirectoryCheck::Answered),
         }
+    }
+
+    #[test]
+    fn a_directory_that_fails_is_reported_as_degraded_not_unready() {
+        let mut i = all_well();
+        assert_eq!(decide(&i).checks.last().unwrap().name, "directory");
+        i.directory = Some(DirectoryCheck::Failed("cannot connect to ldaps://x".into()));
+        let r = decide(&i);
+        assert!(r.ready());
+        assert!(r.failing().is_empty());
+        assert_eq!(r.degraded(), ["directory"]);
+        let body: Value = serde_json::from_str(&r.body()).unwrap();
+        assert_eq!(body["degraded"], json!(["directory"]));
+        assert_eq!(body["checks"]["directory"]["ok"], false);
+        assert!(body["checks"]["directory"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect to ldaps://x"));
     }
 
     #[test]
@@ -235,6 +298,7 @@ mod tests {
             upstream: UpstreamCheck::Answered(200),
             audit: None,
             users: UsersCheck::Disabled,
+            directory: None,
         });
         assert!(r.ready());
         let names: Vec<_> = r.checks.iter().map(|c| c.name).collect();

@@ -59,6 +59,8 @@ pub const AUTH_ARGON2_QUEUE: &str = "registry_guard_auth_argon2_queue";
 pub const AUDIT_RECORDS_BY_PHASE: &str = "registry_guard_audit_records_by_phase_total";
 pub const AUDIT_WRITE_DURATION: &str = "registry_guard_audit_write_seconds";
 pub const BUILD_INFO: &str = "registry_guard_build_info";
+pub const LDAP_OPERATION_DURATION: &str = "registry_guard_ldap_operation_seconds";
+pub const LDAP_ERRORS: &str = "registry_guard_ldap_errors_total";
 pub const CONFIG_RELOAD: &str = "registry_guard_config_reload_total";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str =
     "registry_guard_config_last_reload_success_timestamp_seconds";
@@ -156,10 +158,13 @@ pub enum AuthResult {
     Token,
     /// An access token refused: wrong secret, expired, revoked, owner gone or disabled.
     TokenRefused,
+    /// The directory (`auth.ldap`) could not judge the password: 503, not counted by
+    /// the throttle.
+    Unavailable,
 }
 
 impl AuthResult {
-    pub const ALL: [AuthResult; 8] = [
+    pub const ALL: [AuthResult; 9] = [
         AuthResult::Ok,
         AuthResult::Cached,
         AuthResult::Wrong,
@@ -168,6 +173,7 @@ impl AuthResult {
         AuthResult::Malformed,
         AuthResult::Token,
         AuthResult::TokenRefused,
+        AuthResult::Unavailable,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -179,7 +185,33 @@ impl AuthResult {
             AuthResult::Malformed => "malformed",
             AuthResult::Token => "token",
             AuthResult::TokenRefused => "token_refused",
+            AuthResult::Unavailable => "unavailable",
         }
+    }
+}
+
+/// An operation on the directory (`auth.ldap`), as the LDAP series label it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LdapOp {
+    /// TCP connect and TLS (or StartTLS).
+    Connect,
+    /// A simple bind: the service account's or a user's.
+    Bind,
+    /// A user or group search.
+    Search,
+}
+
+impl LdapOp {
+    pub const ALL: [LdapOp; 3] = [LdapOp::Connect, LdapOp::Bind, LdapOp::Search];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LdapOp::Connect => "connect",
+            LdapOp::Bind => "bind",
+            LdapOp::Search => "search",
+        }
+    }
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -244,6 +276,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TableLabels {
     table: &'static str,
 }
@@ -268,6 +305,13 @@ fn request_buckets() -> Histogram {
         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
         300.0,
     ])
+}
+
+/// Directory operations: 500 µs to about 16 s (past the longest sensible timeout).
+fn ldap_buckets() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0005, 2.0, 16,
+    ))
 }
 
 /// Audit write + fsync: 100 µs to about 1.6 s.
@@ -329,6 +373,8 @@ pub struct Metrics {
     /// Access events dropped (queue full, or their write failed), by kind.
     audit_dropped: Family<KindLabels, PromCounter>,
     pub audit_write_duration: Histogram,
+    ldap_durations: [Histogram; LdapOp::ALL.len()],
+    ldap_errors: [Counter; LdapOp::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -465,7 +511,7 @@ impl Metrics {
             .map(|a| Counter(results.get_or_create_owned(&ResultLabels { result: a.as_str() })));
         r.register(
             counter_name(AUTH_RESULTS),
-            "Credential checks by result (ok, cached, wrong, unknown, throttled, malformed; access tokens: token, token_refused)",
+            "Credential checks by result (ok, cached, wrong, unknown, throttled, malformed, unavailable; access tokens: token, token_refused)",
             results,
         );
         let throttle = Family::<TableLabels, PromGauge<u64, AtomicU64>>::default();
@@ -509,6 +555,29 @@ impl Metrics {
             AUDIT_WRITE_DURATION,
             "Time to append and fsync one batch of audit records",
             audit_write_duration.clone(),
+        );
+        let ldap_durations_family: Histograms<OperationLabels> =
+            Family::new_with_constructor(ldap_buckets);
+        let ldap_durations = LdapOp::ALL.map(|op| {
+            ldap_durations_family.get_or_create_owned(&OperationLabels {
+                operation: op.as_str(),
+            })
+        });
+        r.register(
+            LDAP_OPERATION_DURATION,
+            "Time of directory (auth.ldap) operations, by operation (connect, bind, search), failed ones included",
+            ldap_durations_family,
+        );
+        let ldap_errors_family = Family::<OperationLabels, PromCounter>::default();
+        let ldap_errors = LdapOp::ALL.map(|op| {
+            Counter(ldap_errors_family.get_or_create_owned(&OperationLabels {
+                operation: op.as_str(),
+            }))
+        });
+        r.register(
+            counter_name(LDAP_ERRORS),
+            "Directory (auth.ldap) operations that got no usable answer (unreachable, timeout, unexpected result code), by operation; a refused user password is not one",
+            ldap_errors_family,
         );
         r.register(
             BUILD_INFO.strip_suffix("_info").unwrap_or(BUILD_INFO),
@@ -556,7 +625,24 @@ impl Metrics {
             audit_by_phase,
             audit_dropped,
             audit_write_duration,
+            ldap_durations,
+            ldap_errors,
         }
+    }
+
+    /// A directory operation took `seconds` (answered or not).
+    pub fn ldap_observe(&self, op: LdapOp, seconds: f64) {
+        self.ldap_durations[op.index()].observe(seconds);
+    }
+
+    /// A directory operation got no usable answer.
+    pub fn ldap_error(&self, op: LdapOp) {
+        self.ldap_errors[op.index()].inc();
+    }
+
+    /// Directory operations that got no usable answer so far.
+    pub fn ldap_errors(&self, op: LdapOp) -> u64 {
+        self.ldap_errors[op.index()].get()
     }
 
     /// One request done: its route kind (`Route::kind`, `none` unrouted), method, final

@@ -131,6 +131,12 @@ pub fn watched_files(config: &Path, cfg: &Config) -> Vec<PathBuf> {
         if let Some(t) = &a.tokens {
             v.push(t.file.clone());
         }
+        if let Some(l) = &a.ldap {
+            v.extend(l.ca_file.clone());
+            if let crate::config::SecretSource::File(f) = &l.bind_password {
+                v.push(f.clone());
+            }
+        }
     }
     if let Tls::Files { cert, key } = &cfg.server.tls {
         v.push(cert.clone());
@@ -278,12 +284,25 @@ pub fn build(
         Some(a) => {
             let users = Users::load(&a.users_file)?;
             if let Some(access) = &cfg.access {
-                access.check_groups(&users)?;
+                access.check_groups(&users, a.ldap.is_some())?;
             }
-            let auth = match prev.and_then(|p| p.auth.as_ref()) {
+            let old = prev.and_then(|p| p.auth.as_ref());
+            // The directory in force when `auth.ldap` (and its password) did not change:
+            // its pool and cached logins stay.
+            let directory = match &a.ldap {
+                None => None,
+                Some(l) => Some(
+                    match old.and_then(|o| o.directory()).filter(|d| d.same_as(l)) {
+                        Some(d) => d.clone(),
+                        None => Arc::new(crate::auth::ldap::Directory::new(l, metrics.clone())?),
+                    },
+                ),
+            };
+            let auth = match old {
                 Some(old) => old.reloaded(users, &a.settings),
                 None => Authenticator::new(users, &a.settings, metrics.clone()),
-            };
+            }
+            .with_directory(directory);
             let auth = match &a.tokens {
                 Some(t) => {
                     let tokens = load_tokens(t, &auth.users(), &a.users_file)?;
@@ -422,7 +441,13 @@ pub async fn watch(config: PathBuf, running: Config, state: Arc<State>) {
                     }
                 }
                 let users = snap.auth.as_ref().map_or(0, |a| a.users().len());
-                state.snapshot.store(Arc::new(snap));
+                let snap = Arc::new(snap);
+                state.snapshot.store(snap.clone());
+                tokio::spawn(async move {
+                    if let Some(auth) = &snap.auth {
+                        auth.report_shadowed_names().await;
+                    }
+                });
                 state.metrics.config_reload_ok.inc();
                 state.metrics.config_last_reload_success.set(unix_now());
                 tracing::info!(config = %config.display(), reason = %why, users, "configuration reloaded");

@@ -33,6 +33,9 @@ pub fn status_and_code(e: &ProxyError) -> (StatusCode, &'static str) {
             }
             AuthError::Ambiguous => (StatusCode::BAD_REQUEST, "UNAUTHORIZED"),
             AuthError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
+            // The password was not judged: not a 401 (clients would take it for a wrong
+            // password), and the throttle did not count it.
+            AuthError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
         },
         ProxyError::Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
         ProxyError::NameUnknown => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
@@ -270,6 +273,7 @@ mod tests {
                 504,
                 "UNAVAILABLE",
             ),
+            (AuthError::Unavailable.into(), 503, "UNAVAILABLE"),
         ];
         for (e, status, code) in cases {
             assert_eq!(

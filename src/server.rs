@@ -110,6 +110,12 @@ impl Server {
                 if let Some(t) = &a.tokens {
                     tracing::info!(tokens = auth.access_tokens().len(), file = %t.file.display(), last_used = %t.last_used_file.display(), "tokens file loaded");
                 }
+                if let Some(l) = &a.ldap {
+                    tracing::info!(url = %l.url, user_base = %l.user_base, "names not in the user file are looked up in the directory");
+                    if l.transport == crate::config::LdapTransport::Plaintext {
+                        tracing::warn!(url = %l.url, "auth.ldap.allow_plaintext: passwords go to the directory unencrypted");
+                    }
+                }
                 if a.token_key_file.is_none() && auth.issues_tokens() {
                     tracing::info!("docker bearer tokens signed with a random key of this process (replicas behind one address need auth.token_key_file)");
                 }
@@ -231,6 +237,12 @@ impl Server {
         // Each connection holds a receiver; `closed()` resolves when the last is gone.
         let (stop_tx, stop_rx) = watch::channel(false);
         tracing::info!(addr = %state.local_addr, tls, upstream = %state.snapshot.load().upstream.origin, "listening");
+        let snap = state.snapshot.load_full();
+        tokio::spawn(async move {
+            if let Some(auth) = &snap.auth {
+                auth.report_shadowed_names().await;
+            }
+        });
         let mut shutdown = pin!(shutdown);
         loop {
             // Take a connection slot before accepting: at the cap, new connections wait

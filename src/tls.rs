@@ -207,7 +207,9 @@ pub fn ca_client_config(key: &str, ca_file: Option<&Path>) -> Result<ClientConfi
             if roots.is_empty() {
                 return Err(ConfigError::new(
                     key,
-                    "no system CA certificates found: install ca-certificates or name a CA file here",
+                    format!(
+                        "no system CA certificates found: install ca-certificates or give {key}"
+                    ),
                 ));
             }
         }

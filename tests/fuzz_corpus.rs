@@ -18,6 +18,7 @@ const TARGETS: &[(&str, Entry)] = &[
     ("audit_verify", registry_guard::fuzzing::audit_verify),
     ("challenge", registry_guard::fuzzing::challenge),
     ("proxy_protocol", registry_guard::fuzzing::proxy_protocol),
+    ("ldap_filter", registry_guard::fuzzing::ldap_filter),
 ];
 
 fn fuzz_dir() -> &'static Path {

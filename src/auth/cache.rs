@@ -5,6 +5,9 @@
 //! user's stored hash: the password is never stored, a memory dump yields nothing
 //! reusable elsewhere, and a changed hash (new password) or a removed user stops
 //! matching at once. Entries expire after the TTL; the table is bounded.
+//!
+//! An entry may carry a value: a directory login (`auth::ldap`) keeps the groups the
+//! directory gave, so a hit answers with the same identity the login had.
 
 use ring::hmac;
 use std::collections::HashMap;
@@ -13,14 +16,14 @@ use std::time::{Duration, Instant};
 
 pub type Fingerprint = [u8; 32];
 
-pub struct VerifyCache {
+pub struct VerifyCache<V = ()> {
     key: hmac::Key,
     ttl: Duration,
     max_entries: usize,
-    entries: Mutex<HashMap<Fingerprint, Instant>>,
+    entries: Mutex<HashMap<Fingerprint, (Instant, V)>>,
 }
 
-impl std::fmt::Debug for VerifyCache {
+impl<V> std::fmt::Debug for VerifyCache<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VerifyCache")
             .field("ttl", &self.ttl)
@@ -29,8 +32,9 @@ impl std::fmt::Debug for VerifyCache {
     }
 }
 
-impl VerifyCache {
-    pub fn new(ttl: Duration, max_entries: usize) -> Self {
+impl<V: Clone> VerifyCache<V> {
+    /// An empty cache whose entries carry a `V`.
+    pub fn with_values(ttl: Duration, max_entries: usize) -> Self {
         let key = crate::auth::random_bytes::<32>();
         VerifyCache {
             key: hmac::Key::new(hmac::HMAC_SHA256, &key),
@@ -54,21 +58,27 @@ impl VerifyCache {
 
     /// Whether `fp` was verified less than the TTL ago.
     pub fn hit(&self, fp: &Fingerprint, now: Instant) -> bool {
+        self.get(fp, now).is_some()
+    }
+
+    /// The value stored with `fp`, if it was verified less than the TTL ago.
+    pub fn get(&self, fp: &Fingerprint, now: Instant) -> Option<V> {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         match entries.get(fp) {
-            Some(&expires) if now < expires => true,
+            Some((expires, v)) if now < *expires => Some(v.clone()),
             Some(_) => {
                 entries.remove(fp);
-                false
+                None
             }
-            None => false,
+            None => None,
         }
     }
 
-    pub fn insert(&self, fp: Fingerprint, now: Instant) {
+    /// Remembers `fp` as verified now, with `value`.
+    pub fn insert_value(&self, fp: Fingerprint, now: Instant, value: V) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= self.max_entries && !entries.contains_key(&fp) {
-            entries.retain(|_, &mut expires| now < expires);
+            entries.retain(|_, (expires, _)| now < *expires);
             if entries.len() >= self.max_entries {
                 // Still full of live entries: drop an arbitrary tenth. A dropped entry
                 // only costs its user one more argon2 run.
@@ -82,7 +92,7 @@ impl VerifyCache {
                 }
             }
         }
-        entries.insert(fp, now + self.ttl);
+        entries.insert(fp, (now + self.ttl, value));
     }
 
     pub fn len(&self) -> usize {
@@ -91,6 +101,21 @@ impl VerifyCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// (TTL, most entries): a cache of other settings is another cache.
+    pub fn settings(&self) -> (Duration, usize) {
+        (self.ttl, self.max_entries)
+    }
+}
+
+impl VerifyCache<()> {
+    pub fn new(ttl: Duration, max_entries: usize) -> Self {
+        VerifyCache::with_values(ttl, max_entries)
+    }
+
+    pub fn insert(&self, fp: Fingerprint, now: Instant) {
+        self.insert_value(fp, now, ());
     }
 }
 

@@ -30,6 +30,8 @@
 pub mod access_tokens;
 pub mod basic;
 pub mod cache;
+pub mod ldap;
+// Public for benches that build an `AuthSettings` (its `throttle` field).
 pub mod throttle;
 pub mod token;
 pub mod upgrade;
@@ -128,6 +130,10 @@ pub enum AuthError {
     /// attempts in flight: 429.
     #[error("too many failed logins; retry in {}s", .0.as_secs().max(1))]
     Throttled(Duration),
+    /// The user directory (`auth.ldap`) could not judge the password: 503, not counted
+    /// by the throttle (the details are in the proxy's log).
+    #[error("the user directory is unavailable; try again later")]
+    Unavailable,
 }
 
 /// Settings of the identity stage (from `auth:` in the config).
@@ -172,7 +178,17 @@ pub struct Authenticator {
     usage: Arc<access_tokens::Usage>,
     /// Where the last use is flushed (`tokens.last_used_file`).
     last_used_file: Option<std::path::PathBuf>,
+    /// Users and groups from a directory (`auth.ldap`), for names not in the user file.
+    directory: Option<DirectoryAuth>,
     metrics: Arc<Metrics>,
+}
+
+/// The directory and the logins it accepted lately (keyed like the file users' cache:
+/// HMAC of name and password; the value is the groups the directory gave).
+#[derive(Debug, Clone)]
+struct DirectoryAuth {
+    dir: Arc<ldap::Directory>,
+    cache: Arc<VerifyCache<Arc<[String]>>>,
 }
 
 impl Authenticator {
@@ -196,6 +212,7 @@ impl Authenticator {
             access_tokens: Default::default(),
             usage: Default::default(),
             last_used_file: None,
+            directory: None,
             metrics,
         }
     }
@@ -279,6 +296,45 @@ impl Authenticator {
         tracing::info!(user = %Escaped(name), %client, "login failed");
         tracing::debug!(user = %Escaped(name), reason = why.as_str(), "login failure reason (access token)");
         Err(AuthError::Invalid("invalid username or password"))
+    }
+
+    /// Looks up names that are not in the user file in `dir` (`auth.ldap`). The same
+    /// directory as before (a reload that changed nothing in `auth.ldap`) keeps its
+    /// cached logins; another one starts with none.
+    pub fn with_directory(mut self, dir: Option<Arc<ldap::Directory>>) -> Self {
+        let (ttl, max) = (self.settings.cache_ttl, self.settings.cache_max_entries);
+        self.directory = dir.map(|dir| match self.directory.take() {
+            Some(old) if Arc::ptr_eq(&old.dir, &dir) && old.cache.settings() == (ttl, max) => old,
+            _ => DirectoryAuth {
+                dir,
+                cache: Arc::new(VerifyCache::with_values(ttl, max)),
+            },
+        });
+        self
+    }
+
+    /// The directory, when `auth.ldap` is configured.
+    pub fn directory(&self) -> Option<&Arc<ldap::Directory>> {
+        self.directory.as_ref().map(|d| &d.dir)
+    }
+
+    /// Warns of every name of the user file the directory also has: the file's entry
+    /// is the one used. Called at start and after a reload, off the request path.
+    pub async fn report_shadowed_names(&self) {
+        let Some(d) = &self.directory else { return };
+        for name in self.users.names() {
+            match d.dir.groups_of(name).await {
+                Ok(Some(_)) => tracing::warn!(
+                    user = %Escaped(name),
+                    "in the user file and in the directory: the user file's entry is used"
+                ),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check the user file's names against the directory");
+                    return;
+                }
+            }
+        }
     }
 
     /// Signs tokens with `key` (`auth.token_key_file`, shared by replicas) instead of the
@@ -423,6 +479,8 @@ impl Authenticator {
             access_tokens: Default::default(),
             usage: self.usage.clone(),
             last_used_file: None,
+            // The caller sets the directory of the new configuration (`with_directory`).
+            directory: self.directory.clone(),
             metrics,
         }
     }
@@ -509,6 +567,12 @@ impl Authenticator {
         let name = Escaped(&creds.user);
         let snapshot = self.users.clone();
         let user = snapshot.get(&creds.user).cloned();
+        // The user file first: a name in it never reaches the directory.
+        if let (None, Some(d)) = (&user, &self.directory) {
+            return self
+                .identify_in_directory(d, &creds.user, creds.password.expose(), client)
+                .await;
+        }
         let fingerprint = user.as_ref().filter(|u| !u.disabled).map(|u| {
             self.cache
                 .fingerprint(&u.name, creds.password.expose(), &u.hash)
@@ -591,6 +655,64 @@ impl Authenticator {
                 tracing::info!(user = %name, %client, "login failed");
                 tracing::debug!(user = %name, reason = why, "login failure reason");
                 Err(AuthError::Invalid("invalid username or password"))
+            }
+        }
+    }
+
+    /// The identity of a name that is not in the user file, as the directory (or its
+    /// cache) has it. The same steps as for file users: cache, one check per credential
+    /// under way, throttle counted before the check; the directory's "no" is a failure
+    /// like a wrong password; the directory's silence is neither (503, reservation given
+    /// back).
+    async fn identify_in_directory(
+        &self,
+        d: &DirectoryAuth,
+        user: &str,
+        password: &str,
+        client: IpAddr,
+    ) -> Result<Identity, AuthError> {
+        let identity = |groups: &[String]| Identity::User {
+            name: user.to_owned(),
+            groups: groups.to_vec(),
+        };
+        let fp = d.cache.fingerprint(user, password, "directory");
+        if let Some(groups) = d.cache.get(&fp, Instant::now()) {
+            self.metrics.auth_cache_hits.inc();
+            self.metrics.auth_result(AuthResult::Cached).inc();
+            return Ok(identity(&groups));
+        }
+        let ticket = self.flight(fp);
+        let _turn = ticket.lock.lock().await;
+        if let Some(groups) = d.cache.get(&fp, Instant::now()) {
+            self.metrics.auth_cache_hits.inc();
+            self.metrics.auth_result(AuthResult::Cached).inc();
+            return Ok(identity(&groups));
+        }
+        let attempt = self
+            .throttle
+            .reserve(client, user, Instant::now())
+            .map_err(|r| self.refused(r, user, client))?;
+        match d.dir.login(user, password).await {
+            Ok(ldap::Login::Accepted { groups }) => {
+                let groups: Arc<[String]> = groups.into();
+                d.cache.insert_value(fp, Instant::now(), groups.clone());
+                attempt.succeeded();
+                self.metrics.auth_result(AuthResult::Ok).inc();
+                Ok(identity(&groups))
+            }
+            Ok(ldap::Login::Refused(why)) => {
+                drop(attempt);
+                self.metrics.auth_failures.inc();
+                self.metrics.auth_result(AuthResult::Wrong).inc();
+                tracing::info!(user = %Escaped(user), %client, "login failed");
+                tracing::debug!(user = %Escaped(user), reason = why, "login failure reason (directory)");
+                Err(AuthError::Invalid("invalid username or password"))
+            }
+            Err(e) => {
+                attempt.withdrawn();
+                self.metrics.auth_result(AuthResult::Unavailable).inc();
+                tracing::warn!(user = %Escaped(user), %client, error = %e, "login not judged: the directory is unavailable");
+                Err(AuthError::Unavailable)
             }
         }
     }

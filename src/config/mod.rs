@@ -13,12 +13,14 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+mod ldap;
 mod raw;
 #[cfg(test)]
 mod tests;
 mod types;
 mod validate;
 
+pub use ldap::{GroupLookup, Ldap, LdapTransport};
 pub use types::*;
 pub(crate) use validate::check_instance;
 
@@ -110,6 +112,14 @@ impl Config {
                     t.last_used_file = crate::auth::access_tokens::default_last_used_file(&t.file);
                 } else {
                     fix(&mut t.last_used_file);
+                }
+            }
+            if let Some(l) = &mut auth.ldap {
+                if let Some(ca) = &mut l.ca_file {
+                    fix(ca);
+                }
+                if let SecretSource::File(f) = &mut l.bind_password {
+                    fix(f);
                 }
             }
         }

@@ -109,6 +109,7 @@ pub(super) struct RawAuth {
     pub(super) token_key_file: Option<PathBuf>,
     pub(super) upgrade_hashes: Option<bool>,
     pub(super) tokens_file: Option<PathBuf>,
+    pub(super) ldap: Option<RawLdap>,
 }
 
 /// Access tokens' policy (the file itself is `auth.tokens_file`, next to the user file).
@@ -118,6 +119,27 @@ pub(super) struct RawTokens {
     pub(super) max_lifetime: Option<String>,
     pub(super) last_used_file: Option<PathBuf>,
     pub(super) flush_interval: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLdap {
+    pub(super) url: String,
+    #[serde(default)]
+    pub(super) allow_plaintext: bool,
+    pub(super) ca_file: Option<PathBuf>,
+    pub(super) bind_dn: String,
+    pub(super) bind_password_file: Option<PathBuf>,
+    pub(super) bind_password_env: Option<String>,
+    pub(super) user_base: String,
+    pub(super) user_filter: Option<String>,
+    pub(super) group_attribute: Option<String>,
+    pub(super) group_base: Option<String>,
+    pub(super) group_filter: Option<String>,
+    pub(super) group_name_attribute: Option<String>,
+    pub(super) connect_timeout: Option<String>,
+    pub(super) timeout: Option<String>,
+    pub(super) pool_size: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -72,8 +72,16 @@ pub struct Access {
 }
 
 impl Access {
-    /// Refuses groups no user has: a typo there would silently grant nothing.
-    pub fn check_groups(&self, users: &crate::auth::users::Users) -> Result<(), ConfigError> {
+    /// Refuses groups no user has: a typo there would silently grant nothing. With a
+    /// directory (`auth.ldap`) groups also come from there, so nothing is refused.
+    pub fn check_groups(
+        &self,
+        users: &crate::auth::users::Users,
+        directory: bool,
+    ) -> Result<(), ConfigError> {
+        if directory {
+            return Ok(());
+        }
         let known: std::collections::HashSet<&str> = users.groups().collect();
         for (key, g) in &self.groups_named {
             if !known.contains(g.as_str()) {
@@ -111,6 +119,8 @@ pub struct Auth {
     /// `Expect: 100-continue` is read and discarded up to this many bytes, so the client
     /// sees the refusal instead of a reset connection.
     pub max_unauthenticated_body: u64,
+    /// Users and groups from a directory (`auth.ldap`), for names not in the user file.
+    pub ldap: Option<super::Ldap>,
 }
 
 /// Access tokens: where they are and the rules they live by.
@@ -204,7 +214,7 @@ pub struct Credentials {
     pub password: SecretSource,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
     File(PathBuf),
     Env(String),

@@ -28,10 +28,10 @@ impl TryFrom<RawConfig> for Config {
                 "missing: give auth.users_file (see config/users.example.yaml), or auth.disabled: true to forward requests without checking credentials",
             )),
             Some(a) if a.disabled => {
-                if a.users_file.is_some() || a.anonymous {
+                if a.users_file.is_some() || a.anonymous || a.ldap.is_some() {
                     return Err(ConfigError::new(
                         "auth.disabled",
-                        "disabled: true excludes users_file and anonymous",
+                        "disabled: true excludes users_file, ldap and anonymous",
                     ));
                 }
                 None
@@ -100,7 +100,11 @@ impl TryFrom<RawConfig> for Config {
 // Values shared by the sections.
 
 /// A duration like `10s` in (0, 24h], or `default` when the key is absent.
-fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+pub(super) fn duration(
+    key: &str,
+    value: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     let Some(v) = value else { return Ok(default) };
     let d = humantime::parse_duration(v.trim()).map_err(|e| {
         ConfigError::new(
@@ -119,7 +123,12 @@ fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duratio
 
 /// A number within `range` (`1..`, `..=10_000`, `1..=MAX`), or `default` when the key is
 /// absent. The message states the range as written.
-fn ranged<T, R>(key: &str, value: Option<T>, default: T, range: R) -> Result<T, ConfigError>
+pub(super) fn ranged<T, R>(
+    key: &str,
+    value: Option<T>,
+    default: T,
+    range: R,
+) -> Result<T, ConfigError>
 where
     T: PartialOrd + fmt::Display,
     R: RangeBounds<T>,
@@ -433,6 +442,7 @@ impl TryFrom<RawAuth> for Auth {
             max_unauthenticated_body: a
                 .max_unauthenticated_body
                 .unwrap_or(DEFAULT_MAX_UNAUTHENTICATED_BODY),
+            ldap: a.ldap.map(super::Ldap::try_from).transpose()?,
         })
     }
 }

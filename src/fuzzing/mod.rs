@@ -374,3 +374,46 @@ pub fn proxy_protocol(data: &[u8]) {
         );
     }
 }
+
+/// `auth::ldap::filter` must never panic, and no name can change a search's shape:
+/// `escape_value` leaves no `*`, `(`, `)` or NUL and only its five escapes, and undoing
+/// them gives the input back; a template filled with any name and DN has exactly the
+/// template's parentheses; `group_name` on any DN never panics and gives no empty name.
+///
+/// Input: `name\ndn` (lossily UTF-8); the DN also serves as a `memberOf` value.
+pub fn ldap_filter(data: &[u8]) {
+    use crate::auth::ldap::filter::{escape_value, fill, group_name};
+    let text = String::from_utf8_lossy(data);
+    let (name, dn) = text.split_once('\n').unwrap_or((&text, ""));
+    let e = escape_value(name);
+    assert!(!e.contains(['*', '(', ')', '\0']), "{e:?}");
+    let mut back = Vec::new();
+    let mut rest = e.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'\\' {
+            let esc = tail.get(..2).expect("an escape has two hex digits");
+            assert!(
+                [&b"2a"[..], b"28", b"29", b"5c", b"00"].contains(&esc),
+                "unexpected escape in {e:?}"
+            );
+            back.push(
+                u8::from_str_radix(std::str::from_utf8(esc).unwrap_or("00"), 16).unwrap_or(0),
+            );
+            rest = &tail[2..];
+        } else {
+            back.push(b);
+            rest = tail;
+        }
+    }
+    assert_eq!(back, name.as_bytes(), "escaping lost something");
+    let template = "(&(objectClass=person)(|(uid={user})(member={dn})))";
+    let parens = |s: &str| {
+        s.chars()
+            .filter(|c| matches!(c, '(' | ')'))
+            .collect::<String>()
+    };
+    assert_eq!(parens(&fill(template, name, dn)), parens(template));
+    if let Some(g) = group_name(dn, "cn") {
+        assert!(!g.is_empty());
+    }
+}

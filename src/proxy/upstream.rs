@@ -151,19 +151,27 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-/// Reads the proxy's upstream password from its file or environment variable.
-fn read_secret(src: &SecretSource) -> Result<String, ConfigError> {
-    let key = "upstream.credentials";
+/// Reads a secret from its file or environment variable: the upstream password
+/// (`upstream.credentials`, keys `password_file`/`password_env`) and the directory's
+/// service password (`auth.ldap`, `bind_password_file`/`bind_password_env`). Errors name
+/// `key`.`file_key` or `key`.`env_key`, never the value; `what` names the secret when it
+/// is empty.
+pub(crate) fn read_secret(
+    src: &SecretSource,
+    key: &str,
+    [file_key, env_key]: [&str; 2],
+    what: &str,
+) -> Result<String, ConfigError> {
     let value = match src {
         SecretSource::File(p) => std::fs::read_to_string(p).map_err(|e| {
             ConfigError::new(
-                format!("{key}.password_file"),
+                format!("{key}.{file_key}"),
                 format!("cannot read {}: {e}", p.display()),
             )
         })?,
         SecretSource::Env(name) => std::env::var(name).map_err(|_| {
             ConfigError::new(
-                format!("{key}.password_env"),
+                format!("{key}.{env_key}"),
                 format!("environment variable {name} is not set or not UTF-8"),
             )
         })?,
@@ -172,7 +180,7 @@ fn read_secret(src: &SecretSource) -> Result<String, ConfigError> {
     let value = value.strip_suffix('\n').unwrap_or(&value);
     let value = value.strip_suffix('\r').unwrap_or(value).to_owned();
     if value.is_empty() {
-        return Err(ConfigError::new(key, "the upstream password is empty"));
+        return Err(ConfigError::new(key, format!("{what} is empty")));
     }
     Ok(value)
 }
@@ -210,7 +218,12 @@ impl Upstream {
         let basic = match &cfg.credentials {
             None => None,
             Some(c) => {
-                let pw = read_secret(&c.password)?;
+                let pw = read_secret(
+                    &c.password,
+                    "upstream.credentials",
+                    ["password_file", "password_env"],
+                    "the upstream password",
+                )?;
                 let token = base64::engine::general_purpose::STANDARD
                     .encode(format!("{}:{pw}", c.username));
                 let mut v = HeaderValue::from_str(&format!("Basic {token}")).map_err(|_| {
