@@ -558,11 +558,14 @@ fn user_command(
     config: Option<PathBuf>,
 ) -> Result<(), String> {
     let mut ldap = None;
+    // With --config: the tokens file, which the user file must agree with.
+    let mut tokens_file = None;
     let path = match (users_file, config) {
         (Some(f), _) => f,
         (None, Some(c)) => match Config::load(&c).map_err(|e| e.to_string())?.auth {
             Some(a) => {
                 ldap = a.ldap;
+                tokens_file = a.tokens.map(|t| t.file);
                 a.users_file
             }
             None => {
@@ -615,6 +618,7 @@ fn user_command(
         }
     };
     let find = |file: &users::UserFile, name: &str| file.users.iter().position(|u| u.name == name);
+    let before: Vec<String> = file.users.iter().map(|u| u.name.clone()).collect();
     let done: String;
     match action {
         UserAction::List => {
@@ -656,7 +660,7 @@ fn user_command(
         } => {
             if !users::is_valid_name(&name) {
                 return Err(format!(
-                    "user {name:?}: names are 1 to {} letters, digits and ._@-",
+                    "user {name:?}: names are 1 to {} letters, digits and ._@-, not starting with rgt_",
                     users::MAX_NAME
                 ));
             }
@@ -696,9 +700,35 @@ fn user_command(
                 + &format!(" into {}", path.display());
         }
     }
+    let added: Vec<String> = file
+        .users
+        .iter()
+        .filter(|u| !before.contains(&u.name))
+        .map(|u| u.name.clone())
+        .collect();
+    let removed: Vec<&String> = before.iter().filter(|n| find(&file, n).is_none()).collect();
+    if let Some(t) = &tokens_file {
+        token::check_user_file(t, &file, &added)?;
+    }
     // Say what was done only once it is on disk.
     users::save(&path, &file).map_err(|e| e.to_string())?;
     eprintln!("{done}");
+    // A removed user's tokens end with the user, for good: the name may come back as
+    // someone else.
+    if let Some(t) = &tokens_file {
+        for name in removed {
+            let revoked = token::revoke_owner(t, name)?;
+            if !revoked.is_empty() {
+                eprintln!(
+                    "revoked the tokens of {name:?} in {}: {}",
+                    t.display(),
+                    revoked.join(", ")
+                );
+            }
+        }
+    } else if !removed.is_empty() {
+        eprintln!("without --config the tokens file is not known: revoke the tokens of the removed user with `registry-guard token revoke --owner NAME --config ...` (the proxy refuses them already: their owner is gone)");
+    }
     Ok(())
 }
 

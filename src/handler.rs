@@ -750,7 +750,7 @@ fn login_event(ctx: &Ctx, result: &Result<Identity, AuthError>) {
         return;
     };
     let ok = match result {
-        Ok(Identity::User { .. }) => true,
+        Ok(Identity::User { .. } | Identity::Token { .. }) => true,
         Err(AuthError::Invalid(_)) => false,
         _ => return,
     };
@@ -759,7 +759,10 @@ fn login_event(ctx: &Ctx, result: &Result<Identity, AuthError>) {
     }
     let mut r = audit_record(ctx, audit::Target::Login);
     r.phase = Phase::Access;
-    r.user = creds.user.chars().take(256).collect();
+    r.user = crate::log::shown_user(&creds.user)
+        .chars()
+        .take(256)
+        .collect();
     r.reference = String::new();
     r.duration_ms = Some(0);
     if ok {

@@ -64,6 +64,29 @@ impl std::fmt::Display for Escaped<'_> {
     }
 }
 
+/// A user name as logs and audit records show it: escaped like any client text, and a
+/// name that is an access token's secret (`rgt_...`: user name and password swapped in a
+/// CI variable) never written. No valid user or token name starts with the prefix.
+pub struct UserName<'a>(pub &'a str);
+
+/// What [`UserName`] shows of `name`, unescaped (for records that escape on their own).
+pub fn shown_user(name: &str) -> std::borrow::Cow<'_, str> {
+    use crate::auth::access_tokens::PREFIX;
+    if name.starts_with(PREFIX) {
+        std::borrow::Cow::Owned(format!(
+            "{PREFIX}... (an access token's secret given as the user name: not shown)"
+        ))
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
+
+impl std::fmt::Display for UserName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Escaped(&shown_user(self.0)).fmt(f)
+    }
+}
+
 /// Per-connection activity, read by the idle watchdog in `server.rs`.
 ///
 /// Idleness is counted in requests, never in bytes: protocol traffic of a connection with
@@ -304,6 +327,17 @@ pub fn next_request_id() -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_token_secret_given_as_a_user_name_is_not_shown() {
+        let secret = "rgt_TtbHaCT6QlgLxZw3YiaJ1hqZucSp-d2UcPEBi44JeO0";
+        let shown = UserName(secret).to_string();
+        assert!(!shown.contains("TtbHaCT6"), "{shown}");
+        assert!(shown.starts_with("rgt_..."), "{shown}");
+        assert_eq!(UserName("ali\nce").to_string(), "ali\\u{a}ce");
+        assert_eq!(shown_user("alice"), "alice");
+    }
+
     use super::*;
 
     #[test]

@@ -154,9 +154,17 @@ pub enum Refusal {
     WrongSecret,
     Expired,
     Revoked,
+    /// `created` is later than now (beyond [`CLOCK_SKEW`]): an entry made by hand or on
+    /// a machine with a wrong clock, which would otherwise escape `tokens.max_lifetime`
+    /// (counted from `created`).
+    NotYetValid,
     /// The owner is unknown to the identity source now, or disabled.
     Owner,
 }
+
+/// How far in the future a token's `created` may be (clocks of replicas and of the
+/// machine that ran `token create` differ a little).
+pub const CLOCK_SKEW: u64 = 300;
 
 impl Refusal {
     pub fn as_str(self) -> &'static str {
@@ -164,6 +172,7 @@ impl Refusal {
             Refusal::WrongSecret => "wrong secret",
             Refusal::Expired => "expired",
             Refusal::Revoked => "revoked",
+            Refusal::NotYetValid => "created in the future",
             Refusal::Owner => "owner unknown or disabled",
         }
     }
@@ -182,10 +191,13 @@ impl Token {
         self.in_force(now)
     }
 
-    /// Whether the token is neither revoked nor expired at `now`.
+    /// Whether the token is neither revoked nor expired at `now`, and was created before.
     pub fn in_force(&self, now: u64) -> Result<(), Refusal> {
         if self.revoked.is_some() {
             return Err(Refusal::Revoked);
+        }
+        if self.created > now.saturating_add(CLOCK_SKEW) {
+            return Err(Refusal::NotYetValid);
         }
         match self.expires {
             Some(e) if now >= e => Err(Refusal::Expired),
@@ -297,7 +309,7 @@ impl TokenEntry {
             return Err(err(
                 "name",
                 format!(
-                    "must be 1 to {} of letters, digits and ._@-",
+                    "must be 1 to {} of letters, digits and ._@-, not starting with rgt_ (the prefix of secrets)",
                     users::MAX_NAME
                 ),
             ));
@@ -471,7 +483,7 @@ pub fn check_no_user_names(
             token: Some((*name).to_owned()),
             field: Some("name"),
             message: format!(
-                "is also a user in {}: a name is either a user or a token; rename or revoke the token",
+                "is also a user in {}: a name is either a user or a token; delete the token (`registry-guard token delete NAME`; a revoked one still holds its name) or remove the user",
                 users_file.display()
             ),
         }),
@@ -666,6 +678,33 @@ pub fn save(path: &Path, file: &TokenFile) -> Result<(), TokensError> {
 
 #[cfg(test)]
 mod tests {
+
+    /// A `created` in the future would stretch `tokens.max_lifetime` (counted from it):
+    /// such a token is not in force until then, give or take the clock skew.
+    #[test]
+    fn a_token_created_in_the_future_is_not_in_force() {
+        let mut t = TokenEntry {
+            name: "ci".into(),
+            owner: "alice".into(),
+            hash: hash_secret("rgt_s"),
+            repos: vec!["team-a/**".into()],
+            actions: vec!["pull".into()],
+            created: format_time(T0 + 3600),
+            expires: None,
+            description: None,
+            revoked: None,
+        }
+        .check()
+        .unwrap();
+        assert!(apply_max_lifetime(
+            &mut t,
+            Some(Duration::from_secs(30 * 86400))
+        ));
+        assert_eq!(t.in_force(T0), Err(Refusal::NotYetValid));
+        assert_eq!(t.in_force(T0 + 3600 - CLOCK_SKEW), Ok(()));
+        assert_eq!(t.in_force(T0 + 3600 + 30 * 86400), Err(Refusal::Expired));
+    }
+
     use super::*;
 
     const T0: u64 = 1_790_000_000;

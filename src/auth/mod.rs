@@ -14,7 +14,7 @@
 //!   cannot run it more than `max_failures` times per window for one (address, name).
 //! - The argon2 working memory is bounded by `verify_concurrency` × `m_cost` and given
 //!   back when the verification threads are idle (see [`Argon2Pool`]).
-//! - User names are logged through `log::Escaped` only.
+//! - User names are logged through `log::UserName` only (escaped; a token secret given as a name is not shown).
 //! - A login verified against a bcrypt hash queues its upgrade to argon2id (`upgrade`,
 //!   `auth.upgrade_hashes`) and is answered without waiting for it.
 //! - An access token (`access_tokens`, Basic credentials whose name is a token's) is
@@ -37,7 +37,7 @@ pub mod token;
 pub mod upgrade;
 pub mod users;
 
-use crate::log::Escaped;
+use crate::log::UserName;
 use crate::metrics::{AuthResult, Metrics};
 use cache::VerifyCache;
 use http::header::{HeaderMap, AUTHORIZATION};
@@ -293,8 +293,8 @@ impl Authenticator {
             .fail_now(client, name, Instant::now())
             .map_err(|r| self.refused(r, name, client))?;
         self.metrics.auth_result(AuthResult::TokenRefused).inc();
-        tracing::info!(user = %Escaped(name), %client, "login failed");
-        tracing::debug!(user = %Escaped(name), reason = why.as_str(), "login failure reason (access token)");
+        tracing::info!(user = %UserName(name), %client, "login failed");
+        tracing::debug!(user = %UserName(name), reason = why.as_str(), "login failure reason (access token)");
         Err(AuthError::Invalid("invalid username or password"))
     }
 
@@ -325,7 +325,7 @@ impl Authenticator {
         for name in self.users.names() {
             match d.dir.groups_of(name).await {
                 Ok(Some(_)) => tracing::warn!(
-                    user = %Escaped(name),
+                    user = %UserName(name),
                     "in the user file and in the directory: the user file's entry is used"
                 ),
                 Ok(None) => {}
@@ -381,7 +381,7 @@ impl Authenticator {
         const REFUSED: AuthError = AuthError::Invalid("invalid or expired token");
         let refused = |reason: &str, user: &str| {
             self.metrics.auth_failures.inc();
-            tracing::info!(user = %Escaped(user), %client, reason, "token refused");
+            tracing::info!(user = %UserName(user), %client, reason, "token refused");
             REFUSED
         };
         let claims = std::str::from_utf8(value)
@@ -564,7 +564,7 @@ impl Authenticator {
         if let Some(t) = self.access_tokens.get(&creds.user) {
             return self.identify_access_token(t, creds.password.expose(), client);
         }
-        let name = Escaped(&creds.user);
+        let name = UserName(&creds.user);
         let snapshot = self.users.clone();
         let user = snapshot.get(&creds.user).cloned();
         // The user file first: a name in it never reaches the directory.
@@ -629,7 +629,11 @@ impl Authenticator {
                 if let (Some(u), Some(path), true) =
                     (&user, snapshot.source(), self.settings.upgrade_hashes)
                 {
-                    if u.kind.is_bcrypt() {
+                    if u.kind.is_bcrypt()
+                        && !users::bcrypt_upgrade_keeps_the_password(creds.password.expose())
+                    {
+                        tracing::info!(user = %UserName(&u.name), "bcrypt hash not upgraded: the password is 72 bytes or longer, and bcrypt read only its first 72 (set it again with `registry-guard user passwd`)");
+                    } else if u.kind.is_bcrypt() {
                         self.upgrades.submit(
                             path,
                             &u.name,
@@ -704,14 +708,14 @@ impl Authenticator {
                 drop(attempt);
                 self.metrics.auth_failures.inc();
                 self.metrics.auth_result(AuthResult::Wrong).inc();
-                tracing::info!(user = %Escaped(user), %client, "login failed");
-                tracing::debug!(user = %Escaped(user), reason = why, "login failure reason (directory)");
+                tracing::info!(user = %UserName(user), %client, "login failed");
+                tracing::debug!(user = %UserName(user), reason = why, "login failure reason (directory)");
                 Err(AuthError::Invalid("invalid username or password"))
             }
             Err(e) => {
                 attempt.withdrawn();
                 self.metrics.auth_result(AuthResult::Unavailable).inc();
-                tracing::warn!(user = %Escaped(user), %client, error = %e, "login not judged: the directory is unavailable");
+                tracing::warn!(user = %UserName(user), %client, error = %e, "login not judged: the directory is unavailable");
                 Err(AuthError::Unavailable)
             }
         }
@@ -725,7 +729,7 @@ impl Authenticator {
             throttle::Refusal::Throttled(_) => "too many failures",
             throttle::Refusal::Busy => "too many attempts in flight",
         };
-        tracing::warn!(user = %Escaped(user), %client, reason = why, "login throttled");
+        tracing::warn!(user = %UserName(user), %client, reason = why, "login throttled");
         AuthError::Throttled(r.retry_after())
     }
 

@@ -190,7 +190,7 @@ impl Checked {
             if !is_valid_name(&e.name) {
                 return Err(UsersError::new(
                     who,
-                    format!("name must be 1 to {MAX_NAME} of letters, digits and ._@-"),
+                    format!("name must be 1 to {MAX_NAME} of letters, digits and ._@-, not starting with rgt_ (the prefix of access token secrets)"),
                 ));
             }
             let kind = check_hash(&e.hash).map_err(|m| {
@@ -206,7 +206,9 @@ impl Checked {
                 if !is_valid_name(g) {
                     return Err(UsersError::new(
                         who,
-                        format!("group {g:?} must be letters, digits and ._@-"),
+                        format!(
+                            "group {g:?} must be letters, digits and ._@-, not starting with rgt_"
+                        ),
                     ));
                 }
             }
@@ -302,7 +304,7 @@ pub fn parse_htpasswd(text: &str) -> Result<Vec<(String, String)>, Vec<HtpasswdE
         if !is_valid_name(name) {
             refuse(
                 Some(name),
-                format!("name must be 1 to {MAX_NAME} of letters, digits and ._@-"),
+                format!("name must be 1 to {MAX_NAME} of letters, digits and ._@-, not starting with rgt_ (the prefix of access token secrets)"),
             );
             continue;
         }
@@ -331,6 +333,9 @@ pub fn parse_htpasswd(text: &str) -> Result<Vec<(String, String)>, Vec<HtpasswdE
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME
+        // Reserved for access tokens' secrets: a name never looks like one, so a secret
+        // given as a user name is recognised (and kept out of the logs).
+        && !name.starts_with(crate::auth::access_tokens::PREFIX)
         && name
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'@' | b'-'))
@@ -642,14 +647,29 @@ impl WorkMemory {
     }
 }
 
+/// bcrypt reads at most this many bytes of a password.
+pub const BCRYPT_MAX_PASSWORD: usize = 72;
+
+/// Whether `password`, verified against a bcrypt hash, is the only string that passes:
+/// shorter than 72 bytes (bcrypt ignores what follows) and without a NUL. Only such a
+/// password may be rehashed with argon2id, which reads every byte: otherwise the upgrade
+/// would make the string this login happened to send the password, and the user's real
+/// (longer) one would stop working.
+pub fn bcrypt_upgrade_keeps_the_password(password: &str) -> bool {
+    password.len() < BCRYPT_MAX_PASSWORD && !password.contains('\0')
+}
+
 /// [`verify_password`] with the caller's working memory. The output comparison is
 /// constant-time (`subtle`); a malformed PHC string is simply not a match.
 pub fn verify_password_in(phc: &str, password: &str, memory: &mut WorkMemory) -> bool {
     use subtle::ConstantTimeEq;
     if phc.starts_with("$2") {
         // Constant-time comparison inside (`subtle`); passwords are cut at 72 bytes, as
-        // htpasswd cut them when it made the hash.
-        return bcrypt::verify(password, phc).unwrap_or(false);
+        // htpasswd cut them when it made the hash. A NUL in a password is refused (after
+        // the same work): the crate would read `p\0p` as `p`, so another string than
+        // the password would pass and, upgraded, become the password.
+        let matched = bcrypt::verify(password, phc).unwrap_or(false);
+        return matched & !password.contains('\0');
     }
     let Ok(parsed) = PasswordHash::new(phc) else {
         return false;
@@ -926,6 +946,44 @@ mod tests {
         ))
         .unwrap();
         assert!(users.get("alice").unwrap().kind.is_bcrypt());
+    }
+
+    /// bcrypt reads 72 bytes and the crate reads `p\0p` as `p`: such strings pass
+    /// (htpasswd's truncation, kept for migrated users) or are refused (NUL), and never
+    /// qualify for the argon2id upgrade, which would make them the password.
+    #[test]
+    fn bcrypt_variants_of_a_password_are_not_upgraded_and_nul_is_refused() {
+        let nul = bcrypt::hash("n-pw", 4).unwrap();
+        assert!(verify_password(&nul, "n-pw"));
+        assert!(
+            !verify_password(&nul, "n-pw\0n-pw"),
+            "the crate's cycled key"
+        );
+        assert!(!verify_password(&nul, "n-pw\0"));
+        let long = format!("{}secret-suffix", "A".repeat(72));
+        let h = bcrypt::hash(&long, 4).unwrap();
+        let other = format!("{}WRONG", "A".repeat(72));
+        assert!(verify_password(&h, &long) && verify_password(&h, &other));
+        assert!(!bcrypt_upgrade_keeps_the_password(&long));
+        assert!(!bcrypt_upgrade_keeps_the_password(&other));
+        assert!(!bcrypt_upgrade_keeps_the_password(&"A".repeat(72)));
+        assert!(bcrypt_upgrade_keeps_the_password(&"A".repeat(71)));
+        assert!(!bcrypt_upgrade_keeps_the_password("a\0b"));
+        assert!(bcrypt_upgrade_keeps_the_password("alice-pw"));
+    }
+
+    /// `rgt_` starts access token secrets: no user or group name may, so a secret given
+    /// as a user name is recognised and never logged.
+    #[test]
+    fn names_never_start_like_a_token_secret() {
+        assert!(!is_valid_name("rgt_abc"));
+        assert!(is_valid_name("rgt-abc") && is_valid_name("xrgt_"));
+        let e = Users::from_yaml(&format!(
+            "users:\n  - name: rgt_x\n    hash: '{HTPASSWD_ALICE}'\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("rgt_"), "{e}");
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub(super) enum TokenAction {
         #[arg(long)]
         owner: Option<String>,
     },
+    /// Remove a token from the file (revoked or not): its name is free again, for a
+    /// user or a new token. `list` no longer shows it.
+    Delete { name: String },
 }
 
 /// Where the tokens file is and what else is known about it.
@@ -165,6 +168,17 @@ pub(super) fn command(
             println!("{secret}");
             summary
         }
+        TokenAction::Delete { name } => {
+            let before = file.tokens.len();
+            file.tokens.retain(|t| t.name != name);
+            if file.tokens.len() == before {
+                return Err(format!("{}: no token {name:?}", p.file.display()));
+            }
+            at::save(&p.file, &file).map_err(|e| e.to_string())?;
+            format!(
+                "deleted token {name:?}: refused from the next reload of the proxy (a few seconds)"
+            )
+        }
         TokenAction::Revoke { name, owner } => {
             let stamp = at::format_time(now);
             let mut revoked = Vec::new();
@@ -205,6 +219,64 @@ pub(super) fn command(
     };
     eprintln!("{done}");
     Ok(())
+}
+
+/// What the user commands check against the tokens file (with --config): the new user
+/// file must load next to it — no name is both a user's and a token's, revoked tokens
+/// included — and a name added again must not take over the tokens of an earlier user
+/// of that name that are still in force.
+pub(super) fn check_user_file(
+    tokens_file: &Path,
+    users: &users::UserFile,
+    added: &[String],
+) -> Result<(), String> {
+    let file = read(tokens_file, true)?;
+    if let Some(u) = users
+        .users
+        .iter()
+        .find(|u| file.tokens.iter().any(|t| t.name == u.name))
+    {
+        return Err(format!(
+            "{}: {:?} is an access token's name, and a name is either a user's or a token's (`registry-guard token delete {}` frees it); nothing changed",
+            tokens_file.display(),
+            u.name,
+            u.name
+        ));
+    }
+    for name in added {
+        let live: Vec<&str> = file
+            .tokens
+            .iter()
+            .filter(|t| t.owner == *name && t.revoked.is_none())
+            .map(|t| t.name.as_str())
+            .collect();
+        if !live.is_empty() {
+            return Err(format!(
+                "{}: tokens of an earlier user {name:?} are not revoked ({}): a new user of that name would own them; revoke them first (`registry-guard token revoke --owner {name}`); nothing changed",
+                tokens_file.display(),
+                live.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Revokes every token of `owner`, a user just removed: a name given to someone else
+/// later must not bring them back. Returns the names revoked.
+pub(super) fn revoke_owner(tokens_file: &Path, owner: &str) -> Result<Vec<String>, String> {
+    let mut file = read(tokens_file, true)?;
+    let stamp = at::format_time(crate::auth::unix_now());
+    let mut revoked = Vec::new();
+    for t in &mut file.tokens {
+        if t.owner == owner && t.revoked.is_none() {
+            t.revoked = Some(stamp.clone());
+            revoked.push(t.name.clone());
+        }
+    }
+    if !revoked.is_empty() {
+        at::save(tokens_file, &file).map_err(|e| e.to_string())?;
+    }
+    Ok(revoked)
 }
 
 /// The tokens file, parsed and checked as loading checks it; a missing one is empty when
@@ -342,10 +414,14 @@ fn list(
     let mut tokens: Vec<&TokenEntry> = file.tokens.iter().collect();
     tokens.sort_by(|a, b| (&a.owner, &a.name).cmp(&(&b.owner, &b.name)));
     for e in tokens {
+        // The expiry in force: `expires`, cut to `created + tokens.max_lifetime`.
+        let mut expires = e.expires.clone().unwrap_or_else(|| "never".to_owned());
         let state = match e.check() {
             Err(_) => "invalid".to_owned(),
             Ok(mut t) => {
-                at::apply_max_lifetime(&mut t, max_lifetime);
+                if at::apply_max_lifetime(&mut t, max_lifetime) {
+                    expires = t.expires.map_or(expires, at::format_time);
+                }
                 match t.in_force(now) {
                     Ok(()) => "active".to_owned(),
                     Err(at::Refusal::Revoked) => {
@@ -364,7 +440,7 @@ fn list(
             e.actions.join(","),
             e.repos.join(","),
             e.created,
-            e.expires.as_deref().unwrap_or("never"),
+            expires,
             used.map_or("never", |u| u.at.as_str()),
             used.map_or("-", |u| u.from.as_str()),
             state

@@ -580,3 +580,71 @@ fn explain_accepts_a_token_name_and_shows_the_intersection() {
         text(&o.stderr)
     );
 }
+
+/// The user commands with --config keep the user file and the tokens file in agreement:
+/// a removed user's tokens are revoked (a later user of the name does not get them), a
+/// user cannot take a token's name (which would stop every reload), and `token delete`
+/// frees a name.
+#[test]
+fn user_commands_revoke_a_removed_users_tokens_and_never_take_a_tokens_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, tokens, users) = config_files(dir.path(), "");
+    let c = config.display().to_string();
+    let t = tokens.display().to_string();
+    let user_cmd = |args: &[&str]| {
+        let mut all = vec!["user"];
+        all.extend_from_slice(args);
+        if args[0] == "add" {
+            all.extend_from_slice(&["--m-cost", "1024", "--t-cost", "1"]);
+        }
+        all.extend_from_slice(&["--config", &c]);
+        let o = cli_stdin(&all, "pw-of-someone\n");
+        (o.status.code().unwrap_or(-1), text(&o.stderr))
+    };
+    let _ = create(&tokens, "t-alice", "alice", "team-a/**", "pull");
+    let _ = create(&tokens, "t-carol", "carol", "team-a/**", "pull");
+
+    // A name of a token, revoked or not, is refused, and nothing is written.
+    let before = std::fs::read_to_string(&users).unwrap();
+    let (code, err) = user_cmd(&["add", "t-alice"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("t-alice") && err.contains("token delete"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&users).unwrap(), before);
+
+    // carol has a live token from before (made with --tokens-file): a new carol would
+    // own it, so adding her is refused until it is revoked.
+    let (code, err) = user_cmd(&["add", "carol"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("t-carol") && err.contains("revoke"), "{err}");
+    let (code, _, err) = token(&["revoke", "--owner", "carol", "--tokens-file", &t]);
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = user_cmd(&["add", "carol"]);
+    assert_eq!(code, 0, "{err}");
+
+    // Removing alice revokes t-alice; adding an alice again does not bring it back.
+    let (code, err) = user_cmd(&["del", "alice"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("revoked the tokens of \"alice\""), "{err}");
+    let file = at::parse_file(&std::fs::read_to_string(&tokens).unwrap()).unwrap();
+    let t_alice = file.tokens.iter().find(|e| e.name == "t-alice").unwrap();
+    assert!(t_alice.revoked.is_some(), "{t_alice:?}");
+    let (code, err) = user_cmd(&["add", "alice", "--groups", "team-a"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = token(&["list", "--config", &c]);
+    let line = out.lines().find(|l| l.starts_with("t-alice ")).unwrap();
+    assert!(line.contains("revoked"), "{line}");
+
+    // `token delete` frees the name: then a user may take it.
+    let (code, _, err) = token(&["delete", "t-alice", "--tokens-file", &t]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = token(&["delete", "t-alice", "--tokens-file", &t]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no token \"t-alice\""), "{err}");
+    let (code, err) = user_cmd(&["add", "t-alice"]);
+    assert_eq!(code, 0, "{err}");
+    let o = run_cli(&["check", "--config", &c], dir.path());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+}
