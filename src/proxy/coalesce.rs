@@ -238,6 +238,16 @@ mod tests {
         }
     }
 
+    /// A caller of `key` in a task of its own, with the fake's job.
+    fn call(
+        c: &Arc<Coalescer<&'static str, usize>>,
+        key: &'static str,
+        fake: &Fake,
+    ) -> tokio::task::JoinHandle<Result<usize, Abandoned>> {
+        let (c, job) = (c.clone(), fake.job());
+        tokio::spawn(async move { c.join(key, job).await })
+    }
+
     /// Lets spawned tasks run until `cond` holds (no timing: yields, bounded).
     async fn until(cond: impl Fn() -> bool) {
         for _ in 0..10_000 {
@@ -255,27 +265,20 @@ mod tests {
         let fake = Fake::default();
         // Eight callers at once: the first starts round 1, the seven others queue for
         // round 2 (they arrived while round 1 was in flight).
-        let mut calls = tokio::task::JoinSet::new();
-        for _ in 0..8 {
-            let (c, job) = (c.clone(), fake.job());
-            calls.spawn(async move { c.join("repo", job).await });
-        }
+        let calls: Vec<_> = (0..8).map(|_| call(&c, "repo", &fake)).collect();
         until(|| fake.started() == 1 && c.queued(&"repo") == 7).await;
         assert_eq!(c.keys(), 1);
         fake.gate.notify_one(); // round 1 ends
         until(|| fake.started() == 2).await;
         // A caller arriving while round 2 is in flight waits for round 3.
-        let late = {
-            let (c, job) = (c.clone(), fake.job());
-            tokio::spawn(async move { c.join("repo", job).await })
-        };
+        let late = call(&c, "repo", &fake);
         until(|| c.queued(&"repo") == 1).await;
         fake.gate.notify_one(); // round 2 ends
         until(|| fake.started() == 3).await;
         fake.gate.notify_one(); // round 3 ends
         let mut answers = Vec::new();
-        while let Some(a) = calls.join_next().await {
-            answers.push(a.unwrap().unwrap());
+        for a in calls {
+            answers.push(a.await.unwrap().unwrap());
         }
         answers.sort_unstable();
         assert_eq!(answers, [1, 2, 2, 2, 2, 2, 2, 2]);
@@ -288,15 +291,9 @@ mod tests {
     async fn a_caller_never_gets_a_round_that_started_before_it_called() {
         let c: Arc<Coalescer<&str, usize>> = Arc::default();
         let fake = Fake::default();
-        let first = {
-            let (c, job) = (c.clone(), fake.job());
-            tokio::spawn(async move { c.join("repo", job).await })
-        };
+        let first = call(&c, "repo", &fake);
         until(|| fake.started() == 1).await;
-        let second = {
-            let (c, job) = (c.clone(), fake.job());
-            tokio::spawn(async move { c.join("repo", job).await })
-        };
+        let second = call(&c, "repo", &fake);
         until(|| c.queued(&"repo") == 1).await;
         fake.gate.notify_one();
         assert_eq!(first.await.unwrap().unwrap(), 1);
@@ -313,14 +310,8 @@ mod tests {
     async fn keys_are_independent() {
         let c: Arc<Coalescer<&str, usize>> = Arc::default();
         let fake = Fake::default();
-        let a = {
-            let (c, job) = (c.clone(), fake.job());
-            tokio::spawn(async move { c.join("a", job).await })
-        };
-        let b = {
-            let (c, job) = (c.clone(), fake.job());
-            tokio::spawn(async move { c.join("b", job).await })
-        };
+        let a = call(&c, "a", &fake);
+        let b = call(&c, "b", &fake);
         until(|| fake.started() == 2).await;
         assert_eq!(c.keys(), 2);
         fake.gate.notify_waiters();
@@ -384,20 +375,11 @@ mod tests {
         let c: Arc<Coalescer<&str, usize>> = Arc::default();
         let fake = Fake::default();
         // The caller that started round 1 goes away while it runs.
-        let starter = {
-            let (c, job) = (c.clone(), fake.job());
-            tokio::spawn(async move { c.join("repo", job).await })
-        };
+        let starter = call(&c, "repo", &fake);
         until(|| fake.started() == 1).await;
         // Round 2 is queued by a caller that goes away too, with one that stays.
-        let gone = {
-            let (c, job) = (c.clone(), fake.job());
-            tokio::spawn(async move { c.join("repo", job).await })
-        };
-        let stays = {
-            let (c, job) = (c.clone(), fake.job());
-            tokio::spawn(async move { c.join("repo", job).await })
-        };
+        let gone = call(&c, "repo", &fake);
+        let stays = call(&c, "repo", &fake);
         until(|| c.queued(&"repo") == 2).await;
         starter.abort();
         gone.abort();
@@ -414,15 +396,9 @@ mod tests {
     async fn a_round_whose_callers_all_went_away_is_not_run() {
         let c: Arc<Coalescer<&str, usize>> = Arc::default();
         let fake = Fake::default();
-        let first = {
-            let (c, job) = (c.clone(), fake.job());
-            tokio::spawn(async move { c.join("repo", job).await })
-        };
+        let first = call(&c, "repo", &fake);
         until(|| fake.started() == 1).await;
-        let gone = {
-            let (c, job) = (c.clone(), fake.job());
-            tokio::spawn(async move { c.join("repo", job).await })
-        };
+        let gone = call(&c, "repo", &fake);
         until(|| c.queued(&"repo") == 1).await;
         gone.abort();
         assert!(gone.await.unwrap_err().is_cancelled());
@@ -432,10 +408,7 @@ mod tests {
         until(|| c.keys() == 0).await;
         assert_eq!(fake.started(), 1);
         // Idle again: the next caller starts a round at once.
-        let again = {
-            let (c, job) = (c.clone(), fake.job());
-            tokio::spawn(async move { c.join("repo", job).await })
-        };
+        let again = call(&c, "repo", &fake);
         until(|| fake.started() == 2).await;
         fake.gate.notify_one();
         assert_eq!(again.await.unwrap().unwrap(), 2);
