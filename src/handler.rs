@@ -235,11 +235,29 @@ struct Ctx {
     route: Route,
     /// `None`: `auth.disabled`.
     identity: Option<Identity>,
+    /// The audited delete's tag snapshot, once taken (see [`Ctx::tag_snapshot`]).
+    tag_snapshot: tokio::sync::OnceCell<lookup::SharedSnapshot>,
 }
 
 impl Ctx {
     fn repo(&self) -> &str {
         self.route.repo().unwrap_or_default()
+    }
+
+    /// The tag→digest snapshot of the request's repository (at most `audit.max_tags`
+    /// tags; `None` without an audit log), taken once per request by a round that
+    /// started after the request arrived and shared with the other deletes of the
+    /// repository (`lookup::tag_snapshot`). Taken after arrival and before forwarding, it
+    /// serves every decision of the request: the protected-tag check and the audit
+    /// record of the same delete.
+    async fn tag_snapshot(&self) -> Option<&lookup::SharedSnapshot> {
+        let max = self.snap.audit.as_ref()?.max_tags;
+        let upstream = &self.snap.upstream;
+        Some(
+            self.tag_snapshot
+                .get_or_init(|| lookup::tag_snapshot(upstream, self.repo(), max))
+                .await,
+        )
     }
 }
 
@@ -376,6 +394,7 @@ async fn serve(
         parts,
         route,
         identity: None,
+        tag_snapshot: tokio::sync::OnceCell::new(),
     };
     // No credentials, bad ones, throttled: answered without a delete's audit record, so
     // requests nobody vouches for cannot fill the audit disk (failed logins are access
@@ -786,10 +805,10 @@ async fn audited_forward(
     permit: Permit,
     target: audit::Target,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let (Some(log), Some(settings)) = (&ctx.state.audit_log, &ctx.snap.audit) else {
+    let (Some(log), Some(_)) = (&ctx.state.audit_log, &ctx.snap.audit) else {
         return forward(&ctx, body, permit).await;
     };
-    let (log, max_tags) = (log.clone(), settings.max_tags);
+    let log = log.clone();
     let started = std::time::Instant::now();
     let mut rec = audit_record(&ctx, target);
     rec.reason = permit.reason.clone();
@@ -805,15 +824,16 @@ async fn audited_forward(
         audit::Target::ManifestByTag | audit::Target::ManifestByDigest
     ) {
         if let Some(d) = rec.digest.clone() {
-            match lookup::tags_pointing_at(&ctx.snap.upstream, repo, &d, max_tags).await {
-                Ok((tags, complete)) => {
-                    rec.tags = Some(tags);
-                    rec.tags_complete = Some(complete);
+            match ctx.tag_snapshot().await {
+                Some(Ok(snapshot)) => {
+                    rec.tags = Some(snapshot.pointing_at(&d));
+                    rec.tags_complete = Some(snapshot.complete);
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     tracing::warn!(error = %e, "audit: tags of the digest not found");
                     rec.tags_complete = Some(false);
                 }
+                None => {}
             }
         }
     }
@@ -902,7 +922,21 @@ async fn permit(ctx: &Ctx) -> Result<Permit, ProxyError> {
                         })
                 }
                 Check::NotProtected { digest } => {
-                    match protected_references(&snap.upstream, policy, id, repo, digest).await {
+                    // An audited manifest delete takes its repository's tag snapshot
+                    // anyway: a complete one serves the check too (taken after the
+                    // request arrived, like the check's own listing). Otherwise, and for
+                    // blob deletes, the check lists the tags itself.
+                    let shared = match audit_target(ctx) {
+                        Some(audit::Target::ManifestByDigest) => ctx.tag_snapshot().await,
+                        _ => None,
+                    };
+                    let known = shared
+                        .and_then(|s| s.as_ref().ok())
+                        .filter(|s| s.complete)
+                        .map(|s| &**s);
+                    match protected_references(&snap.upstream, policy, id, repo, digest, known)
+                        .await
+                    {
                         Ok(()) => None,
                         Err(ProxyError::Denied(r)) => Some(r),
                         Err(other) => return Err(other),
@@ -935,19 +969,29 @@ const MAX_MANIFESTS_WALKED: usize = 256;
 /// it), or its manifest, or a child manifest of its index, references that digest
 /// (config, layers, children). Fails closed: when not every tag can be listed or a
 /// protected manifest cannot be read, the delete is refused and the reason says why.
+/// `known`: a complete tag snapshot of `repo` taken after the request arrived, used
+/// instead of listing the tags (and a protected tag it shows on `digest` refuses the
+/// delete without reading the manifest).
 async fn protected_references(
     upstream: &Upstream,
     policy: &Policy,
     id: &Identity,
     repo: &str,
     digest: &str,
+    known: Option<&lookup::TagSnapshot>,
 ) -> Result<(), ProxyError> {
-    let lookup::Tags { tags, complete } = lookup::tags(upstream, repo, MAX_TAGS_EXAMINED)
-        .await?
-        .unwrap_or(lookup::Tags {
-            tags: Vec::new(),
-            complete: true,
-        });
+    let lookup::Tags { tags, complete } = match known {
+        Some(s) => lookup::Tags {
+            tags: s.tags.iter().map(|(t, _)| t.clone()).collect(),
+            complete: s.complete,
+        },
+        None => lookup::tags(upstream, repo, MAX_TAGS_EXAMINED)
+            .await?
+            .unwrap_or(lookup::Tags {
+                tags: Vec::new(),
+                complete: true,
+            }),
+    };
     if !complete {
         return Err(ProxyError::Denied(format!(
             "{repo} has more than {MAX_TAGS_EXAMINED} tags: protected tags cannot be checked, delete by tag instead"
@@ -958,6 +1002,12 @@ async fn protected_references(
         let Some(p) = policy.tag_protection(id, repo, tag) else {
             continue;
         };
+        if known.and_then(|s| s.digest_of(tag)) == Some(digest) {
+            return Err(ProxyError::Denied(format!(
+                "deleting {digest} would remove the protected tag {tag:?} ({})",
+                p.label
+            )));
+        }
         let mut queue = vec![tag.clone()];
         let mut seen = std::collections::HashSet::new();
         while let Some(reference) = queue.pop() {

@@ -1,6 +1,7 @@
 //! Requests the proxy makes to the upstream on its own behalf, to decide or to answer:
 //! does a tag exist (protected tags), a repository's whole tag list (the tag lists the
-//! proxy answers, protected tags, deletes), which tags point at a digest (deletes), and
+//! proxy answers, protected tags, deletes), which tags point at which digest (a snapshot
+//! shared by the audited deletes of a repository, see [`tag_snapshot`]), and
 //! the catalog pages a filtered catalog page is filled from. Every lookup is bounded in
 //! count and size; the proxy's own upstream authentication is used (Basic, or a token
 //! for the lookup's scope: `repository:<name>:pull`, `registry:catalog:*`).
@@ -11,6 +12,7 @@ use crate::error::ProxyError;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
+use std::sync::Arc;
 
 /// Every manifest type a registry may hold, so a HEAD finds whatever the tag points at.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.v1+prettyjws";
@@ -230,20 +232,84 @@ pub async fn catalog_page(
     Ok((page.repositories.unwrap_or_default(), next))
 }
 
-/// HEADs of one audited delete's tag lookup in flight at once at most: enough to hide
-/// the upstream's latency, few enough not to crowd out the requests of others.
+/// HEADs of one tag snapshot in flight at once at most: enough to hide the upstream's
+/// latency, few enough not to crowd out the requests of others.
 pub const TAG_LOOKUPS: usize = 16;
 
-/// The tags of `repo` pointing at `digest` (a delete by digest removes them all), from
-/// at most `max` tags (read with [`tags`]); the flag says whether every tag was
-/// examined. One HEAD per tag, at most [`TAG_LOOKUPS`] at once; the first failure ends
-/// the lookup (the rest are cancelled). The tags found are in the list's order.
-pub async fn tags_pointing_at(
-    up: &std::sync::Arc<Upstream>,
+/// HEADs of all tag snapshots (every repository) in flight at once at most, per
+/// upstream: however many repositories see deletes at the same time, the lookups ask
+/// the registry no more than this many at once.
+pub const ALL_TAG_LOOKUPS: usize = 32;
+
+/// What [`tag_snapshot`] read of a repository: its tags (in the list's order, at most
+/// the `max` asked for) and the digest each pointed at when it was HEADed (`None`: gone
+/// by then).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TagSnapshot {
+    pub tags: Vec<(String, Option<String>)>,
+    /// Whether that is every tag (see [`Tags::complete`]).
+    pub complete: bool,
+}
+
+impl TagSnapshot {
+    /// The tags pointing at `digest` (a delete by digest removes them all), in the
+    /// list's order.
+    pub fn pointing_at(&self, digest: &str) -> Vec<String> {
+        self.tags
+            .iter()
+            .filter(|(_, d)| d.as_deref() == Some(digest))
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
+    /// The digest `tag` pointed at; `None` also when the tag was not read.
+    pub fn digest_of(&self, tag: &str) -> Option<&str> {
+        self.tags
+            .iter()
+            .find(|(t, _)| t == tag)
+            .and_then(|(_, d)| d.as_deref())
+    }
+}
+
+/// A snapshot or why it could not be taken, shared by every request of its round.
+pub type SharedSnapshot = Result<Arc<TagSnapshot>, Arc<ProxyError>>;
+
+/// The shared snapshots of one upstream's repositories, keyed by repository and `max`.
+pub type Snapshots = super::coalesce::Coalescer<(String, usize), SharedSnapshot>;
+
+/// A tag→digest snapshot of `repo` (at most `max` tags, read with [`tags`], one HEAD per
+/// tag, at most [`TAG_LOOKUPS`] at once for this snapshot and [`ALL_TAG_LOOKUPS`] for
+/// all of them) taken by a round that **started after this call**, shared with every
+/// other caller for `repo` that queued for the same round (the audited deletes of a
+/// repository: one snapshot for all those that arrived while the previous one ran).
+/// Why that is as true as a lookup of one's own: `super::coalesce`. The first failure
+/// ends the snapshot (the rest of its HEADs are cancelled) and every caller of the round
+/// gets the error.
+pub async fn tag_snapshot(up: &Arc<Upstream>, repo: &str, max: usize) -> SharedSnapshot {
+    let job_up = up.clone();
+    let job_repo = repo.to_owned();
+    up.tag_snapshots
+        .join((repo.to_owned(), max), move || async move {
+            take_snapshot(&job_up, &job_repo, max)
+                .await
+                .map(Arc::new)
+                .map_err(Arc::new)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(Arc::new(ProxyError::internal(
+                "the tag snapshot of an audited delete",
+                e,
+            )))
+        })
+}
+
+/// One snapshot, for [`tag_snapshot`].
+async fn take_snapshot(
+    up: &Arc<Upstream>,
     repo: &str,
-    digest: &str,
     max: usize,
-) -> Result<(Vec<String>, bool), ProxyError> {
+) -> Result<TagSnapshot, ProxyError> {
     let Tags { tags, complete } = tags(up, repo, max).await?.unwrap_or(Tags {
         tags: Vec::new(),
         complete: true,
@@ -252,7 +318,11 @@ pub async fn tags_pointing_at(
     let start = |set: &mut tokio::task::JoinSet<_>, (i, tag): (usize, String)| {
         let (up, repo) = (up.clone(), repo.to_owned());
         set.spawn(async move {
-            let found = manifest_digest(&up, &repo, &tag).await;
+            // Never closed: an error only if it were.
+            let found = match up.tag_lookups.acquire().await {
+                Ok(_permit) => manifest_digest(&up, &repo, &tag).await,
+                Err(e) => Err(ProxyError::internal("the tag lookup limit", e)),
+            };
             (i, tag, found)
         });
     };
@@ -260,17 +330,44 @@ pub async fn tags_pointing_at(
     for t in pending.by_ref().take(TAG_LOOKUPS) {
         start(&mut lookups, t);
     }
-    let mut out: Vec<(usize, String)> = Vec::new();
+    let mut out: Vec<(usize, String, Option<String>)> = Vec::new();
     while let Some(joined) = lookups.join_next().await {
         let (i, tag, found) =
-            joined.map_err(|e| ProxyError::internal("a tag lookup of an audited delete", e))?;
-        if found?.as_deref() == Some(digest) {
-            out.push((i, tag));
-        }
+            joined.map_err(|e| ProxyError::internal("a tag lookup of a tag snapshot", e))?;
+        out.push((i, tag, found?));
         if let Some(t) = pending.next() {
             start(&mut lookups, t);
         }
     }
     out.sort_unstable();
-    Ok((out.into_iter().map(|(_, t)| t).collect(), complete))
+    Ok(TagSnapshot {
+        tags: out.into_iter().map(|(_, t, d)| (t, d)).collect(),
+        complete,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TagSnapshot;
+
+    #[test]
+    fn a_snapshot_names_the_tags_on_a_digest_in_list_order() {
+        let s = TagSnapshot {
+            tags: [
+                ("a", Some("sha256:1")),
+                ("b", Some("sha256:2")),
+                ("c", None),
+                ("d", Some("sha256:1")),
+            ]
+            .into_iter()
+            .map(|(t, d)| (t.to_owned(), d.map(str::to_owned)))
+            .collect(),
+            complete: true,
+        };
+        assert_eq!(s.pointing_at("sha256:1"), ["a", "d"]);
+        assert!(s.pointing_at("sha256:3").is_empty());
+        assert_eq!(s.digest_of("b"), Some("sha256:2"));
+        assert_eq!(s.digest_of("c"), None);
+        assert_eq!(s.digest_of("zz"), None);
+    }
 }

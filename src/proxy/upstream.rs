@@ -108,6 +108,12 @@ pub struct Upstream {
     /// SHA-256 of what this client was built from: the `upstream:` settings, the
     /// credentials read and the CA file's bytes (see [`Upstream::same_settings`]).
     settings_id: Vec<u8>,
+    /// The tag snapshots audited deletes share (`lookup::tag_snapshot`): one per
+    /// repository at a time. Kept with the client, so a reload that keeps the upstream
+    /// keeps them and one that changes it never mixes the two registries.
+    pub(crate) tag_snapshots: super::lookup::Snapshots,
+    /// HEADs of all tag snapshots in flight at once (`lookup::ALL_TAG_LOOKUPS`).
+    pub(crate) tag_lookups: tokio::sync::Semaphore,
 }
 
 /// A request body as the upstream client sees it: whether it can be sent twice. Bodies
@@ -253,6 +259,8 @@ impl Upstream {
             origin: cfg.origin.clone(),
             tokens: Tokens::new(cfg.credentials.as_ref().map(|c| c.username.clone()), basic),
             response_header_timeout: cfg.response_header_timeout,
+            tag_snapshots: Default::default(),
+            tag_lookups: tokio::sync::Semaphore::new(super::lookup::ALL_TAG_LOOKUPS),
         })
     }
 

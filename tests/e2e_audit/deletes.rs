@@ -123,6 +123,115 @@ fn deletes_by_digest_record_user_client_digest_and_every_tag() {
     );
 }
 
+/// 8 curl clients at once delete 16 manifests of one repository holding 50 tags (3 tags
+/// on each manifest, `keep` — protected — on the first, `base` on the image itself), so
+/// the deletes share tag snapshots. Every allowed delete's intent and outcome name
+/// exactly its own 3 tags, complete; the delete of the manifest under the protected tag
+/// is refused (one denied record, nothing removed); the registry lost exactly the 15
+/// manifests and their 45 tags; `audit verify` passes.
+#[test]
+fn concurrent_deletes_in_a_repository_with_50_tags_record_exactly_their_tags() {
+    const MANIFESTS: usize = 16;
+    const CLIENTS: usize = 8;
+    let Some(reg) = tools() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let audit = work.path().join("audit.jsonl");
+    let img = mkimage(&work.path().join("img"), 0, "base", 1);
+    let repo = "alice/many";
+    push_direct(&reg, &img, &format!("{repo}:base"));
+    let digests: Vec<String> = (0..MANIFESTS)
+        .map(|i| put_variant(&reg, &img, repo, i, None))
+        .collect();
+    let mut tags_on: Vec<Vec<String>> = vec![Vec::new(); MANIFESTS];
+    for t in 0..3 * MANIFESTS {
+        let tag = format!("t{t:02}");
+        assert_eq!(
+            put_variant(&reg, &img, repo, t % MANIFESTS, Some(&tag)),
+            digests[t % MANIFESTS]
+        );
+        tags_on[t % MANIFESTS].push(tag);
+    }
+    assert_eq!(put_variant(&reg, &img, repo, 0, Some("keep")), digests[0]);
+    let rules = format!("{RULES}  protected_tags:\n    - repos: ['{repo}']\n      tags: [keep]\n");
+    let proxy = proxy_with_rules(&reg.url, &audit, &rules, "", "");
+
+    let before = now_utc();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let mut cmd = Command::new("curl");
+            cmd.args(["-sS", "--max-time", "60", "--cacert"])
+                .arg(&proxy.ca)
+                .args(["-u", "alice:pw", "-X", "DELETE"])
+                .args(["-w", "%{http_code} %header{x-request-id}\\n"]);
+            for d in digests.iter().skip(c).step_by(CLIENTS) {
+                cmd.arg(format!("{}/v2/{repo}/manifests/{d}", proxy.base))
+                    .args(["-o", "/dev/null"]);
+            }
+            let mine: Vec<String> = digests.iter().skip(c).step_by(CLIENTS).cloned().collect();
+            std::thread::spawn(move || (mine, run(&mut cmd, STEP)))
+        })
+        .collect();
+    // digest -> (status, request id)
+    let mut answers: HashMap<String, (String, String)> = HashMap::new();
+    for c in clients {
+        let (mine, out) = c.join().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), mine.len(), "curl: {text} {out:?}");
+        for (d, line) in mine.into_iter().zip(lines) {
+            let (status, id) = line.split_once(' ').unwrap();
+            answers.insert(d, (status.to_owned(), id.to_owned()));
+        }
+    }
+    let after = now_utc();
+
+    let recs = records(&audit);
+    assert_eq!(recs.len(), 2 * (MANIFESTS - 1) + 1, "{recs:#?}");
+    for (i, d) in digests.iter().enumerate() {
+        let (status, id) = &answers[d];
+        if i == 0 {
+            assert_eq!(status, "403", "the protected tag's manifest: {answers:?}");
+            let rs = of_request(&recs, id);
+            assert_eq!(rs.len(), 1, "{rs:#?}");
+            assert_eq!(rs[0]["phase"], "denied", "{}", rs[0]);
+            let reason = rs[0]["reason"].as_str().unwrap();
+            assert!(
+                reason.contains("would remove the protected tag \"keep\""),
+                "{reason}"
+            );
+            continue;
+        }
+        assert_eq!(status, "202", "{d}: {answers:?}");
+        let want: Vec<&str> = tags_on[i].iter().map(String::as_str).collect();
+        let (intent, outcome) = pair(&recs, id);
+        assert_delete_pair(
+            intent,
+            outcome,
+            &Delete {
+                repo,
+                digest: d,
+                tags: &want,
+                ua_prefix: "curl/",
+                window: (&before, &after),
+            },
+        );
+        assert!(!reg_has(&reg, repo, d), "{d} is still there");
+        for t in &tags_on[i] {
+            assert!(!reg_has(&reg, repo, t), "tag {t} is still there");
+        }
+    }
+    for reference in ["base", "keep", "t00", "t16", "t32", digests[0].as_str()] {
+        assert!(reg_has(&reg, repo, reference), "{reference} was removed");
+    }
+    let (code, report) = verify(&[&audit]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        report_field(&report, "deletes"),
+        (MANIFESTS - 1).to_string(),
+        "{report}"
+    );
+}
+
 // ---- 2. delete by tag ----------------------------------------------------------------------
 
 /// Distribution 2.8 refuses a delete by tag: 400 DIGEST_INVALID, passed through. The intent

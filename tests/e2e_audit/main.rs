@@ -114,6 +114,17 @@ fn start_proxy(reg: &Registry, audit_file: &Path, more: &str) -> Proxy {
 /// The same in front of any upstream, with `extra` top-level YAML. The chain's key is
 /// `audit.key` next to the audit file, made with `audit keygen` unless it is there.
 fn proxy_for(upstream: &str, audit_file: &Path, more: &str, extra: &str) -> Proxy {
+    proxy_with_rules(upstream, audit_file, RULES, more, extra)
+}
+
+/// The same with `access:` holding `rules` (two-space indented keys).
+fn proxy_with_rules(
+    upstream: &str,
+    audit_file: &Path,
+    rules: &str,
+    more: &str,
+    extra: &str,
+) -> Proxy {
     let key = audit_file.with_file_name("audit.key");
     if !key.exists() {
         let (code, out, err) = cli(&["audit", "keygen", &key.display().to_string()]);
@@ -121,7 +132,7 @@ fn proxy_for(upstream: &str, audit_file: &Path, more: &str, extra: &str) -> Prox
     }
     Proxy::builder(upstream)
         .users(vec![user("alice", "pw", &[]), user("bob", "pw2", &[])])
-        .access_yaml(RULES)
+        .access_yaml(rules)
         .extra_yaml(&format!(
             "audit:\n  file: {}\n  key_file: {}\n{more}{extra}",
             audit_file.display(),
@@ -181,26 +192,29 @@ fn reg_has(reg: &Registry, repo: &str, reference: &str) -> bool {
 /// PUTs `n` distinct manifests into `repo` by digest, straight into the registry: the
 /// image's manifest with an annotation `n`, so all share its (already pushed) blobs.
 fn put_variants(reg: &Registry, img: &Image, repo: &str, n: usize) -> Vec<String> {
-    let base: Value = serde_json::from_slice(&img.manifest()).unwrap();
-    let media_type = base["mediaType"].as_str().unwrap().to_owned();
     (0..n)
-        .map(|i| {
-            let mut m = base.clone();
-            m["annotations"] = serde_json::json!({ "audit.test/n": i.to_string() });
-            let bytes = serde_json::to_vec(&m).unwrap();
-            let digest = sha256_digest(&bytes);
-            let path = format!("/v2/{repo}/manifests/{digest}");
-            let (status, body) = reg_http(
-                reg.addr,
-                "PUT",
-                &path,
-                &[("Content-Type", media_type.as_str())],
-                &bytes,
-            );
-            assert_eq!(status, 201, "PUT {path}: {body}");
-            digest
-        })
+        .map(|i| put_variant(reg, img, repo, i, None))
         .collect()
+}
+
+/// PUTs variant `i` of the image's manifest (see [`put_variants`]) into `repo` straight
+/// into the registry, by digest or under `tag`: its digest.
+fn put_variant(reg: &Registry, img: &Image, repo: &str, i: usize, tag: Option<&str>) -> String {
+    let mut m: Value = serde_json::from_slice(&img.manifest()).unwrap();
+    let media_type = m["mediaType"].as_str().unwrap().to_owned();
+    m["annotations"] = serde_json::json!({ "audit.test/n": i.to_string() });
+    let bytes = serde_json::to_vec(&m).unwrap();
+    let digest = sha256_digest(&bytes);
+    let path = format!("/v2/{repo}/manifests/{}", tag.unwrap_or(&digest));
+    let (status, body) = reg_http(
+        reg.addr,
+        "PUT",
+        &path,
+        &[("Content-Type", media_type.as_str())],
+        &bytes,
+    );
+    assert_eq!(status, 201, "PUT {path}: {body}");
+    digest
 }
 
 // ---- curl through the proxy ------------------------------------------------------------
