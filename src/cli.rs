@@ -1249,9 +1249,25 @@ fn explain(
                 ))
                 }
             },
-            (None, Some(t), _) => {
+            (None, Some(t), ldap) => {
                 let now = crate::auth::unix_now();
-                match crate::auth::access_tokens::identity(t, &users, now) {
+                // The owner from the user file, else from the directory (as serving does).
+                let found = match (users.get(&t.owner), ldap) {
+                    (None, Some(l)) => Some(crate::auth::access_tokens::Found(
+                        Directory::offline(l)?.groups_of(&t.owner)?.map(|groups| {
+                            crate::auth::access_tokens::Owner {
+                                groups,
+                                disabled: false,
+                            }
+                        }),
+                    )),
+                    _ => None,
+                };
+                let owners: &dyn crate::auth::access_tokens::OwnerSource = match &found {
+                    Some(f) => f,
+                    None => &users,
+                };
+                match crate::auth::access_tokens::identity(t, owners, now) {
                     Ok(id) => id,
                     Err(why) => {
                         token_refusal = Some(why);
@@ -1398,13 +1414,13 @@ fn explain(
 
 /// The directory of `auth.ldap` for a command run once (`user list`, `explain`): a
 /// runtime of its own and the service account.
-struct Directory {
+pub(crate) struct Directory {
     rt: tokio::runtime::Runtime,
     dir: std::sync::Arc<crate::auth::ldap::Directory>,
 }
 
 impl Directory {
-    fn offline(l: &crate::config::Ldap) -> Result<Directory, String> {
+    pub(crate) fn offline(l: &crate::config::Ldap) -> Result<Directory, String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -1418,7 +1434,7 @@ impl Directory {
     }
 
     /// The current groups of `name`, or `None` when the directory has no such user.
-    fn groups_of(&self, name: &str) -> Result<Option<Vec<String>>, String> {
+    pub(crate) fn groups_of(&self, name: &str) -> Result<Option<Vec<String>>, String> {
         self.rt
             .block_on(self.dir.groups_of(name))
             .map_err(|e| e.to_string())

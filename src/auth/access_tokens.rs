@@ -504,6 +504,15 @@ pub trait OwnerSource {
     fn owner(&self, name: &str) -> Option<Owner>;
 }
 
+/// An owner already looked up (in the directory): the source of exactly that answer.
+pub struct Found(pub Option<Owner>);
+
+impl OwnerSource for Found {
+    fn owner(&self, _name: &str) -> Option<Owner> {
+        self.0.clone()
+    }
+}
+
 impl OwnerSource for Users {
     fn owner(&self, name: &str) -> Option<Owner> {
         self.get(name).map(|u| Owner {

@@ -260,16 +260,19 @@ impl Authenticator {
     }
 
     /// Identifies Basic credentials whose name is an access token's.
-    fn identify_access_token(
+    async fn identify_access_token(
         &self,
         token: &access_tokens::Token,
         secret: &str,
         client: IpAddr,
     ) -> Result<Identity, AuthError> {
         let now = unix_now();
-        let checked = token
-            .verify(secret, now)
-            .and_then(|()| access_tokens::identity(token, self.owners(), now));
+        // The secret first: the owner's lookup (maybe a directory search) only for a
+        // request that holds it.
+        if let Err(why) = token.verify(secret, now) {
+            return self.token_refused(&token.name, why, client);
+        }
+        let checked = self.token_identity(token, now, client).await?;
         match checked {
             Ok(id) => {
                 self.usage.record(&token.name, now, client);
@@ -372,7 +375,7 @@ impl Authenticator {
     }
 
     /// The identity a bearer token stands for, checked against the current user file.
-    fn identify_token(
+    async fn identify_token(
         &self,
         key: &token::TokenKey,
         value: &[u8],
@@ -397,7 +400,7 @@ impl Authenticator {
                         return Err(refused("the access token changed since", &name));
                     }
                     let now = unix_now();
-                    return match access_tokens::identity(t, self.owners(), now) {
+                    return match self.token_identity(t, now, client).await? {
                         Ok(id) => {
                             self.usage.record(&name, now, client);
                             Ok(id)
@@ -534,7 +537,7 @@ impl Authenticator {
             (Some(v), None) => v,
         };
         if let (Some(key), Some(t)) = (&self.tokens, token::bearer(value.as_bytes())) {
-            return self.identify_token(key, t, client);
+            return self.identify_token(key, t, client).await;
         }
         let creds = match basic::parse(value.as_bytes()) {
             Ok(c) => c,
@@ -562,7 +565,9 @@ impl Authenticator {
         };
         // No name is both a token's and a user's (refused at load).
         if let Some(t) = self.access_tokens.get(&creds.user) {
-            return self.identify_access_token(t, creds.password.expose(), client);
+            return self
+                .identify_access_token(t, creds.password.expose(), client)
+                .await;
         }
         let name = UserName(&creds.user);
         let snapshot = self.users.clone();
@@ -668,6 +673,57 @@ impl Authenticator {
     /// under way, throttle counted before the check; the directory's "no" is a failure
     /// like a wrong password; the directory's silence is neither (503, reservation given
     /// back).
+    /// The identity of `token` (secret checked) at `now`, or why it is refused: its owner
+    /// from the user file, else from the directory (cached like a login).
+    async fn token_identity(
+        &self,
+        token: &access_tokens::Token,
+        now: u64,
+        client: IpAddr,
+    ) -> Result<Result<Identity, access_tokens::Refusal>, AuthError> {
+        Ok(match (self.users.get(&token.owner), &self.directory) {
+            (None, Some(d)) => {
+                let owner = self.directory_owner(d, &token.owner, client).await?;
+                access_tokens::identity(token, &access_tokens::Found(owner), now)
+            }
+            _ => access_tokens::identity(token, self.owners(), now),
+        })
+    }
+
+    /// A token owner who is not in the user file, as the directory has them now: their
+    /// groups, cached for `auth.cache_ttl` like a directory login (a user removed from
+    /// the directory loses their tokens once the entry expires). `None`: no such user.
+    /// The directory unavailable: 503, as for a login it cannot judge.
+    async fn directory_owner(
+        &self,
+        d: &DirectoryAuth,
+        owner: &str,
+        client: IpAddr,
+    ) -> Result<Option<access_tokens::Owner>, AuthError> {
+        // A key of its own: no password, and "owner" where logins have "directory".
+        let fp = d.cache.fingerprint(owner, "", "token owner");
+        let found = |groups: &[String]| access_tokens::Owner {
+            groups: groups.to_vec(),
+            disabled: false,
+        };
+        if let Some(groups) = d.cache.get(&fp, Instant::now()) {
+            return Ok(Some(found(&groups)));
+        }
+        match d.dir.groups_of(owner).await {
+            Ok(Some(groups)) => {
+                let groups: Arc<[String]> = groups.into();
+                d.cache.insert_value(fp, Instant::now(), groups.clone());
+                Ok(Some(found(&groups)))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.metrics.auth_result(AuthResult::Unavailable).inc();
+                tracing::warn!(owner = %UserName(owner), %client, error = %e, "access token not judged: the directory is unavailable");
+                Err(AuthError::Unavailable)
+            }
+        }
+    }
+
     async fn identify_in_directory(
         &self,
         d: &DirectoryAuth,

@@ -61,6 +61,8 @@ struct Place {
     max_lifetime: Option<Duration>,
     /// The user file (path, loaded) when a config was given.
     users: Option<(PathBuf, users::Checked)>,
+    /// The directory (`auth.ldap`) of that config: owners not in the user file.
+    ldap: Option<crate::config::Ldap>,
     /// The config file, to name it in messages.
     config: Option<PathBuf>,
 }
@@ -72,6 +74,7 @@ fn place(tokens_file: Option<PathBuf>, config: Option<PathBuf>) -> Result<Place,
             file,
             max_lifetime: None,
             users: None,
+            ldap: None,
             config: None,
         }),
         (None, Some(c)) => {
@@ -102,6 +105,7 @@ fn place(tokens_file: Option<PathBuf>, config: Option<PathBuf>) -> Result<Place,
                 last_used_file: t.last_used_file,
                 max_lifetime: t.max_lifetime,
                 users: Some((auth.users_file, checked)),
+                ldap: auth.ldap,
                 config: Some(c),
             })
         }
@@ -335,12 +339,27 @@ fn new_entry(
             ));
         }
         match u.get(&owner) {
-            None => {
-                return Err(err(
-                    "--owner",
-                    format!("no user {owner:?} in {}", users_file.display()),
-                ))
-            }
+            // Not in the file: a directory user (auth.ldap) may own tokens.
+            None => match &p.ldap {
+                Some(l) => {
+                    if super::Directory::offline(l)?.groups_of(&owner)?.is_none() {
+                        return Err(err(
+                            "--owner",
+                            format!(
+                                "no user {owner:?} in {} nor in the directory {}",
+                                users_file.display(),
+                                l.url
+                            ),
+                        ));
+                    }
+                }
+                None => {
+                    return Err(err(
+                        "--owner",
+                        format!("no user {owner:?} in {}", users_file.display()),
+                    ))
+                }
+            },
             Some(o) if o.disabled => {
                 return Err(err("--owner", format!("user {owner:?} is disabled")))
             }

@@ -338,3 +338,90 @@ fn groups_by_search_over_starttls_and_the_cli_explains_directory_users() {
         "{out}"
     );
 }
+
+/// `token create --tokens-file`: a token of `owner` on `team-a/**`; returns its secret.
+fn team_token(file: &std::path::Path, name: &str, owner: &str) -> String {
+    let out = run_cli(
+        &[
+            "token",
+            "create",
+            name,
+            "--owner",
+            owner,
+            "--repos",
+            "team-a/**",
+            "--actions",
+            "pull,push",
+            "--expires",
+            "1d",
+            "--tokens-file",
+            file.to_str().unwrap(),
+        ],
+        std::path::Path::new("/"),
+    );
+    ok(&out, "token create");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Access tokens owned by directory users: the owner's groups come from the directory
+/// (cached for auth.cache_ttl like a login), a user removed from a group or from the
+/// directory loses what the token had through them once the entry expires, and a
+/// directory that cannot answer gives 503 (never 401) for an owner not cached.
+#[test]
+fn tokens_of_directory_users_follow_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.yaml");
+    let dana = team_token(&tokens, "ci-dana", "dana");
+    let bob = team_token(&tokens, "ci-bob", "bob");
+    let Some(mut s) = setup(
+        "",
+        &format!("  cache_ttl: 2s\n  tokens_file: {}\n", tokens.display()),
+        false,
+    ) else {
+        return;
+    };
+    // dana is in team-a in the directory: the token may push there.
+    assert_eq!(s.upload("ci-dana", &dana, "team-a/app").status, 202);
+    assert_eq!(s.get("ci-dana", &dana, "/v2/").status, 200);
+    // bob is not in team-a: his token's scope is cut to what bob may do.
+    s.upload("ci-bob", &bob, "team-a/app").assert_refusal(
+        403,
+        "DENIED",
+        "a token never exceeds its owner",
+    );
+    // dana leaves team-a: after the TTL the token loses push there.
+    s.slapd.modify(
+        "ldapmodify",
+        &format!(
+            "dn: cn=team-a,ou=groups,{SUFFIX}\nchangetype: modify\ndelete: member\nmember: uid=dana,ou=people,{SUFFIX}\n"
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    s.upload("ci-dana", &dana, "team-a/app").assert_refusal(
+        403,
+        "DENIED",
+        "dana, removed from team-a",
+    );
+    // dana leaves the directory: the token is refused like a wrong password.
+    s.slapd.modify(
+        "ldapmodify",
+        &format!("dn: uid=dana,ou=people,{SUFFIX}\nchangetype: delete\n"),
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    s.get("ci-dana", &dana, "/v2/").assert_refusal(
+        401,
+        "UNAUTHORIZED",
+        "dana, gone from the directory",
+    );
+    // The directory down: bob's owner entry expired, so 503, not 401.
+    std::thread::sleep(Duration::from_millis(2500));
+    s.slapd.stop();
+    let r = s.get("ci-bob", &bob, "/v2/");
+    r.assert_refusal(503, "UNAVAILABLE", "owner not judged");
+    let logs = s.proxy.logs();
+    assert!(
+        !logs.contains(&dana) && !logs.contains(&bob),
+        "no secret logged"
+    );
+    assert!(!logs.contains(SERVICE_PW));
+}
