@@ -574,15 +574,45 @@ fn user_command(
         },
         (None, None) => return Err("give --users-file FILE or --config FILE".into()),
     };
-    // Parsed once and checked as loading checks it, so an edit never writes out a file that
-    // would not load, and what is edited is exactly what was checked.
+    if let UserAction::List = action {
+        // Read only: no lock, so it works on a file the proxy may only read.
+        let file = read_user_file(&path, &action, std::fs::read_to_string(&path))?;
+        return list_users(&file, ldap.as_ref());
+    }
+    // A password is asked (and hashed) before the file is locked, so that a prompt never
+    // holds off the other writers (the proxy's hash upgrades wait 5 s at most); a first
+    // pass without the lock refuses before asking what it can (a name already there).
+    let mut asked = None;
+    if matches!(action, UserAction::Add { .. } | UserAction::Passwd { .. }) {
+        let mut file = read_user_file(&path, &action, std::fs::read_to_string(&path))?;
+        change_users(&path, &mut file, &action, &mut asked)?;
+    }
+    // Read, changed and written under the file's lock: an edit another writer made (a
+    // hash upgrade, another command) is neither lost nor undone (`crate::edit`).
+    let edit = crate::edit::lock(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut file = read_user_file(&path, &action, edit.read_to_string())?;
+    let done = change_users(&path, &mut file, &action, &mut asked)?;
+    // Say what was done only once it is on disk.
+    users::save(&edit, &file).map_err(|e| e.to_string())?;
+    eprintln!("{done}");
+    Ok(())
+}
+
+/// The user file as `action` may edit it: parsed once and checked as loading checks it,
+/// so an edit never writes out a file that would not load, and what is edited is exactly
+/// what was checked. A missing file is empty for `add` and `import-htpasswd`.
+fn read_user_file(
+    path: &std::path::Path,
+    action: &UserAction,
+    text: std::io::Result<String>,
+) -> Result<users::UserFile, String> {
     // The user whose entry the action replaces or removes: a refused hash of theirs
     // (an htpasswd MD5, say) must not stop `user passwd` from resetting it.
-    let target = match &action {
+    let target = match action {
         UserAction::Passwd { name, .. } | UserAction::Del { name } => Some(name.as_str()),
         _ => None,
     };
-    let mut file: users::UserFile = match std::fs::read_to_string(&path) {
+    match text {
         Ok(text) => {
             let bad = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
             // An empty file is an empty list, as `Users::from_yaml` reads it.
@@ -596,7 +626,7 @@ fn user_command(
                     .collect(),
             })
             .map_err(|e| bad(&e))?;
-            file
+            Ok(file)
         }
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound
@@ -605,101 +635,110 @@ fn user_command(
                     UserAction::Add { .. } | UserAction::ImportHtpasswd { .. }
                 ) =>
         {
-            users::UserFile::default()
+            Ok(users::UserFile::default())
         }
-        Err(e) => {
-            return Err(format!(
-                "{}: cannot read the user file: {e}",
-                path.display()
-            ))
-        }
-    };
+        Err(e) => Err(format!(
+            "{}: cannot read the user file: {e}",
+            path.display()
+        )),
+    }
+}
+
+/// `user list`: names, groups, disabled; with a directory, where each identity comes
+/// from (a file user the directory also has is shadowed by the file's entry).
+fn list_users(file: &users::UserFile, ldap: Option<&crate::config::Ldap>) -> Result<(), String> {
+    let directory = ldap.map(Directory::offline).transpose()?;
+    for u in &file.users {
+        let groups = if u.groups.is_empty() {
+            "-".to_owned()
+        } else {
+            u.groups.join(",")
+        };
+        let source = match &directory {
+            None => String::new(),
+            Some(d) => match d.groups_of(&u.name) {
+                Ok(Some(_)) => "\tfile (shadows a directory user)".to_owned(),
+                Ok(None) => "\tfile".to_owned(),
+                Err(e) => format!("\tfile (directory not asked: {e})"),
+            },
+        };
+        println!(
+            "{}\t{groups}{}{source}",
+            u.name,
+            if u.disabled { "\tdisabled" } else { "" }
+        );
+    }
+    if let Some(l) = ldap {
+        println!(
+            "*\t(groups from the directory)\tdirectory {} (user_base {}, user_filter {})",
+            l.url, l.user_base, l.user_filter
+        );
+    }
+    Ok(())
+}
+
+/// Makes `action`'s change to `file`; says what it did. The new password is asked once:
+/// `asked` keeps its hash for the pass made under the lock.
+fn change_users(
+    path: &std::path::Path,
+    file: &mut users::UserFile,
+    action: &UserAction,
+    asked: &mut Option<String>,
+) -> Result<String, String> {
     let find = |file: &users::UserFile, name: &str| file.users.iter().position(|u| u.name == name);
-    let done: String;
-    match action {
-        UserAction::List => {
-            // With a directory: the source of each identity (a file user the directory
-            // also has is shadowed by the file's entry).
-            let directory = ldap.as_ref().map(Directory::offline).transpose()?;
-            for u in &file.users {
-                let groups = if u.groups.is_empty() {
-                    "-".to_owned()
-                } else {
-                    u.groups.join(",")
-                };
-                let source = match &directory {
-                    None => String::new(),
-                    Some(d) => match d.groups_of(&u.name) {
-                        Ok(Some(_)) => "\tfile (shadows a directory user)".to_owned(),
-                        Ok(None) => "\tfile".to_owned(),
-                        Err(e) => format!("\tfile (directory not asked: {e})"),
-                    },
-                };
-                println!(
-                    "{}\t{groups}{}{source}",
-                    u.name,
-                    if u.disabled { "\tdisabled" } else { "" }
-                );
-            }
-            if let Some(l) = &ldap {
-                println!(
-                    "*\t(groups from the directory)\tdirectory {} (user_base {}, user_filter {})",
-                    l.url, l.user_base, l.user_filter
-                );
-            }
-            return Ok(());
+    let mut new_hash = |prompt: String, params: &HashParams| -> Result<String, String> {
+        if let Some(h) = asked {
+            return Ok(h.clone());
         }
+        let h = hash(&read_password(&prompt)?, params)?;
+        *asked = Some(h.clone());
+        Ok(h)
+    };
+    match action {
+        // Listed by `user_command` without an edit.
+        UserAction::List => Ok(String::new()),
         UserAction::Add {
             name,
             groups,
             params,
         } => {
-            if !users::is_valid_name(&name) {
+            if !users::is_valid_name(name) {
                 return Err(format!(
                     "user {name:?}: names are 1 to {} letters, digits and ._@-",
                     users::MAX_NAME
                 ));
             }
-            if find(&file, &name).is_some() {
+            if find(file, name).is_some() {
                 return Err(format!("user {name:?} already exists (use `user passwd`)"));
             }
-            let hash = hash(&read_password(&format!("Password for {name}: "))?, &params)?;
+            let hash = new_hash(format!("Password for {name}: "), params)?;
             file.users.push(users::UserEntry {
                 name: name.clone(),
                 hash,
-                groups,
+                groups: groups.clone(),
                 disabled: false,
             });
-            done = format!("added user {name:?} to {}", path.display());
+            Ok(format!("added user {name:?} to {}", path.display()))
         }
         UserAction::Passwd { name, params } => {
-            let i = find(&file, &name)
+            let i = find(file, name)
                 .ok_or_else(|| format!("no user {name:?} in {}", path.display()))?;
-            file.users[i].hash = hash(
-                &read_password(&format!("New password for {name}: "))?,
-                &params,
-            )?;
-            done = format!("changed the password of {name:?}");
+            file.users[i].hash = new_hash(format!("New password for {name}: "), params)?;
+            Ok(format!("changed the password of {name:?}"))
         }
         UserAction::Del { name } => {
-            let i = find(&file, &name)
+            let i = find(file, name)
                 .ok_or_else(|| format!("no user {name:?} in {}", path.display()))?;
             file.users.remove(i);
-            done = format!("removed user {name:?}");
+            Ok(format!("removed user {name:?}"))
         }
         UserAction::ImportHtpasswd {
             file: from,
             replace,
             groups,
-        } => {
-            done = import_htpasswd(&mut file, &from, replace, groups)?
-                + &format!(" into {}", path.display());
-        }
+        } => Ok(import_htpasswd(file, from, *replace, groups.clone())?
+            + &format!(" into {}", path.display())),
     }
-    // Say what was done only once it is on disk.
-    users::save(&path, &file).map_err(|e| e.to_string())?;
-    eprintln!("{done}");
-    Ok(())
 }
 
 /// Adds the users of the htpasswd file `from` to `file` (replacing the hashes of those

@@ -22,6 +22,7 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub(crate) mod config;
+pub mod edit;
 pub(crate) mod error;
 pub mod fuzzing;
 pub(crate) mod handler;
