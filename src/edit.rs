@@ -52,13 +52,7 @@ pub fn lock_within(path: &Path, wait: Duration) -> io::Result<Locked> {
     use rustix::fs::{flock, FlockOperation};
     let real = resolve(path)?;
     let lock_path = sidecar(&real, ".lock");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&lock_path)
+    let file = open_lock_file(&lock_path, &real)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", lock_path.display())))?;
     let start = Instant::now();
     loop {
@@ -84,6 +78,29 @@ pub fn lock_within(path: &Path, wait: Duration) -> io::Result<Locked> {
             ));
         }
         std::thread::sleep(RETRY);
+    }
+}
+
+/// Opens the lock file, making it if needed. `flock` needs no more than reading, so an
+/// existing one is opened read-only; a new one gets the file's owner and group (where
+/// allowed) and its read bits, so that a `user` command run as root leaves a lock file
+/// the proxy, which owns the user file, can still open.
+fn open_lock_file(lock_path: &Path, real: &Path) -> io::Result<File> {
+    let made = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(lock_path);
+    match made {
+        Ok(f) => {
+            if let Ok(of) = std::fs::metadata(real) {
+                let _ = std::os::unix::fs::fchown(&f, Some(of.uid()), Some(of.gid()));
+                f.set_permissions(std::fs::Permissions::from_mode(0o600 | (of.mode() & 0o044)))?;
+            }
+            Ok(f)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => File::open(lock_path),
+        Err(e) => Err(e),
     }
 }
 
@@ -260,6 +277,23 @@ mod tests {
         assert_eq!(mode(&real), 0o644);
         assert!(dir.path().join("real/f.yaml.lock").exists());
         assert!(!dir.path().join("link/f.yaml.lock").exists());
+    }
+
+    /// The lock file takes the read bits of the file it locks; one made earlier (by
+    /// another user, say) is opened read-only, which is all `flock` needs.
+    #[test]
+    fn the_lock_file_is_readable_as_the_file_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.yaml");
+        std::fs::write(&path, "x\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        drop(lock(&path).unwrap());
+        let lock_file = dir.path().join("f.yaml.lock");
+        assert_eq!(mode(&lock_file), 0o640);
+        std::fs::set_permissions(&lock_file, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let held = lock(&path).unwrap();
+        assert!(lock_within(&path, Duration::from_millis(20)).is_err());
+        drop(held);
     }
 
     /// A link to a file not made yet: the file is made where the link points.
