@@ -577,141 +577,41 @@ fn user_command(
         },
         (None, None) => return Err("give --users-file FILE or --config FILE".into()),
     };
-    // Parsed once and checked as loading checks it, so an edit never writes out a file that
-    // would not load, and what is edited is exactly what was checked.
-    // The user whose entry the action replaces or removes: a refused hash of theirs
-    // (an htpasswd MD5, say) must not stop `user passwd` from resetting it.
-    let target = match &action {
-        UserAction::Passwd { name, .. } | UserAction::Del { name } => Some(name.as_str()),
-        _ => None,
-    };
-    let mut file: users::UserFile = match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let bad = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-            // An empty file is an empty list, as `Users::from_yaml` reads it.
-            let file = users::parse_file(&text).map_err(|e| bad(&e))?;
-            users::Checked::from_file(users::UserFile {
-                users: file
-                    .users
-                    .iter()
-                    .filter(|u| Some(u.name.as_str()) != target)
-                    .cloned()
-                    .collect(),
-            })
-            .map_err(|e| bad(&e))?;
-            file
-        }
-        Err(e)
-            if e.kind() == std::io::ErrorKind::NotFound
-                && matches!(
-                    action,
-                    UserAction::Add { .. } | UserAction::ImportHtpasswd { .. }
-                ) =>
-        {
-            users::UserFile::default()
-        }
-        Err(e) => {
-            return Err(format!(
-                "{}: cannot read the user file: {e}",
-                path.display()
-            ))
-        }
-    };
-    let find = |file: &users::UserFile, name: &str| file.users.iter().position(|u| u.name == name);
-    let before: Vec<String> = file.users.iter().map(|u| u.name.clone()).collect();
-    let done: String;
-    match action {
-        UserAction::List => {
-            // With a directory: the source of each identity (a file user the directory
-            // also has is shadowed by the file's entry).
-            let directory = ldap.as_ref().map(Directory::offline).transpose()?;
-            for u in &file.users {
-                let groups = if u.groups.is_empty() {
-                    "-".to_owned()
-                } else {
-                    u.groups.join(",")
-                };
-                let source = match &directory {
-                    None => String::new(),
-                    Some(d) => match d.groups_of(&u.name) {
-                        Ok(Some(_)) => "\tfile (shadows a directory user)".to_owned(),
-                        Ok(None) => "\tfile".to_owned(),
-                        Err(e) => format!("\tfile (directory not asked: {e})"),
-                    },
-                };
-                println!(
-                    "{}\t{groups}{}{source}",
-                    u.name,
-                    if u.disabled { "\tdisabled" } else { "" }
-                );
-            }
-            if let Some(l) = &ldap {
-                println!(
-                    "*\t(groups from the directory)\tdirectory {} (user_base {}, user_filter {})",
-                    l.url, l.user_base, l.user_filter
-                );
-            }
-            return Ok(());
-        }
-        UserAction::Add {
-            name,
-            groups,
-            params,
-        } => {
-            if !users::is_valid_name(&name) {
-                return Err(format!(
-                    "user {name:?}: names are 1 to {} letters, digits and ._@-, not starting with rgt_",
-                    users::MAX_NAME
-                ));
-            }
-            if find(&file, &name).is_some() {
-                return Err(format!("user {name:?} already exists (use `user passwd`)"));
-            }
-            let hash = hash(&read_password(&format!("Password for {name}: "))?, &params)?;
-            file.users.push(users::UserEntry {
-                name: name.clone(),
-                hash,
-                groups,
-                disabled: false,
-            });
-            done = format!("added user {name:?} to {}", path.display());
-        }
-        UserAction::Passwd { name, params } => {
-            let i = find(&file, &name)
-                .ok_or_else(|| format!("no user {name:?} in {}", path.display()))?;
-            file.users[i].hash = hash(
-                &read_password(&format!("New password for {name}: "))?,
-                &params,
-            )?;
-            done = format!("changed the password of {name:?}");
-        }
-        UserAction::Del { name } => {
-            let i = find(&file, &name)
-                .ok_or_else(|| format!("no user {name:?} in {}", path.display()))?;
-            file.users.remove(i);
-            done = format!("removed user {name:?}");
-        }
-        UserAction::ImportHtpasswd {
-            file: from,
-            replace,
-            groups,
-        } => {
-            done = import_htpasswd(&mut file, &from, replace, groups)?
-                + &format!(" into {}", path.display());
-        }
+    if let UserAction::List = action {
+        // Read only: no lock, so it works on a file the proxy may only read.
+        let file = read_user_file(&path, &action, std::fs::read_to_string(&path))?;
+        return list_users(&file, ldap.as_ref());
     }
+    // A password is asked (and hashed) before the file is locked, so that a prompt never
+    // holds off the other writers (the proxy's hash upgrades wait 5 s at most); a first
+    // pass without the lock refuses before asking what it can (a name already there).
+    let mut asked = None;
+    if matches!(action, UserAction::Add { .. } | UserAction::Passwd { .. }) {
+        let mut file = read_user_file(&path, &action, std::fs::read_to_string(&path))?;
+        change_users(&path, &mut file, &action, &mut asked)?;
+    }
+    // Read, changed and written under the file's lock: an edit another writer made (a
+    // hash upgrade, another command) is neither lost nor undone (`crate::edit`).
+    let edit = crate::edit::lock(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut file = read_user_file(&path, &action, edit.read_to_string())?;
+    let before: Vec<String> = file.users.iter().map(|u| u.name.clone()).collect();
+    let done = change_users(&path, &mut file, &action, &mut asked)?;
     let added: Vec<String> = file
         .users
         .iter()
         .filter(|u| !before.contains(&u.name))
         .map(|u| u.name.clone())
         .collect();
-    let removed: Vec<&String> = before.iter().filter(|n| find(&file, n).is_none()).collect();
+    let removed: Vec<&String> = before
+        .iter()
+        .filter(|n| !file.users.iter().any(|u| u.name == **n))
+        .collect();
     if let Some(t) = &tokens_file {
         token::check_user_file(t, &file, &added)?;
     }
     // Say what was done only once it is on disk.
-    users::save(&path, &file).map_err(|e| e.to_string())?;
+    users::save(&edit, &file).map_err(|e| e.to_string())?;
+    drop(edit);
     eprintln!("{done}");
     // A removed user's tokens end with the user, for good: the name may come back as
     // someone else.
@@ -730,6 +630,149 @@ fn user_command(
         eprintln!("without --config the tokens file is not known: revoke the tokens of the removed user with `registry-guard token revoke --owner NAME --config ...` (the proxy refuses them already: their owner is gone)");
     }
     Ok(())
+}
+
+/// The user file as `action` may edit it: parsed once and checked as loading checks it,
+/// so an edit never writes out a file that would not load, and what is edited is exactly
+/// what was checked. A missing file is empty for `add` and `import-htpasswd`.
+fn read_user_file(
+    path: &std::path::Path,
+    action: &UserAction,
+    text: std::io::Result<String>,
+) -> Result<users::UserFile, String> {
+    // The user whose entry the action replaces or removes: a refused hash of theirs
+    // (an htpasswd MD5, say) must not stop `user passwd` from resetting it.
+    let target = match action {
+        UserAction::Passwd { name, .. } | UserAction::Del { name } => Some(name.as_str()),
+        _ => None,
+    };
+    match text {
+        Ok(text) => {
+            let bad = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+            // An empty file is an empty list, as `Users::from_yaml` reads it.
+            let file = users::parse_file(&text).map_err(|e| bad(&e))?;
+            users::Checked::from_file(users::UserFile {
+                users: file
+                    .users
+                    .iter()
+                    .filter(|u| Some(u.name.as_str()) != target)
+                    .cloned()
+                    .collect(),
+            })
+            .map_err(|e| bad(&e))?;
+            Ok(file)
+        }
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && matches!(
+                    action,
+                    UserAction::Add { .. } | UserAction::ImportHtpasswd { .. }
+                ) =>
+        {
+            Ok(users::UserFile::default())
+        }
+        Err(e) => Err(format!(
+            "{}: cannot read the user file: {e}",
+            path.display()
+        )),
+    }
+}
+
+/// `user list`: names, groups, disabled; with a directory, where each identity comes
+/// from (a file user the directory also has is shadowed by the file's entry).
+fn list_users(file: &users::UserFile, ldap: Option<&crate::config::Ldap>) -> Result<(), String> {
+    let directory = ldap.map(Directory::offline).transpose()?;
+    for u in &file.users {
+        let groups = if u.groups.is_empty() {
+            "-".to_owned()
+        } else {
+            u.groups.join(",")
+        };
+        let source = match &directory {
+            None => String::new(),
+            Some(d) => match d.groups_of(&u.name) {
+                Ok(Some(_)) => "\tfile (shadows a directory user)".to_owned(),
+                Ok(None) => "\tfile".to_owned(),
+                Err(e) => format!("\tfile (directory not asked: {e})"),
+            },
+        };
+        println!(
+            "{}\t{groups}{}{source}",
+            u.name,
+            if u.disabled { "\tdisabled" } else { "" }
+        );
+    }
+    if let Some(l) = ldap {
+        println!(
+            "*\t(groups from the directory)\tdirectory {} (user_base {}, user_filter {})",
+            l.url, l.user_base, l.user_filter
+        );
+    }
+    Ok(())
+}
+
+/// Makes `action`'s change to `file`; says what it did. The new password is asked once:
+/// `asked` keeps its hash for the pass made under the lock.
+fn change_users(
+    path: &std::path::Path,
+    file: &mut users::UserFile,
+    action: &UserAction,
+    asked: &mut Option<String>,
+) -> Result<String, String> {
+    let find = |file: &users::UserFile, name: &str| file.users.iter().position(|u| u.name == name);
+    let mut new_hash = |prompt: String, params: &HashParams| -> Result<String, String> {
+        if let Some(h) = asked {
+            return Ok(h.clone());
+        }
+        let h = hash(&read_password(&prompt)?, params)?;
+        *asked = Some(h.clone());
+        Ok(h)
+    };
+    match action {
+        // Listed by `user_command` without an edit.
+        UserAction::List => Ok(String::new()),
+        UserAction::Add {
+            name,
+            groups,
+            params,
+        } => {
+            if !users::is_valid_name(name) {
+                return Err(format!(
+                    "user {name:?}: names are 1 to {} letters, digits and ._@-, not starting with rgt_",
+                    users::MAX_NAME
+                ));
+            }
+            if find(file, name).is_some() {
+                return Err(format!("user {name:?} already exists (use `user passwd`)"));
+            }
+            let hash = new_hash(format!("Password for {name}: "), params)?;
+            file.users.push(users::UserEntry {
+                name: name.clone(),
+                hash,
+                groups: groups.clone(),
+                disabled: false,
+            });
+            Ok(format!("added user {name:?} to {}", path.display()))
+        }
+        UserAction::Passwd { name, params } => {
+            let i = find(file, name)
+                .ok_or_else(|| format!("no user {name:?} in {}", path.display()))?;
+            file.users[i].hash = new_hash(format!("New password for {name}: "), params)?;
+            Ok(format!("changed the password of {name:?}"))
+        }
+        UserAction::Del { name } => {
+            let i = find(file, name)
+                .ok_or_else(|| format!("no user {name:?} in {}", path.display()))?;
+            file.users.remove(i);
+            Ok(format!("removed user {name:?}"))
+        }
+        UserAction::ImportHtpasswd {
+            file: from,
+            replace,
+            groups,
+        } => Ok(import_htpasswd(file, from, *replace, groups.clone())?
+            + &format!(" into {}", path.display())),
+    }
 }
 
 /// Adds the users of the htpasswd file `from` to `file` (replacing the hashes of those

@@ -8,8 +8,9 @@
 //!
 //! The pure cores (`registry`, `auth::basic`, `acl`, `audit::verify`, `proxy::headers`,
 //! `proxy_protocol`, `response`, `config` validation) do no I/O and are unit-tested,
-//! property-tested and fuzzed; only `server`, `proxy::upstream`, `proxy::lookup`, `audit::writer`, `tls` and
-//! `cli` touch the outside world.
+//! property-tested and fuzzed; only `server`, `proxy::upstream`, `proxy::lookup`, `audit::writer`, `tls`,
+//! `edit` (the locked rewrite of the user, tokens and last-use files) and `cli` touch
+//! the outside world.
 //!
 //! Public are the modules that tests, benches and fuzz targets use (the pure cores, the
 //! CLI entry, `fuzzing`); the serving machinery (`server`, `handler`, `config`,
@@ -22,6 +23,7 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub(crate) mod config;
+pub mod edit;
 pub(crate) mod error;
 pub mod fuzzing;
 pub(crate) mod handler;

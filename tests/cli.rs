@@ -811,7 +811,271 @@ fn user_commands_edit_the_file_atomically_and_leave_other_users_untouched() {
     assert_eq!(h2["bob"], h0["bob"]);
     assert_eq!(mode(&path), 0o600);
     assert_eq!(text(&user_cmd(&["list"], "").stdout), "bob\t-\n");
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["users.yaml", "users.yaml.lock"]);
+}
+
+/// A user file of bcrypt users (cost 4, password "pw"), written by the library.
+fn bcrypt_users(path: &Path, names: &[String]) -> HashMap<String, String> {
+    use registry_guard::auth::users::{save, UserEntry, UserFile};
+    let users: Vec<UserEntry> = names
+        .iter()
+        .map(|n| UserEntry {
+            name: n.clone(),
+            hash: bcrypt::hash("pw", 4).unwrap(),
+            groups: vec![],
+            disabled: false,
+        })
+        .collect();
+    let hashes = users
+        .iter()
+        .map(|u| (u.name.clone(), u.hash.clone()))
+        .collect();
+    save(
+        &registry_guard::edit::lock(path).unwrap(),
+        &UserFile { users },
+    )
+    .unwrap();
+    hashes
+}
+
+/// `registry-guard ARGS` started, stdin closed, its output collected by the caller.
+fn spawn_cli(args: &[&str]) -> std::process::Child {
+    use std::process::Stdio;
+    Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run registry-guard")
+}
+
+/// Waits until `child` has the lock file `lock` open: it waits for the lock the test
+/// holds (it read nothing yet: the read comes after the lock).
+fn wait_until_it_waits(child: &mut std::process::Child, lock: &Path) {
+    let lock = lock.canonicalize().unwrap();
+    let fds = format!("/proc/{}/fd", child.id());
+    let waiting = wait_for(Duration::from_secs(60), || {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "exited before waiting for the lock"
+        );
+        let open = std::fs::read_dir(&fds)
+            .ok()?
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .any(|p| p == lock);
+        open.then_some(())
+    });
+    assert!(waiting.is_some(), "never waited for the lock");
+}
+
+/// F2: `user del` racing the proxy's hash upgrades (many, on a background thread, as the
+/// proxy runs them): a deleted user never comes back, and no upgrade is lost. Without a
+/// lock held from the read to the rename, an upgrade that read the file before a delete
+/// wrote it back after (the user resurrected), or a delete that read the file before an
+/// upgrade dropped the new hash.
+#[test]
+fn user_del_racing_hash_upgrades_is_never_undone_and_undoes_none() {
+    use registry_guard::auth::upgrade::upgrade;
+    use registry_guard::auth::users::Users;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.yaml");
+    let targets: Vec<String> = (0..12).map(|i| format!("mallory{i}")).collect();
+    let keepers: Vec<String> = (0..300).map(|i| format!("user{i}")).collect();
+    let old = bcrypt_users(&path, &[targets.clone(), keepers.clone()].concat());
+
+    let done = Arc::new(AtomicBool::new(false));
+    let upgrader = {
+        let (path, done, old) = (path.clone(), done.clone(), old.clone());
+        std::thread::spawn(move || {
+            let mut upgraded = HashMap::new();
+            for k in &keepers {
+                if done.load(Ordering::Relaxed) {
+                    break;
+                }
+                let new = upgrade(&path, k, &old[k], "pw", (64, 1, 1))
+                    .unwrap()
+                    .expect("nothing else changes a keeper");
+                upgraded.insert(k.clone(), new);
+            }
+            upgraded
+        })
+    };
+    let p = path.to_str().unwrap();
+    for t in &targets {
+        let out = cli_stdin(&["user", "del", t, "--users-file", p], "");
+        assert!(out.status.success(), "{t}: {}", text(&out.stderr));
+    }
+    done.store(true, Ordering::Relaxed);
+    let upgraded = upgrader.join().unwrap();
+
+    let users = Users::load(&path).unwrap();
+    for t in &targets {
+        assert!(users.get(t).is_none(), "{t} is back after `user del`");
+    }
+    assert!(!upgraded.is_empty());
+    for (k, new) in &upgraded {
+        assert_eq!(&users.get(k).unwrap().hash, new, "{k}: upgrade lost");
+    }
+}
+
+/// `user del` and `token revoke` wait for the lock another writer holds, then read the
+/// file as that writer left it: the other writer's change stays, theirs is made.
+#[test]
+fn user_and_token_edits_wait_for_the_lock_and_keep_what_the_holder_wrote() {
+    use registry_guard::auth::users::{save, Users};
+    use registry_guard::edit::lock;
+    let dir = tempfile::tempdir().unwrap();
+
+    // The user file: bob's hash is upgraded by the holder while `user del mallory` waits.
+    let path = dir.path().join("users.yaml");
+    bcrypt_users(&path, &["mallory".to_owned(), "bob".to_owned()]);
+    let held = lock(&path).unwrap();
+    let mut del = spawn_cli(&[
+        "user",
+        "del",
+        "mallory",
+        "--users-file",
+        path.to_str().unwrap(),
+    ]);
+    wait_until_it_waits(&mut del, &dir.path().join("users.yaml.lock"));
+    let mut file =
+        registry_guard::auth::users::parse_file(&held.read_to_string().unwrap()).unwrap();
+    let new = registry_guard::auth::users::hash_password("pw", 64, 1, 1).unwrap();
+    file.users
+        .iter_mut()
+        .find(|u| u.name == "bob")
+        .unwrap()
+        .hash = new.clone();
+    save(&held, &file).unwrap();
+    drop(held);
+    let out = del.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let users = Users::load(&path).unwrap();
+    assert!(users.get("mallory").is_none());
+    assert_eq!(
+        users.get("bob").unwrap().hash,
+        new,
+        "the holder's edit lost"
+    );
+
+    // The tokens file: a token created by the holder while `token revoke` waits.
+    let tokens = dir.path().join("tokens.yaml");
+    let t = tokens.to_str().unwrap();
+    let create = |name: &str| {
+        let out = cli_stdin(
+            &[
+                "token",
+                "create",
+                name,
+                "--owner",
+                "bob",
+                "--repos",
+                "a/**",
+                "--actions",
+                "pull",
+                "--expires",
+                "1d",
+                "--tokens-file",
+                t,
+            ],
+            "",
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    create("ci");
+    let held = lock(&tokens).unwrap();
+    let mut revoke = spawn_cli(&["token", "revoke", "ci", "--tokens-file", t]);
+    wait_until_it_waits(&mut revoke, &dir.path().join("tokens.yaml.lock"));
+    let mut file =
+        registry_guard::auth::access_tokens::parse_file(&held.read_to_string().unwrap()).unwrap();
+    let mut second = file.tokens[0].clone();
+    second.name = "ci-2".into();
+    file.tokens.push(second);
+    registry_guard::auth::access_tokens::save(&held, &file).unwrap();
+    drop(held);
+    let out = revoke.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let file =
+        registry_guard::auth::access_tokens::parse_file(&std::fs::read_to_string(&tokens).unwrap())
+            .unwrap();
+    let state = |n: &str| {
+        file.tokens
+            .iter()
+            .find(|e| e.name == n)
+            .map(|e| e.revoked.is_some())
+    };
+    assert_eq!(state("ci"), Some(true), "revoked");
+    assert_eq!(state("ci-2"), Some(false), "the holder's token lost");
+}
+
+/// The wait is bounded: a command facing a lock held for good fails with a message
+/// naming the lock file, and writes nothing.
+#[test]
+fn a_lock_held_for_good_fails_the_command_naming_the_lock_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.yaml");
+    bcrypt_users(&path, &["bob".to_owned()]);
+    let before = std::fs::read(&path).unwrap();
+    let _held = registry_guard::edit::lock(&path).unwrap();
+    let out = cli_stdin(
+        &["user", "del", "bob", "--users-file", path.to_str().unwrap()],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(64));
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("users.yaml.lock") && e.contains("another writer"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+/// F6: a user file that is a symlink (`link/users.yaml → ../real/users.yaml`) is edited
+/// through the link: the link stays a link, the real file changes and keeps its mode,
+/// and `check` and `user list` read the change through the link.
+#[test]
+fn a_symlinked_user_file_is_edited_through_the_link() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("real")).unwrap();
+    std::fs::create_dir(dir.path().join("link")).unwrap();
+    let real = dir.path().join("real/users.yaml");
+    bcrypt_users(&real, &["alice".to_owned(), "mallory".to_owned()]);
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let link = dir.path().join("link/users.yaml");
+    std::os::unix::fs::symlink("../real/users.yaml", &link).unwrap();
+    let l = link.to_str().unwrap();
+
+    let out = cli_stdin(&["user", "del", "mallory", "--users-file", l], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut add = vec!["user", "add", "bob", "--users-file", l];
+    add.extend_from_slice(&CHEAP);
+    let out = cli_stdin(&add, "bob-pw\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let mut names: Vec<String> = hashes(&real).into_keys().collect();
+    names.sort();
+    assert_eq!(names, ["alice", "bob"]);
+    assert_eq!(mode(&real), 0o640);
+    let out = cli_stdin(&["user", "list", "--users-file", l], "");
+    assert_eq!(text(&out.stdout), "alice\t-\nbob\t-\n");
+    // Nothing but the link in its folder: no temporary file, no lock file there.
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("link")).unwrap().count(),
+        1
+    );
 }
 
 #[test]

@@ -658,28 +658,29 @@ pub fn merge_last_used(
     old
 }
 
-/// Writes `uses` merged into the last-use file `path` (atomically, mode 0600).
+/// Writes `uses` merged into the last-use file `path`, under its lock (what another
+/// replica wrote meanwhile is merged, not lost; see [`crate::edit`]).
 pub fn flush_last_used(path: &Path, uses: &BTreeMap<String, LastUse>) -> std::io::Result<()> {
-    let merged = merge_last_used(read_last_used(path), uses);
+    let edit = crate::edit::lock(path)?;
+    let merged = merge_last_used(read_last_used(edit.path()), uses);
     let text = serde_yaml::to_string(&merged).map_err(std::io::Error::other)?;
-    users::write_private(
-        path,
+    edit.replace(&[
         b"# registry-guard: last use of each access token (written by the proxy)\n",
         text.as_bytes(),
-    )
+    ])
 }
 
-/// Writes a tokens file atomically (temporary file + rename, mode 0600), after
-/// checking that it loads. Other tokens are left as they were.
-pub fn save(path: &Path, file: &TokenFile) -> Result<(), TokensError> {
+/// Writes a tokens file over the one `edit` locked ([`crate::edit`]: atomic, mode kept,
+/// symlinks followed), after checking that it loads. Other tokens are left as they were.
+pub fn save(edit: &crate::edit::Locked, file: &TokenFile) -> Result<(), TokensError> {
+    let path = edit.path();
     Tokens::from_file(file, None).map_err(|e| e.in_file(path))?;
     let text = serde_yaml::to_string(file)
         .map_err(|e| TokensError::new(None, None, e.to_string()).in_file(path))?;
-    users::write_private(
-        path,
+    edit.replace(&[
         b"# registry-guard tokens file; edit with `registry-guard token ...`\n",
         text.as_bytes(),
-    )
+    ])
     .map_err(|e| {
         TokensError::new(None, None, format!("cannot write the tokens file: {e}")).in_file(path)
     })
@@ -968,7 +969,8 @@ mod tests {
         let file = TokenFile {
             tokens: vec![entry("ci")],
         };
-        save(&path, &file).unwrap();
+        let edit = crate::edit::lock(&path).unwrap();
+        save(&edit, &file).unwrap();
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
@@ -977,7 +979,7 @@ mod tests {
         assert_eq!(back.get("ci").unwrap().verify("rgt_secret", T0), Ok(()));
         let mut bad = entry("bad");
         bad.actions = vec!["all".into()];
-        let e = save(&path, &TokenFile { tokens: vec![bad] })
+        let e = save(&edit, &TokenFile { tokens: vec![bad] })
             .unwrap_err()
             .to_string();
         assert!(e.contains("token \"bad\": actions"), "{e}");

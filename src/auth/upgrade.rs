@@ -9,8 +9,10 @@
 //!   uncached login submits it again). One job at a time, so upgrades never race each other.
 //! - Nothing but that one hash changes: the file is read again after argon2 ran, the
 //!   entry is replaced only if it still holds the very bcrypt hash the login verified
-//!   (a `user passwd`, `del` or hand edit made meanwhile wins), and the file is written
-//!   with [`users::save`] (temporary file + rename, 0600), as `user passwd` writes it.
+//!   (a `user passwd`, `del` or hand edit made meanwhile wins): that read and the write
+//!   ([`users::save`], as `user passwd` writes it) hold the file's lock
+//!   ([`crate::edit`]), which every writer of the user file takes, so no edit made
+//!   between them can be undone.
 //!   The reload watcher then loads the new file like any edit.
 //! - Each bcrypt hash is tried once per process: a file the proxy may not write (a
 //!   read-only mount) gives one warning per user, not one per login.
@@ -145,8 +147,15 @@ pub fn upgrade(
         user: Some(user.to_owned()),
         message: format!("cannot hash: {e}"),
     })?;
-    // Again: the file may have been edited while argon2 ran.
-    let mut file = read(path)?;
+    // Again, under the file's lock (argon2 ran without it): a `user del`, `passwd` or
+    // hand edit made while argon2 ran wins, and none can land between this read and the
+    // rename.
+    let edit = crate::edit::lock(path).map_err(|e| UsersError {
+        file: Some(path.to_owned()),
+        user: Some(user.to_owned()),
+        message: format!("cannot lock the user file: {e}"),
+    })?;
+    let mut file = read(edit.path())?;
     let Some(entry) = file
         .users
         .iter_mut()
@@ -155,7 +164,7 @@ pub fn upgrade(
         return Ok(None);
     };
     entry.hash = new.clone();
-    users::save(path, &file)?;
+    users::save(&edit, &file)?;
     Ok(Some(new))
 }
 
@@ -199,7 +208,8 @@ mod tests {
         let file = UserFile {
             users: vec![entry("alice", &old), entry("bob", &other)],
         };
-        users::save(&path, &file).unwrap();
+        let save = |file: &UserFile| users::save(&crate::edit::lock(&path).unwrap(), file);
+        save(&file).unwrap();
 
         let new = upgrade(&path, "alice", &old, "pw", CHEAP)
             .unwrap()
@@ -222,12 +232,9 @@ mod tests {
         assert_eq!(upgrade(&path, "alice", &old, "pw", CHEAP).unwrap(), None);
         // A `user passwd` meanwhile: it wins.
         let edited = bcrypt::hash("newer", 4).unwrap();
-        users::save(
-            &path,
-            &UserFile {
-                users: vec![entry("alice", &edited), entry("bob", &other)],
-            },
-        )
+        save(&UserFile {
+            users: vec![entry("alice", &edited), entry("bob", &other)],
+        })
         .unwrap();
         assert_eq!(upgrade(&path, "alice", &old, "pw", CHEAP).unwrap(), None);
         assert_eq!(
@@ -239,12 +246,9 @@ mod tests {
             edited
         );
         // Removed meanwhile: not put back.
-        users::save(
-            &path,
-            &UserFile {
-                users: vec![entry("bob", &other)],
-            },
-        )
+        save(&UserFile {
+            users: vec![entry("bob", &other)],
+        })
         .unwrap();
         assert_eq!(
             upgrade(&path, "alice", &edited, "newer", CHEAP).unwrap(),
@@ -252,6 +256,58 @@ mod tests {
         );
         assert!(users::Users::load(&path).unwrap().get("alice").is_none());
         assert_ne!(std::fs::read(&path).unwrap(), written);
+    }
+
+    /// How many open descriptors of this process name `path` (the upgrade thread's lock
+    /// file, once it waits for the lock).
+    fn open_count(path: &Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|p| p == path)
+            .count()
+    }
+
+    /// F2: a `user del` made while an upgrade of that user waits for the lock (it read the
+    /// file and ran argon2 before) is not undone: the upgrade reads again under the lock.
+    #[test]
+    fn a_delete_made_while_an_upgrade_waits_is_not_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.yaml");
+        let old = bcrypt::hash("pw", 4).unwrap();
+        let other = users::hash_password("x", 8, 1, 1).unwrap();
+        let edit = crate::edit::lock(&path).unwrap();
+        users::save(
+            &edit,
+            &UserFile {
+                users: vec![entry("mallory", &old), entry("bob", &other)],
+            },
+        )
+        .unwrap();
+        let lock_file = edit.path().with_file_name("users.yaml.lock");
+        assert_eq!(open_count(&lock_file), 1);
+
+        let job = {
+            let (path, old) = (path.clone(), old.clone());
+            std::thread::spawn(move || upgrade(&path, "mallory", &old, "pw", CHEAP))
+        };
+        // The upgrade read the file (mallory there), hashed, and opened the lock file.
+        while open_count(&lock_file) < 2 {
+            if job.is_finished() {
+                panic!("the upgrade did not wait for the lock: {:?}", job.join());
+            }
+            std::thread::yield_now();
+        }
+        // `user del mallory`, as the CLI does it: under the lock.
+        let mut file = read(edit.path()).unwrap();
+        file.users.retain(|u| u.name != "mallory");
+        users::save(&edit, &file).unwrap();
+        drop(edit);
+
+        assert_eq!(job.join().unwrap().unwrap(), None);
+        let back = users::Users::load(&path).unwrap();
+        assert!(back.get("mallory").is_none(), "mallory resurrected");
+        assert_eq!(back.get("bob").unwrap().hash, other);
     }
 
     #[test]

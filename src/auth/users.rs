@@ -11,8 +11,8 @@
 //! Loading checks every entry and names the user it refuses: a hash that is neither an
 //! argon2 PHC string nor bcrypt (a plaintext password above all, and htpasswd's weak
 //! schemes: `$apr1$` MD5, `{SHA}`, crypt/DES), a duplicate name, a bad name.
-//! Editing (`registry-guard user ...`) rewrites the whole file atomically (temporary
-//! file + rename, mode 0600), other users untouched.
+//! Editing (`registry-guard user ...`, hash upgrades) rewrites the whole file under its
+//! lock, atomically ([`crate::edit`]), other users untouched.
 //!
 //! bcrypt (`$2y$`, `$2b$`, `$2a$`, as `htpasswd -B` writes them) is accepted so that an
 //! htpasswd file can be imported as it is ([`parse_htpasswd`]); after a user's first
@@ -699,12 +699,15 @@ pub fn verify_password_in(phc: &str, password: &str, memory: &mut WorkMemory) ->
         && bool::from(out.ct_eq(expected.as_bytes()))
 }
 
-/// Writes a user file atomically: a temporary file in the same folder, mode 0600, then
-/// rename over the old one. A file that would not load (a bad group name, say) is refused
-/// and nothing is written: the running proxy would keep its old snapshot and every later
-/// edit would fail.
-pub fn save(path: &Path, file: &UserFile) -> Result<(), UsersError> {
-    Users::from_file(UserFile {
+/// Writes a user file over the one `edit` locked (see [`crate::edit`]: atomic, mode
+/// kept, symlinks followed). A file that would not load (a bad group name, say) is
+/// refused and nothing is written: the running proxy would keep its old snapshot and
+/// every later edit would fail.
+pub fn save(edit: &crate::edit::Locked, file: &UserFile) -> Result<(), UsersError> {
+    let path = edit.path();
+    // Checked as loading checks it, without the dummy hashes serving needs: those cost a
+    // login's work (seconds at bcrypt cost 16), and the lock is held meanwhile.
+    Checked::from_file(UserFile {
         users: file.users.clone(),
     })
     .map_err(|mut e| {
@@ -717,44 +720,11 @@ pub fn save(path: &Path, file: &UserFile) -> Result<(), UsersError> {
         message: m,
     };
     let text = serde_yaml::to_string(file).map_err(|e| err(e.to_string()))?;
-    write_private(
-        path,
+    edit.replace(&[
         b"# registry-guard user file; edit with `registry-guard user ...`\n",
         text.as_bytes(),
-    )
+    ])
     .map_err(|e| err(format!("cannot write the user file: {e}")))
-}
-
-/// Replaces `path` atomically with `header` + `text`: a temporary file in the same
-/// folder, mode 0600, fsync'd, renamed over the old one, the folder fsync'd. (The user
-/// file, the tokens file and the tokens' last-use file are written this way.)
-pub fn write_private(path: &Path, header: &[u8], text: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(header)?;
-        f.write_all(text)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
 }
 
 #[cfg(test)]
@@ -1181,7 +1151,9 @@ mod tests {
                 disabled: false,
             }],
         };
-        let e = save(&path, &file).unwrap_err().to_string();
+        let e = save(&crate::edit::lock(&path).unwrap(), &file)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("user \"carol\"") && e.contains("group"), "{e}");
         assert!(!path.exists());
     }
@@ -1199,16 +1171,17 @@ mod tests {
                 disabled: false,
             }],
         };
-        save(&path, &file).unwrap();
+        save(&crate::edit::lock(&path).unwrap(), &file).unwrap();
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
         let back = Users::load(&path).unwrap();
         assert!(verify_password(&back.get("alice").unwrap().hash, "pw"));
+        // The file and its lock file, no temporary file.
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),
-            1,
+            2,
             "temporary file left behind"
         );
     }

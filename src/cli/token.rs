@@ -1,5 +1,6 @@
-//! `registry-guard token create|list|revoke`: edits the tokens file (atomically, mode
-//! 0600, other tokens untouched) and reads the last-use file the proxy writes.
+//! `registry-guard token create|list|revoke`: edits the tokens file (under its lock,
+//! atomically, other tokens untouched: `crate::edit`) and reads the last-use file the
+//! proxy writes.
 //!
 //! With `--config`, the tokens file is `auth.tokens_file`, `tokens.max_lifetime` applies
 //! and the owner is checked against the user file (it must exist and be enabled; a token
@@ -119,21 +120,25 @@ pub(super) fn command(
     config: Option<PathBuf>,
 ) -> Result<(), String> {
     let p = place(tokens_file, config)?;
-    let mut file = read(&p.file, matches!(action, TokenAction::Create { .. }))?;
     let now = crate::auth::unix_now();
+    if let TokenAction::List = action {
+        // Read only: no lock, so it works on a file the proxy may only read.
+        let file = read(&p.file, std::fs::read_to_string(&p.file), false)?;
+        let last_used = at::read_last_used(&p.last_used_file);
+        print!("{}", list(&file, &last_used, now, p.max_lifetime));
+        return Ok(());
+    }
+    // Read, changed and written under the file's lock: a revocation another command made
+    // meanwhile is never undone (`crate::edit`).
+    let edit = crate::edit::lock(&p.file).map_err(|e| format!("{}: {e}", p.file.display()))?;
+    let mut file = read(
+        &p.file,
+        edit.read_to_string(),
+        matches!(action, TokenAction::Create { .. }),
+    )?;
     let done = match action {
-        TokenAction::List => {
-            print!(
-                "{}",
-                list(
-                    &file,
-                    &at::read_last_used(&p.last_used_file),
-                    now,
-                    p.max_lifetime
-                )
-            );
-            return Ok(());
-        }
+        // Listed above, without the lock.
+        TokenAction::List => return Ok(()),
         TokenAction::Create {
             name,
             owner,
@@ -168,7 +173,7 @@ pub(super) fn command(
             );
             file.tokens.retain(|t| t.name != entry.name);
             file.tokens.push(entry);
-            at::save(&p.file, &file).map_err(|e| e.to_string())?;
+            at::save(&edit, &file).map_err(|e| e.to_string())?;
             println!("{secret}");
             summary
         }
@@ -178,7 +183,7 @@ pub(super) fn command(
             if file.tokens.len() == before {
                 return Err(format!("{}: no token {name:?}", p.file.display()));
             }
-            at::save(&p.file, &file).map_err(|e| e.to_string())?;
+            at::save(&edit, &file).map_err(|e| e.to_string())?;
             format!(
                 "deleted token {name:?}: refused from the next reload of the proxy (a few seconds)"
             )
@@ -214,7 +219,7 @@ pub(super) fn command(
                 );
                 return Ok(());
             }
-            at::save(&p.file, &file).map_err(|e| e.to_string())?;
+            at::save(&edit, &file).map_err(|e| e.to_string())?;
             format!(
                 "revoked {}: refused from the next reload of the proxy (a few seconds)",
                 revoked.join(", ")
@@ -234,7 +239,7 @@ pub(super) fn check_user_file(
     users: &users::UserFile,
     added: &[String],
 ) -> Result<(), String> {
-    let file = read(tokens_file, true)?;
+    let file = read(tokens_file, std::fs::read_to_string(tokens_file), true)?;
     if let Some(u) = users
         .users
         .iter()
@@ -268,7 +273,9 @@ pub(super) fn check_user_file(
 /// Revokes every token of `owner`, a user just removed: a name given to someone else
 /// later must not bring them back. Returns the names revoked.
 pub(super) fn revoke_owner(tokens_file: &Path, owner: &str) -> Result<Vec<String>, String> {
-    let mut file = read(tokens_file, true)?;
+    let edit =
+        crate::edit::lock(tokens_file).map_err(|e| format!("{}: {e}", tokens_file.display()))?;
+    let mut file = read(tokens_file, edit.read_to_string(), true)?;
     let stamp = at::format_time(crate::auth::unix_now());
     let mut revoked = Vec::new();
     for t in &mut file.tokens {
@@ -278,15 +285,19 @@ pub(super) fn revoke_owner(tokens_file: &Path, owner: &str) -> Result<Vec<String
         }
     }
     if !revoked.is_empty() {
-        at::save(tokens_file, &file).map_err(|e| e.to_string())?;
+        at::save(&edit, &file).map_err(|e| e.to_string())?;
     }
     Ok(revoked)
 }
 
-/// The tokens file, parsed and checked as loading checks it; a missing one is empty when
-/// `create` will make it.
-fn read(path: &Path, may_be_missing: bool) -> Result<TokenFile, String> {
-    match std::fs::read_to_string(path) {
+/// The tokens file `path` (read as `text`), parsed and checked as loading checks it; a
+/// missing one is empty when `create` will make it.
+fn read(
+    path: &Path,
+    text: std::io::Result<String>,
+    may_be_missing: bool,
+) -> Result<TokenFile, String> {
+    match text {
         Ok(text) => {
             let file = at::parse_file(&text).map_err(|e| e.in_file(path).to_string())?;
             at::Tokens::from_file(&file, None).map_err(|e| e.in_file(path).to_string())?;

@@ -248,12 +248,13 @@ fn skopeo_pushes_with_a_push_token_a_pull_only_token_gets_403_and_the_logs_name_
 /// The tokens file with `entries` written by the library (for tokens `create` would
 /// not make: already expired).
 fn write_tokens(path: &Path, entries: Vec<TokenEntry>) {
-    let mut file = match std::fs::read_to_string(path) {
+    let edit = registry_guard::edit::lock(path).unwrap();
+    let mut file = match edit.read_to_string() {
         Ok(t) => at::parse_file(&t).unwrap(),
         Err(_) => TokenFile::default(),
     };
     file.tokens.extend(entries);
-    at::save(path, &file).unwrap();
+    at::save(&edit, &file).unwrap();
 }
 
 #[test]
