@@ -183,6 +183,10 @@ pub struct Authenticator {
     metrics: Arc<Metrics>,
 }
 
+/// What a docker bearer token of a directory user is bound to, in place of a file
+/// user's hash: no hash value can equal it (hashes start with `$`).
+const DIRECTORY_SUBJECT: &str = "directory user";
+
 /// The directory and the logins it accepted lately (keyed like the file users' cache:
 /// HMAC of name and password; the value is the groups the directory gave).
 #[derive(Debug, Clone)]
@@ -362,7 +366,13 @@ impl Authenticator {
             Identity::Anonymous => token::Subject::Anonymous,
             Identity::User { name, .. } => token::Subject::User {
                 name: name.clone(),
-                fingerprint: key.fingerprint(&self.users.get(name)?.hash),
+                fingerprint: match self.users.get(name) {
+                    Some(u) => key.fingerprint(&u.hash),
+                    // A directory user (no hash here): the token stands for the name,
+                    // whose groups are read from the directory again at each request.
+                    None if self.directory.is_some() => key.fingerprint(DIRECTORY_SUBJECT),
+                    None => return None,
+                },
             },
             // An access token's bearer token stands for the access token (its scope
             // and owner are looked up again at each request), never for its owner.
@@ -406,6 +416,20 @@ impl Authenticator {
                             Ok(id)
                         }
                         Err(why) => Err(refused(why.as_str(), &name)),
+                    };
+                }
+                // A directory user's: the user as the directory has them now (cached
+                // like a login), never a name the user file has since taken.
+                if let (None, Some(d)) = (self.users.get(&name), &self.directory) {
+                    if key.fingerprint(DIRECTORY_SUBJECT) != fingerprint {
+                        return Err(refused("the user left the user file", &name));
+                    }
+                    return match self.directory_owner(d, &name, client).await? {
+                        Some(owner) => Ok(Identity::User {
+                            name,
+                            groups: owner.groups,
+                        }),
+                        None => Err(refused("the user left the directory", &name)),
                     };
                 }
                 // Issued under the hash or, same password, under the bcrypt hash an

@@ -425,3 +425,48 @@ fn tokens_of_directory_users_follow_the_directory() {
     );
     assert!(!logs.contains(SERVICE_PW));
 }
+
+/// docker's login (auth.docker_bearer) for a directory user: /auth/token issues a bearer
+/// token for the name, whose groups are read from the directory at each request; a user
+/// who leaves the directory loses it once the cached entry expires.
+#[test]
+fn docker_bearer_tokens_for_directory_users() {
+    let Some(s) = setup(
+        "",
+        "  anonymous: true\n  docker_bearer: on\n  cache_ttl: 2s\n",
+        false,
+    ) else {
+        return;
+    };
+    let r = call(
+        &s.proxy.base,
+        Some(&s.proxy.ca),
+        "GET",
+        "/auth/token?service=registry-guard&scope=repository:team-a/app:pull,push",
+    )
+    .user("dana", "dana-Dir-pw")
+    .send();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    let auth = format!("Authorization: Bearer {token}");
+    let upload = |repo: &str| {
+        call(
+            &s.proxy.base,
+            Some(&s.proxy.ca),
+            "POST",
+            &format!("/v2/{repo}/blobs/uploads/"),
+        )
+        .header(&auth)
+        .send()
+    };
+    assert_eq!(upload("team-a/app").status, 202, "dana's groups");
+    assert_eq!(upload("dana/app").status, 202, "${{user}}");
+    upload("bob/app").assert_refusal(403, "DENIED", "another user's namespace");
+    s.slapd.modify(
+        "ldapmodify",
+        &format!("dn: uid=dana,ou=people,{SUFFIX}\nchangetype: delete\n"),
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = upload("dana/app");
+    assert_eq!(r.status, 401, "dana left the directory: {}", r.text());
+}
