@@ -241,6 +241,26 @@ impl FilterArgs {
     }
 }
 
+/// A name, repository or reference as a table shows it: printable ASCII without spaces
+/// as it is, anything else escaped (`\u{200b}`), so that no record can pass for another
+/// in a terminal (a trailing space, a zero-width or look-alike character, a bidi override).
+fn plain(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.bytes().all(|b| b.is_ascii_graphic()) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if c.is_ascii_graphic() {
+                    c.to_string()
+                } else {
+                    format!("\\u{{{:x}}}", c as u32)
+                }
+            })
+            .collect(),
+    )
+}
+
 /// One row of `audit show`'s table, after TIME (and INSTANCE).
 fn show_row(entry: &crate::audit::Entry) -> String {
     let r = match entry {
@@ -250,7 +270,7 @@ fn show_row(entry: &crate::audit::Entry) -> String {
             return format!(
                 "{:<8} {:<12} {:<15} {:<7} {:<28} {:<20} {}",
                 e.phase.as_str(),
-                e.user.as_deref().unwrap_or("-"),
+                plain(e.user.as_deref().unwrap_or("-")),
                 "-",
                 "-",
                 "-",
@@ -286,21 +306,28 @@ fn show_row(entry: &crate::audit::Entry) -> String {
         ));
     }
     if let Some(owner) = &r.owner {
-        detail.push_str(&format!(" token-of={owner}"));
+        detail.push_str(&format!(" token-of={}", plain(owner)));
     }
     if r.phase == crate::audit::Phase::Denied || r.outcome == Some(crate::audit::Outcome::Denied) {
         detail.push_str(&format!(" ({})", r.reason));
     }
     // By characters: a hand-edited file may hold any UTF-8, and a byte slice inside a
     // character panics.
-    let reference = if r.reference.chars().count() > 20 {
-        format!("{}…", r.reference.chars().take(19).collect::<String>())
+    let reference = plain(&r.reference);
+    let reference = if reference.chars().count() > 20 {
+        format!("{}…", reference.chars().take(19).collect::<String>())
     } else {
-        r.reference.clone()
+        reference.into_owned()
     };
     format!(
         "{:<8} {:<12} {:<15} {:<7} {:<28} {:<20} {}",
-        phase, r.user, r.client, status, r.repo, reference, detail
+        phase,
+        plain(&r.user),
+        r.client,
+        status,
+        plain(&r.repo),
+        reference,
+        detail
     )
 }
 
@@ -957,7 +984,7 @@ fn compare(
     let as_group = |users: &Option<users::Users>, group: &str| {
         let exists = users
             .as_ref()
-            .map_or(true, |u| u.groups().any(|g| g == group));
+            .is_none_or(|u| u.groups().any(|g| g == group));
         exists.then(|| Identity::User {
             name: format!("group {group}"),
             groups: vec![group.to_owned()],
@@ -1731,6 +1758,7 @@ fn audit_command(action: AuditAction) -> ExitCode {
                     "DELETES", "PUSHES", "PULLS", "LOGINS", "FAILED_LOGIN", "DENIED", "FAILED"
                 );
                 for (name, c) in table {
+                    let name = plain(name);
                     println!(
                         "{name:<28} {:>8} {:>8} {:>8} {:>8} {:>13} {:>8} {:>8}",
                         c.deletes, c.pushes, c.pulls, c.logins, c.failed_logins, c.denied, c.failed
@@ -1740,5 +1768,22 @@ fn audit_command(action: AuditAction) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+    }
+}
+
+#[cfg(test)]
+mod plain_tests {
+    use super::plain;
+
+    /// Names an unauthenticated client chose (failed logins are recorded) cannot pass for
+    /// another user's in `audit show` or `audit stats`.
+    #[test]
+    fn look_alike_names_are_escaped_in_tables() {
+        assert_eq!(plain("alice"), "alice");
+        assert_eq!(plain("alice "), "alice\\u{20}");
+        assert_eq!(plain("ali\u{200b}ce"), "ali\\u{200b}ce");
+        assert_eq!(plain("\u{202e}ecila"), "\\u{202e}ecila");
+        assert_eq!(plain("\u{430}lice"), "\\u{430}lice");
+        assert_eq!(plain("team-a/app"), "team-a/app");
     }
 }

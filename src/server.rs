@@ -619,7 +619,7 @@ fn http1_builder(limits: &Limits) -> http1::Builder {
 /// the TLS port is plain text: an HTTP request from a client that fell back to `http://`
 /// (docker and containerd do for registries they take for insecure).
 async fn starts_with_tls(tcp: &Rewind<TcpStream>) -> io::Result<bool> {
-    Ok(tcp.peek_byte().await?.map_or(true, |b| b == 0x16))
+    Ok(tcp.peek_byte().await?.is_none_or(|b| b == 0x16))
 }
 
 /// The answer to plain HTTP on the TLS port, as Go's and nginx's TLS servers give one: an

@@ -83,7 +83,7 @@ pub fn load(path: &Path) -> Result<Chain, KeyError> {
 }
 
 fn parse(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 || !(2 * KEY_BYTES..=8 * KEY_BYTES).contains(&hex.len()) {
+    if !hex.len().is_multiple_of(2) || !(2 * KEY_BYTES..=8 * KEY_BYTES).contains(&hex.len()) {
         return None;
     }
     (0..hex.len())

@@ -44,17 +44,17 @@ impl Filter {
                     && self
                         .user
                         .as_deref()
-                        .map_or(true, |u| u == r.user || r.owner.as_deref() == Some(u))
+                        .is_none_or(|u| u == r.user || r.owner.as_deref() == Some(u))
                     && self
                         .owner
                         .as_deref()
-                        .map_or(true, |o| r.owner.as_deref() == Some(o))
-                    && self.repo.as_deref().map_or(true, |p| p == r.repo)
+                        .is_none_or(|o| r.owner.as_deref() == Some(o))
+                    && self.repo.as_deref().is_none_or(|p| p == r.repo)
                     && self
                         .digest
                         .as_deref()
-                        .map_or(true, |d| r.digest.as_deref() == Some(d) || r.reference == d)
-                    && self.address.map_or(true, |n| {
+                        .is_none_or(|d| r.digest.as_deref() == Some(d) || r.reference == d)
+                    && self.address.is_none_or(|n| {
                         r.client
                             .parse::<std::net::IpAddr>()
                             .is_ok_and(|ip| n.contains(&ip))
@@ -71,7 +71,7 @@ impl Filter {
                 let user_ok = self
                     .user
                     .as_deref()
-                    .map_or(true, |u| Some(u) == e.user.as_deref());
+                    .is_none_or(|u| Some(u) == e.user.as_deref());
                 kind_ok
                     && user_ok
                     && self.owner.is_none()

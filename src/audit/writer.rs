@@ -377,7 +377,7 @@ fn check_tail(
                 .split(|&b| b == b'\n')
                 .filter_map(|l| Entry::parse(l).ok())
                 .find(|e| e.seq() == side.seq + 1)
-                .map_or(true, |e| e.prev() == side.hash),
+                .is_none_or(|e| e.prev() == side.hash),
         };
         if !fits {
             return Err(format!(
@@ -421,10 +421,7 @@ fn newest_rotated(path: &Path, chain: &Chain) -> Result<Option<(String, Position
             continue;
         }
         let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
-        if best
-            .as_ref()
-            .map_or(true, |(t, b, _)| (mtime, &n) > (*t, b))
-        {
+        if best.as_ref().is_none_or(|(t, b, _)| (mtime, &n) > (*t, b)) {
             best = Some((mtime, n, entry.path()));
         }
     }

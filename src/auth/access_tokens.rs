@@ -450,7 +450,7 @@ impl Tokens {
 pub fn apply_max_lifetime(t: &mut Token, max: Option<Duration>) -> bool {
     let Some(max) = max else { return false };
     let cap = t.created.saturating_add(max.as_secs());
-    let cut = t.expires.map_or(true, |e| e > cap);
+    let cut = t.expires.is_none_or(|e| e > cap);
     t.expires = Some(t.expires.map_or(cap, |e| e.min(cap)));
     cut && t.revoked.is_none()
 }
@@ -644,7 +644,7 @@ pub fn merge_last_used(
         let newer = old
             .get(name)
             .and_then(|e| parse_time(&e.at).ok())
-            .map_or(true, |at| at <= u.at);
+            .is_none_or(|at| at <= u.at);
         if newer {
             old.insert(
                 name.clone(),

@@ -23,6 +23,10 @@ pub struct Ldap {
     pub user_base: String,
     /// A filter with `{user}` (escaped per RFC 4515 when filled).
     pub user_filter: String,
+    /// The attribute `user_filter` compares `{user}` with (`uid`, `sAMAccountName`): a
+    /// login is accepted only under the entry's own spelling of it (the directory's
+    /// matching ignores case and spaces; names here are exact).
+    pub user_attribute: String,
     pub groups: GroupLookup,
     /// The attribute holding a group's name (`cn`): of the group entry found by a
     /// search, or the type of the first RDN of a `memberOf` DN.
@@ -103,6 +107,25 @@ impl TryFrom<RawLdap> for Ldap {
         let user_filter = l.user_filter.unwrap_or_else(|| "(uid={user})".to_owned());
         filter::check_template(&user_filter, &[filter::USER])
             .map_err(|m| ConfigError::new(key("user_filter"), m))?;
+        let user_attribute = match l.user_attribute {
+            Some(a) => a,
+            None => filter::compared_attribute(&user_filter).ok_or_else(|| {
+                ConfigError::new(
+                    key("user_attribute"),
+                    "needed: user_filter does not compare {user} with one attribute as (ATTR={user})",
+                )
+            })?,
+        };
+        if user_attribute.is_empty()
+            || !user_attribute
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-')
+        {
+            return Err(ConfigError::new(
+                key("user_attribute"),
+                format!("{user_attribute:?} is not an attribute name"),
+            ));
+        }
         let attribute = |k: &str, v: &str| {
             let ok = !v.is_empty()
                 && v.len() <= 128
@@ -153,6 +176,7 @@ impl TryFrom<RawLdap> for Ldap {
             bind_password,
             user_base: l.user_base,
             user_filter,
+            user_attribute,
             groups,
             group_name_attribute,
             connect_timeout: duration(

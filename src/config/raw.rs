@@ -133,6 +133,7 @@ pub(super) struct RawLdap {
     pub(super) bind_password_env: Option<String>,
     pub(super) user_base: String,
     pub(super) user_filter: Option<String>,
+    pub(super) user_attribute: Option<String>,
     pub(super) group_attribute: Option<String>,
     pub(super) group_base: Option<String>,
     pub(super) group_filter: Option<String>,

@@ -250,3 +250,34 @@ mod tests {
         }
     }
 }
+
+/// PURE: the attribute a filter template compares `{user}` with, when it does so as
+/// `(ATTR={user})` (alone or inside `&`/`|`): `uid` of `(uid={user})`, `sAMAccountName`
+/// of `(&(objectClass=user)(sAMAccountName={user}))`. `None` for anything else.
+pub fn compared_attribute(template: &str) -> Option<String> {
+    let at = template.find("={user})")?;
+    let open = template[..at].rfind('(')?;
+    let attr = &template[open + 1..at];
+    (!attr.is_empty() && attr.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'))
+        .then(|| attr.to_owned())
+}
+
+#[cfg(test)]
+mod compared_attribute_tests {
+    use super::compared_attribute;
+
+    #[test]
+    fn the_attribute_compared_with_the_user_is_found() {
+        assert_eq!(compared_attribute("(uid={user})").as_deref(), Some("uid"));
+        assert_eq!(
+            compared_attribute("(&(objectClass=user)(sAMAccountName={user}))").as_deref(),
+            Some("sAMAccountName")
+        );
+        assert_eq!(compared_attribute("(uid=*{user})"), None);
+        assert_eq!(
+            compared_attribute("(|(uid={user})(mail={user}))").as_deref(),
+            Some("uid")
+        );
+        assert_eq!(compared_attribute("(cn~={user})"), None);
+    }
+}

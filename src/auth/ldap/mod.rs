@@ -53,6 +53,20 @@ enum Found {
     One(SearchEntry),
     None,
     Several,
+    /// One entry, whose `user_attribute` is not the name exactly (the directory matched
+    /// it ignoring case or spaces): refused, or one person would be several names here,
+    /// each with its own cache, throttle count, audit name — and past the user file.
+    Respelled,
+}
+
+/// PURE: whether `entry`'s `attribute` (its name compared without case, as LDAP does)
+/// holds `name` exactly.
+fn spelled_as(entry: &SearchEntry, attribute: &str, name: &str) -> bool {
+    entry
+        .attrs
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(attribute))
+        .any(|(_, values)| values.iter().any(|v| v == name))
 }
 
 /// The service account's password: never shown by `Debug`.
@@ -157,8 +171,10 @@ impl Directory {
         if password.is_empty() {
             return Ok(Login::Refused("empty password"));
         }
-        if user.is_empty() || user.len() > MAX_NAME {
-            return Ok(Login::Refused("no such name in the directory"));
+        // The names of the user file's grammar only: no spaces, no controls, nothing a
+        // directory would read as the same name as another.
+        if user.len() > MAX_NAME || !crate::auth::users::is_valid_name(user) {
+            return Ok(Login::Refused("not a valid user name"));
         }
         let (this, user, password) = (self.clone(), user.to_owned(), password.to_owned());
         isolated(async move { this.login_inner(&user, &password).await }).await
@@ -171,7 +187,7 @@ impl Directory {
         self: &Arc<Self>,
         user: &str,
     ) -> Result<Option<Vec<String>>, Unavailable> {
-        if user.is_empty() || user.len() > MAX_NAME {
+        if user.len() > MAX_NAME || !crate::auth::users::is_valid_name(user) {
             return Ok(None);
         }
         let (this, user) = (self.clone(), user.to_owned());
@@ -179,7 +195,7 @@ impl Directory {
             let mut lease = this.lease().await?;
             let entry = match this.find_user(&mut lease, &user).await? {
                 Found::One(e) => e,
-                Found::None | Found::Several => return Ok(None),
+                Found::None | Found::Several | Found::Respelled => return Ok(None),
             };
             this.groups(&mut lease, &user, &entry).await.map(Some)
         })
@@ -217,6 +233,11 @@ impl Directory {
             Found::One(e) => e,
             Found::None => return Ok(Login::Refused("no such user in the directory")),
             Found::Several => return Ok(Login::Refused("more than one directory entry")),
+            Found::Respelled => {
+                return Ok(Login::Refused(
+                    "the directory spells this name otherwise (case or spaces): log in with its spelling",
+                ))
+            }
         };
         // Read with the service account before the bind, so the connection needs no
         // bind back to it in between; the groups are used only if the bind succeeds.
@@ -247,11 +268,10 @@ impl Directory {
     /// The one entry `user_filter` finds for `user` under `user_base`.
     async fn find_user(&self, lease: &mut Lease<'_>, user: &str) -> Result<Found, Unavailable> {
         let filter = filter::fill(&self.cfg.user_filter, user, "");
-        let attrs = match &self.cfg.groups {
-            GroupLookup::Attribute(a) => vec![a.clone()],
-            // "1.1": no attributes (RFC 4511 4.5.1.8), only the DN.
-            GroupLookup::Search { .. } => vec!["1.1".to_owned()],
-        };
+        let mut attrs = vec![self.cfg.user_attribute.clone()];
+        if let GroupLookup::Attribute(a) = &self.cfg.groups {
+            attrs.push(a.clone());
+        }
         let base = self.cfg.user_base.clone();
         let (entries, result) = self
             .op(lease, LdapOp::Search, |ldap, t| {
@@ -275,7 +295,14 @@ impl Directory {
             )));
         }
         Ok(match entries.into_iter().next() {
-            Some(e) => Found::One(SearchEntry::construct(e)),
+            Some(e) => {
+                let e = SearchEntry::construct(e);
+                if spelled_as(&e, &self.cfg.user_attribute, user) {
+                    Found::One(e)
+                } else {
+                    Found::Respelled
+                }
+            }
             None => Found::None,
         })
     }
@@ -546,6 +573,7 @@ mod tests {
             bind_password: SecretSource::Env(pw_env.into()),
             user_base: "dc=example,dc=org".into(),
             user_filter: "(uid={user})".into(),
+            user_attribute: "uid".into(),
             groups: GroupLookup::Attribute("memberOf".into()),
             group_name_attribute: "cn".into(),
             connect_timeout: Duration::from_millis(200),
