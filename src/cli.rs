@@ -1,5 +1,5 @@
 //! Command line: `serve`, `check`, `explain`, `hash-password`,
-//! `user add|passwd|del|list|import-htpasswd`, `token create|list|revoke` (in `token.rs`)
+//! `user add|passwd|del|list|import-htpasswd`, `token create|list|revoke|delete` (in `token.rs`)
 //! and `audit verify|show|keygen`.
 //! Parses arguments, runs the command and maps failures to exit codes
 //! (64: bad configuration or usage, 69: cannot serve, 1: other failures).

@@ -189,19 +189,11 @@ pub(super) fn command(
             )
         }
         TokenAction::Revoke { name, owner } => {
-            let stamp = at::format_time(now);
-            let mut revoked = Vec::new();
-            for t in &mut file.tokens {
-                let hit = match (&name, &owner) {
-                    (Some(n), _) => t.name == *n,
-                    (None, Some(o)) => t.owner == *o,
-                    (None, None) => false,
-                };
-                if hit && t.revoked.is_none() {
-                    t.revoked = Some(stamp.clone());
-                    revoked.push(t.name.clone());
-                }
-            }
+            let revoked = revoke(&mut file, now, |t| match (&name, &owner) {
+                (Some(n), _) => t.name == *n,
+                (None, Some(o)) => t.owner == *o,
+                (None, None) => false,
+            });
             if let Some(n) = &name {
                 if !file.tokens.iter().any(|t| t.name == *n) {
                     return Err(format!("{}: no token {n:?}", p.file.display()));
@@ -276,18 +268,25 @@ pub(super) fn revoke_owner(tokens_file: &Path, owner: &str) -> Result<Vec<String
     let edit =
         crate::edit::lock(tokens_file).map_err(|e| format!("{}: {e}", tokens_file.display()))?;
     let mut file = read(tokens_file, edit.read_to_string(), true)?;
-    let stamp = at::format_time(crate::auth::unix_now());
-    let mut revoked = Vec::new();
-    for t in &mut file.tokens {
-        if t.owner == owner && t.revoked.is_none() {
-            t.revoked = Some(stamp.clone());
-            revoked.push(t.name.clone());
-        }
-    }
+    let revoked = revoke(&mut file, crate::auth::unix_now(), |t| t.owner == owner);
     if !revoked.is_empty() {
         at::save(&edit, &file).map_err(|e| e.to_string())?;
     }
     Ok(revoked)
+}
+
+/// Marks the tokens `which` selects revoked at `now` (those not revoked yet); returns
+/// their names.
+fn revoke(file: &mut TokenFile, now: u64, which: impl Fn(&TokenEntry) -> bool) -> Vec<String> {
+    let stamp = at::format_time(now);
+    let mut revoked = Vec::new();
+    for t in &mut file.tokens {
+        if which(t) && t.revoked.is_none() {
+            t.revoked = Some(stamp.clone());
+            revoked.push(t.name.clone());
+        }
+    }
+    revoked
 }
 
 /// The tokens file `path` (read as `text`), parsed and checked as loading checks it; a
