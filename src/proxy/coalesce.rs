@@ -9,11 +9,14 @@
 //!
 //! - no round in flight for the key: a round starts now, with this caller's job;
 //! - a round in flight: the caller joins the *next* round (creating it with its job if it
-//!   is the first to queue), which starts as soon as the one in flight ends.
+//!   is the first to queue), which starts when the one in flight ends and as many callers
+//!   as it served have queued, or at most as long as that round took (and [`GATHER`])
+//!   later (see `gather`).
 //!
-//! So every caller waits for at most the rest of one round and one whole round, and one
-//! round answers every caller that queued while the previous one ran (with 8 clients
-//! deleting in one repository: about 8 deletes per snapshot).
+//! So every caller waits for at most the rest of one round and two rounds' time,
+//! and one round answers every caller that queued while the previous one ran or came
+//! back right after it (with 8 clients deleting in one repository: 8 deletes per
+//! snapshot).
 //!
 //! # Why that is as true as a lookup of one's own (linearizability)
 //!
@@ -54,7 +57,13 @@ use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::watch;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+/// How long, at most, a round waits after the previous one for as many callers as that
+/// one served (see `gather`); below it, as long as the previous round took.
+pub const GATHER: Duration = Duration::from_millis(100);
 
 type Job<T> = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = T> + Send>> + Send>;
 
@@ -64,10 +73,12 @@ struct Round<T> {
     job: Job<T>,
 }
 
-/// A key's state; present exactly while a round of it is in flight.
+/// A key's state; present exactly while a round of it is in flight or gathering.
 struct Entry<T> {
     /// The round callers arriving now join: it starts when the one in flight ends.
     next: Option<Round<T>>,
+    /// Woken when a caller queues for `next` (the driver gathers callers; see `drive`).
+    queued: Arc<Notify>,
 }
 
 type Map<K, T> = Arc<Mutex<HashMap<K, Entry<T>>>>;
@@ -81,12 +92,15 @@ pub struct Abandoned;
 /// Rounds per key (see the module documentation).
 pub struct Coalescer<K, T> {
     map: Map<K, T>,
+    /// A fixed gathering window for a test, instead of the last round's time.
+    fixed_window: Option<Duration>,
 }
 
 impl<K, T> Default for Coalescer<K, T> {
     fn default() -> Self {
         Coalescer {
             map: Arc::default(),
+            fixed_window: None,
         }
     }
 }
@@ -107,7 +121,7 @@ fn lock<K, T>(map: &Map<K, T>) -> MutexGuard<'_, HashMap<K, Entry<T>>> {
 
 impl<K, T> Coalescer<K, T>
 where
-    K: Eq + Hash + Clone + Send + 'static,
+    K: Eq + Hash + Clone + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
 {
     /// The answer of a round of `key` that starts after this call: a new one running
@@ -124,22 +138,38 @@ where
             match map.get_mut(&key) {
                 None => {
                     let (answer, rx) = watch::channel(None);
-                    map.insert(key.clone(), Entry { next: None });
-                    tokio::spawn(drive(self.map.clone(), key, Round { answer, job }));
+                    let queued = Arc::new(Notify::new());
+                    map.insert(key.clone(), Entry { next: None, queued });
+                    let first = Round { answer, job };
+                    tokio::spawn(drive(self.map.clone(), key, first, self.fixed_window));
                     rx
                 }
-                Some(Entry {
-                    next: Some(round), ..
-                }) => round.answer.subscribe(),
                 Some(entry) => {
-                    let (answer, rx) = watch::channel(None);
-                    entry.next = Some(Round { answer, job });
+                    let rx = match &entry.next {
+                        Some(round) => round.answer.subscribe(),
+                        None => {
+                            let (answer, rx) = watch::channel(None);
+                            entry.next = Some(Round { answer, job });
+                            rx
+                        }
+                    };
+                    entry.queued.notify_one();
                     rx
                 }
             }
         };
         let answer = rx.wait_for(Option::is_some).await.map_err(|_| Abandoned)?;
         answer.clone().ok_or(Abandoned)
+    }
+
+    /// A coalescer whose rounds gather callers for at most `window`, whatever the
+    /// rounds take.
+    #[cfg(test)]
+    fn with_gather(window: Duration) -> Self {
+        Coalescer {
+            map: Arc::default(),
+            fixed_window: Some(window),
+        }
     }
 
     /// Keys with a round in flight (idle keys are removed).
@@ -175,9 +205,9 @@ impl<K: Eq + Hash, T> Drop for Cleanup<K, T> {
 }
 
 /// Runs the key's rounds one after the other until none is queued.
-async fn drive<K, T>(map: Map<K, T>, key: K, first: Round<T>)
+async fn drive<K, T>(map: Map<K, T>, key: K, first: Round<T>, fixed_window: Option<Duration>)
 where
-    K: Eq + Hash + Clone + Send + 'static,
+    K: Eq + Hash + Clone + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
 {
     let mut cleanup = Cleanup {
@@ -187,24 +217,62 @@ where
     };
     let mut round = first;
     loop {
+        // The callers of this round, counted as it starts: how many the next one gathers.
+        let served = round.answer.receiver_count();
+        let began = Instant::now();
         // A task of its own: a panic in the job reaches no one but this round's
         // callers, who see the sender dropped (`Abandoned`).
         if let Ok(answer) = tokio::spawn((round.job)()).await {
             round.answer.send_replace(Some(answer));
         }
         drop(round.answer);
-        let mut entries = lock(&map);
-        let next = entries.get_mut(&key).and_then(|e| e.next.take());
-        match next {
-            Some(next) if next.answer.receiver_count() > 0 => round = next,
-            // Nothing queued, or every caller of the next round went away: idle. Removed
-            // under the lock a joiner takes, so no one queues on a removed entry.
-            _ => {
-                entries.remove(&key);
+        let window = fixed_window.unwrap_or_else(|| began.elapsed().min(GATHER));
+        match gather(&map, &key, served, window).await {
+            Some(next) => round = next,
+            None => {
                 cleanup.armed = false;
                 return;
             }
         }
+    }
+}
+
+/// The round to run after one that served `served` callers: the queued one, as soon as
+/// at least as many callers have queued for it, or `window` after the last round
+/// ended, whichever comes first. The callers answered by a round come back together
+/// (their next deletes): without gathering, the first of them would start a round alone
+/// and the others would queue for the one after, each caller getting one answer per two
+/// rounds. Gathering delays no caller while callers keep coming back at the same rate
+/// (one caller: its round starts as it queues), and at most `window` otherwise: the
+/// time the last round took, up to [`GATHER`], so a late caller waits at most about one
+/// round more, whatever rounds cost.
+///
+/// `None` when nobody waits at the end: the key's entry is removed, under the lock a
+/// joiner takes, so no one queues on a removed entry (a round whose callers all went
+/// away is not run).
+async fn gather<K, T>(map: &Map<K, T>, key: &K, served: usize, window: Duration) -> Option<Round<T>>
+where
+    K: Eq + Hash,
+{
+    let deadline = Instant::now() + window;
+    loop {
+        let queued = {
+            let mut entries = lock(map);
+            let entry = entries.get_mut(key)?;
+            let waiting = entry.next.as_ref().map_or(0, |r| r.answer.receiver_count());
+            if waiting >= served.max(1) || Instant::now() >= deadline {
+                return match entry.next.take() {
+                    Some(next) if waiting > 0 => Some(next),
+                    _ => {
+                        entries.remove(key);
+                        None
+                    }
+                };
+            }
+            entry.queued.clone()
+        };
+        // A caller queueing between the check and here leaves a permit: no lost wake-up.
+        let _ = tokio::time::timeout_at(deadline, queued.notified()).await;
     }
 }
 
@@ -248,13 +316,14 @@ mod tests {
         tokio::spawn(async move { c.join(key, job).await })
     }
 
-    /// Lets spawned tasks run until `cond` holds (no timing: yields, bounded).
+    /// Lets spawned tasks (and gathering windows) run until `cond` holds: polled every
+    /// millisecond, bounded at 10 s.
     async fn until(cond: impl Fn() -> bool) {
         for _ in 0..10_000 {
             if cond() {
                 return;
             }
-            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         panic!("condition not reached");
     }
@@ -412,5 +481,63 @@ mod tests {
         until(|| fake.started() == 2).await;
         fake.gate.notify_one();
         assert_eq!(again.await.unwrap().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_round_gathers_as_many_callers_as_the_last_one_served() {
+        // A window no test step outlasts: the round starts on the fourth caller.
+        let c = Arc::new(Coalescer::with_gather(Duration::from_secs(3600)));
+        let fake = Fake::default();
+        let first = call(&c, "repo", &fake);
+        until(|| fake.started() == 1).await;
+        let four: Vec<_> = (0..4).map(|_| call(&c, "repo", &fake)).collect();
+        until(|| c.queued(&"repo") == 4).await;
+        fake.gate.notify_one(); // round 1 ends; round 2 (4 callers) starts at once
+        until(|| fake.started() == 2).await;
+        fake.gate.notify_one(); // round 2 ends
+        for a in four {
+            assert_eq!(a.await.unwrap().unwrap(), 2);
+        }
+        // Its four callers come back one by one, within the window: round 3 waits for
+        // all four instead of starting with the first.
+        let mut back = Vec::new();
+        for i in 0..3 {
+            back.push(call(&c, "repo", &fake));
+            until(|| c.queued(&"repo") == i + 1).await;
+            assert_eq!(fake.started(), 2, "round 3 waits for the fourth caller");
+        }
+        back.push(call(&c, "repo", &fake));
+        until(|| fake.started() == 3).await;
+        assert_eq!(c.queued(&"repo"), 0, "the four are in round 3");
+        fake.gate.notify_one();
+        for b in back {
+            assert_eq!(b.await.unwrap().unwrap(), 3);
+        }
+        assert_eq!(first.await.unwrap().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_round_starts_after_gather_with_fewer_callers() {
+        let window = Duration::from_millis(200);
+        let c = Arc::new(Coalescer::with_gather(window));
+        let fake = Fake::default();
+        let first = call(&c, "repo", &fake);
+        until(|| fake.started() == 1).await;
+        let three: Vec<_> = (0..3).map(|_| call(&c, "repo", &fake)).collect();
+        until(|| c.queued(&"repo") == 3).await;
+        fake.gate.notify_one();
+        until(|| fake.started() == 2).await;
+        let t = Instant::now();
+        fake.gate.notify_one();
+        // One caller of three comes back: its round starts once the window has passed.
+        let alone = call(&c, "repo", &fake);
+        until(|| fake.started() == 3).await;
+        assert!(t.elapsed() >= window, "waited for the others first");
+        fake.gate.notify_one();
+        assert_eq!(alone.await.unwrap().unwrap(), 3);
+        for a in three {
+            assert_eq!(a.await.unwrap().unwrap(), 2);
+        }
+        assert_eq!(first.await.unwrap().unwrap(), 1);
     }
 }
