@@ -349,7 +349,7 @@ fn challenge_for(state: &State, snap: &Snapshot, parts: &http::request::Parts) -
             .get(header::USER_AGENT)
             .map(HeaderValue::as_bytes),
         &snap.realm,
-        || public_origin(state, snap, parts).origin,
+        || public_origin(state, snap, parts).into_owned().origin,
     )
 }
 
@@ -1140,32 +1140,49 @@ async fn forward(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (state, snap) = (&ctx.state, &ctx.snap);
     let (route, query) = (&ctx.route, permit.query.as_deref());
-    let mut parts = ctx.parts.clone();
-    let public = public_origin(state, snap, &parts);
-    let public_host = Some(public.host.as_str());
+    let public = public_origin(state, snap, &ctx.parts);
     let path_and_query = match query {
         // A query the permit stage rewrote (never empty-with-`?`).
-        Some("") => parts.uri.path().to_owned(),
-        Some(q) => format!("{}?{q}", parts.uri.path()),
-        None => parts
+        Some("") => ctx.parts.uri.path().parse(),
+        Some(q) => format!("{}?{q}", ctx.parts.uri.path()).parse(),
+        // The client's own, byte for byte (a cheap clone of its bytes).
+        None => Ok(ctx
+            .parts
             .uri
             .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned(),
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))),
+    }
+    .map_err(|e| ProxyError::internal("cannot build the upstream URI", e))?;
+    // The upstream request is built, not cloned from the client's and then pruned: one
+    // pass over the client's headers. GET, HEAD, DELETE and POST send no client body
+    // (see below), so none of its framing or type either.
+    let bodiless = !matches!(route.method, Method::PUT | Method::PATCH);
+    let drop: &[header::HeaderName] = if bodiless {
+        &[
+            header::CONTENT_TYPE,
+            header::CONTENT_LENGTH,
+            header::TRANSFER_ENCODING,
+        ]
+    } else {
+        &[]
     };
-    parts.uri = snap.upstream.uri(&path_and_query)?;
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = ctx.parts.method.clone();
+    parts.uri = snap.upstream.uri_with(path_and_query)?;
     parts.version = Version::HTTP_11;
-    headers::forward_request(
-        &mut parts.headers,
+    parts.headers = headers::forwarded_request(
+        &ctx.parts.headers,
         &ForwardContext {
             client_ip: ctx.client,
             proto: state.scheme.as_str(),
-            public_host,
+            public_host: Some(public.host.as_str()),
         },
+        drop,
     );
 
     let limit = snap.max_manifest_bytes;
-    let body = if !matches!(route.method, Method::PUT | Method::PATCH) {
+    let body = if bodiless {
         // No client body reaches the upstream, and no type it could parse a form from:
         // GET, HEAD and DELETE have none (an announced one was refused before); an upload
         // start's is read to its end to check it is empty (a chunked one announces no
@@ -1173,14 +1190,7 @@ async fn forward(
         if matches!(route.target, Target::UploadStart { .. }) {
             ensure_empty(body).await?;
         } else {
-            drop(body);
-        }
-        for h in [
-            header::CONTENT_TYPE,
-            header::CONTENT_LENGTH,
-            header::TRANSFER_ENCODING,
-        ] {
-            parts.headers.remove(h);
+            std::mem::drop(body);
         }
         if route.method == Method::POST {
             parts
@@ -1307,9 +1317,13 @@ async fn drain(hint: &DrainHint, mut body: Incoming, max_bytes: u64) -> bool {
 
 /// The origin clients used: the configured one, else the request's own authority (h2) or
 /// Host (h1) when it is a plausible host, else the listening address.
-fn public_origin(state: &State, snap: &Snapshot, parts: &http::request::Parts) -> PublicOrigin {
+fn public_origin<'a>(
+    state: &State,
+    snap: &'a Snapshot,
+    parts: &http::request::Parts,
+) -> std::borrow::Cow<'a, PublicOrigin> {
     if let Some(o) = &snap.public_origin {
-        return o.clone();
+        return std::borrow::Cow::Borrowed(o);
     }
     let host = parts
         .uri
@@ -1322,10 +1336,10 @@ fn public_origin(state: &State, snap: &Snapshot, parts: &http::request::Parts) -
                 .and_then(|v| v.to_str().ok())
         })
         .filter(|h| is_plausible_host(h));
-    match host {
+    std::borrow::Cow::Owned(match host {
         Some(h) => PublicOrigin::new(state.scheme, h),
         None => PublicOrigin::new(state.scheme, &state.local_addr.to_string()),
-    }
+    })
 }
 
 fn is_plausible_host(h: &str) -> bool {

@@ -261,7 +261,11 @@ impl AccessRecord {
             metrics,
             request_id,
             method,
-            path: path.chars().take(512).collect(),
+            path: if path.len() <= 512 {
+                path.to_owned()
+            } else {
+                path.chars().take(512).collect()
+            },
             client,
             route: "none",
             repo: None,

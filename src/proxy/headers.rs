@@ -17,34 +17,44 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers meaningful for one connection only (RFC 9110 §7.6.1), never forwarded.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-];
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authenticate"
+    )
+}
 
 /// Response headers meant for the proxy alone: the upstream's challenge (a `Bearer`
 /// realm, service and scope) would send clients to the upstream's token service.
-const UPSTREAM_ONLY: [&str; 1] = ["www-authenticate"];
+const UPSTREAM_ONLY: [HeaderName; 1] = [header::WWW_AUTHENTICATE];
 
 /// Request headers the proxy owns: dropped from the client's request.
-const CLIENT_SET_DROPPED: [&str; 10] = [
-    "authorization",
-    "proxy-authorization",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "x-real-ip",
-    "host",
-    "expect",
-];
+fn is_client_set_dropped(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "authorization"
+            | "proxy-authorization"
+            | "forwarded"
+            | "x-forwarded-for"
+            | "x-forwarded-host"
+            | "x-forwarded-proto"
+            | "x-forwarded-port"
+            | "x-real-ip"
+            | "host"
+            | "expect"
+    )
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// What the proxy knows about the request that the headers it adds carry.
 #[derive(Debug, Clone)]
@@ -57,37 +67,67 @@ pub struct ForwardContext<'a> {
     pub public_host: Option<&'a str>,
 }
 
-/// Removes hop-by-hop headers, including those named by `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+/// The header names `Connection` lists (hop-by-hop too); none in almost every request.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
+        .collect()
+}
+
+/// Removes hop-by-hop headers, including those named by `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in connection_named(headers) {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    for name in present {
         headers.remove(name);
     }
 }
 
-/// Rewrites the client's request headers, in place, into the upstream request's.
-pub fn forward_request(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
-    strip_hop_by_hop(headers);
-    for name in CLIENT_SET_DROPPED {
-        headers.remove(name);
+/// The upstream request's headers from the client's, in one pass: every header but the
+/// hop-by-hop ones (and those `Connection` names), the ones the proxy owns, and `drop`
+/// (what the request's method sends no body with); then the proxy's `X-Forwarded-*`.
+pub fn forwarded_request(
+    client: &HeaderMap,
+    ctx: &ForwardContext<'_>,
+    drop: &[HeaderName],
+) -> HeaderMap {
+    let named = connection_named(client);
+    let mut out = HeaderMap::with_capacity(client.len() + 3);
+    for (name, value) in client {
+        if is_hop_by_hop(name)
+            || is_client_set_dropped(name)
+            || drop.contains(name)
+            || named.contains(name)
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
     }
     let ip = ctx.client_ip.to_canonical().to_string();
     if let Ok(v) = HeaderValue::from_str(&ip) {
-        headers.insert("x-forwarded-for", v);
+        out.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(ctx.proto));
+    out.insert(X_FORWARDED_PROTO, HeaderValue::from_static(ctx.proto));
     if let Some(h) = ctx.public_host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        headers.insert("x-forwarded-host", h);
+        out.insert(X_FORWARDED_HOST, h);
     }
+    out
+}
+
+/// Rewrites the client's request headers, in place, into the upstream request's
+/// ([`forwarded_request`] with nothing more dropped).
+pub fn forward_request(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
+    *headers = forwarded_request(headers, ctx, &[]);
 }
 
 /// Rewrites the upstream's response headers, in place, into the client response's.

@@ -98,7 +98,9 @@ impl Body for Tracked {
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, RequestBody>,
     scheme: UpstreamScheme,
-    authority: String,
+    /// The scheme and authority of every upstream URI, parsed once.
+    uri_scheme: http::uri::Scheme,
+    uri_authority: http::uri::Authority,
     /// Normalised `scheme://host:port`, for recognising its own `Location`s.
     pub origin: String,
     /// The proxy's credentials (`Basic ...`, sensitive, never logged) and what it
@@ -255,7 +257,12 @@ impl Upstream {
             settings_id: id.finish().as_ref().to_vec(),
             client,
             scheme: cfg.scheme,
-            authority: cfg.authority.clone(),
+            uri_scheme: cfg.scheme.as_str().parse().map_err(|_| {
+                ConfigError::new("upstream.url", "the scheme cannot be part of a URI")
+            })?,
+            uri_authority: cfg.authority.parse().map_err(|_| {
+                ConfigError::new("upstream.url", "the host and port cannot be part of a URI")
+            })?,
             origin: cfg.origin.clone(),
             tokens: Tokens::new(cfg.credentials.as_ref().map(|c| c.username.clone()), basic),
             response_header_timeout: cfg.response_header_timeout,
@@ -272,12 +279,19 @@ impl Upstream {
 
     /// The upstream URI for a request's path and query, kept byte for byte.
     pub fn uri(&self, path_and_query: &str) -> Result<Uri, ProxyError> {
-        Uri::builder()
-            .scheme(self.scheme.as_str())
-            .authority(self.authority.as_str())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| ProxyError::internal("cannot build the upstream URI", e))
+        let p = path_and_query
+            .parse()
+            .map_err(|e| ProxyError::internal("cannot build the upstream URI", e))?;
+        self.uri_with(p)
+    }
+
+    /// [`Upstream::uri`] for a path and query already parsed (the client's own, reused).
+    pub fn uri_with(&self, path_and_query: http::uri::PathAndQuery) -> Result<Uri, ProxyError> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.uri_scheme.clone());
+        parts.authority = Some(self.uri_authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).map_err(|e| ProxyError::internal("cannot build the upstream URI", e))
     }
 
     /// Sends a request with the proxy's own authentication and waits for the response
