@@ -34,7 +34,7 @@
 //! key) is also kept in `.<name>.last`, rewritten after every batch, so a restart after
 //! a rotation continues the chain from where it really ended.
 
-use super::access::{AccessQueue, Logins, Offer};
+use super::access::{AccessQueue, Logins, Offer, PerMinute};
 use super::key::{self, KeyError};
 use super::record::{
     line_hash, now_rfc3339, Chain, Entry, Event, Phase, Position, Record, GENESIS,
@@ -74,6 +74,9 @@ pub struct AuditSettings {
     pub queue: usize,
     /// A successful login of a user from an address is recorded once in this long.
     pub login_window: Duration,
+    /// Failed logins recorded per minute across all addresses; the rest are counted
+    /// into a `dropped_summary` (`audit.max_failed_logins_per_minute`).
+    pub max_failed_logins_per_minute: u32,
     /// Also send every record to this syslog collector (`audit.syslog`).
     pub syslog: Option<super::syslog::SyslogSettings>,
 }
@@ -926,8 +929,7 @@ struct Denials {
 }
 
 struct Bucket {
-    tokens: f64,
-    at: Instant,
+    rate: PerMinute,
     /// Denials counted but not yet in any record on disk.
     dropped: u64,
     /// The window's first suppressed denial (the start of the window), and its last.
@@ -953,28 +955,17 @@ enum Admit {
 const SUMMARY_WINDOW: Duration = Duration::from_secs(60);
 
 impl Denials {
-    fn refill(&self, b: &mut Bucket, now: Instant) {
-        let cap = f64::from(self.per_minute);
-        let gained = now.saturating_duration_since(b.at).as_secs_f64() * cap / 60.0;
-        b.tokens = (b.tokens + gained).min(cap);
-        b.at = now;
-    }
-
     /// What becomes of `user`'s denial at `now` (record time `time`).
     fn admit(&mut self, user: &str, now: Instant, time: &str) -> Admit {
-        let cap = f64::from(self.per_minute);
         let per_minute = self.per_minute;
         let mut b = self.users.remove(user).unwrap_or(Bucket {
-            tokens: cap,
-            at: now,
+            rate: PerMinute::full(per_minute, now),
             dropped: 0,
             first: None,
             last: None,
             announced: false,
         });
-        self.refill(&mut b, now);
-        let admit = if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        let admit = if b.rate.take(per_minute, now) {
             Admit::Write
         } else {
             b.first.get_or_insert_with(|| (now, time.to_owned()));
@@ -1023,7 +1014,7 @@ impl Denials {
             let Some(mut b) = self.users.remove(&user) else {
                 continue;
             };
-            self.refill(&mut b, now);
+            let full = b.rate.is_full(per_minute, now);
             let ripe = b
                 .first
                 .as_ref()
@@ -1047,7 +1038,7 @@ impl Denials {
                 e.last = Some(last.clone());
                 out.push(e);
             }
-            if b.dropped > 0 || b.first.is_some() || b.tokens < f64::from(per_minute) {
+            if b.dropped > 0 || b.first.is_some() || !full {
                 self.users.insert(user, b);
             }
         }
@@ -1056,7 +1047,7 @@ impl Denials {
 
     /// `summaries` (from [`Denials::due`]) are on disk: their counts end their windows.
     fn settle(&mut self, summaries: &[Entry]) {
-        let cap = f64::from(self.per_minute);
+        let per_minute = self.per_minute;
         for s in summaries {
             let Entry::Event(e) = s else { continue };
             let (Some(user), Some(count)) = (&e.user, e.count) else {
@@ -1067,7 +1058,7 @@ impl Denials {
             };
             b.dropped = b.dropped.saturating_sub(count);
             (b.first, b.last, b.announced) = (None, None, false);
-            if b.dropped == 0 && b.tokens >= cap {
+            if b.dropped == 0 && b.rate.was_full(per_minute) {
                 self.users.remove(user);
             }
         }
@@ -1098,7 +1089,10 @@ impl AuditLog {
         tracing::info!(file = %writer.settings.file.display(), position = %writer.position(), "audit chain continues from here");
         let (tx, mut rx) = mpsc::channel::<Msg>(1024);
         let weak = tx.downgrade();
-        let access = Arc::new(AccessQueue::new(writer.settings.queue));
+        let access = Arc::new(AccessQueue::new(
+            writer.settings.queue,
+            writer.settings.max_failed_logins_per_minute,
+        ));
         let logins = Arc::new(Logins::new(writer.settings.login_window));
         let metrics = writer.metrics.clone();
         let queue = access.clone();
@@ -1150,7 +1144,7 @@ impl AuditLog {
                     let kinds: Vec<_> = events.iter().map(|r| r.target.kind()).collect();
                     let dropped = queue.summaries();
                     entries.extend(events.into_iter().map(Entry::Request));
-                    entries.extend(dropped.iter().cloned().map(Entry::Event));
+                    entries.extend(dropped.events.iter().cloned().map(Entry::Event));
                     if !entries.is_empty() {
                         let n = entries.len();
                         let result = writer.write_batch(entries, false);
@@ -1203,7 +1197,7 @@ impl AuditLog {
     /// Deletes never come here: [`AuditLog::write`].
     pub fn event(&self, record: Record) {
         let kind = record.target.kind();
-        match self.access.offer(record) {
+        match self.access.offer(record, Instant::now()) {
             Offer::QueuedFirst => {
                 // A full channel means the writer is busy and takes the queue next anyway.
                 let _ = self.tx.try_send(Msg::Wake);
@@ -1273,6 +1267,7 @@ mod tests {
             min_free_bytes: 0,
             queue: 16,
             login_window: Duration::from_secs(60),
+            max_failed_logins_per_minute: 600,
             syslog: None,
         }
     }
