@@ -36,6 +36,7 @@
 
 use super::access::{AccessQueue, Logins, Offer, PerMinute};
 use super::key::{self, KeyError};
+use super::lock::Lock;
 use super::record::{
     line_hash, now_rfc3339, Chain, Entry, Event, Phase, Position, Record, GENESIS,
 };
@@ -88,6 +89,9 @@ pub enum StartError {
     Key(#[from] KeyError),
     #[error("{0}")]
     File(String),
+    /// Another process holds the audit file's lock (see `lock`).
+    #[error("{0}")]
+    Locked(String),
     #[error("{0}")]
     Syslog(String),
 }
@@ -97,7 +101,7 @@ impl StartError {
     pub fn config_key(&self) -> &'static str {
         match self {
             StartError::Key(_) => "audit.key_file",
-            StartError::File(_) => "audit.file",
+            StartError::File(_) | StartError::Locked(_) => "audit.file",
             StartError::Syslog(_) => "audit.syslog",
         }
     }
@@ -227,6 +231,8 @@ struct Writer {
     wrap: Option<Wrap>,
     /// The syslog sink, if configured: records once their batch is on disk.
     syslog: Option<super::syslog::Syslog>,
+    /// The audit file's lock, held as long as the writer lives (see `lock`).
+    lock: Lock,
 }
 
 /// The default instance id: the host name (uname's nodename), as replicas usually run
@@ -529,6 +535,8 @@ impl Writer {
         let path = settings.file.clone();
         let shown = path.display().to_string();
         let err = |what: String| StartError::File(format!("{shown}: {what}"));
+        // Before anything is read or cut: another writer may be appending.
+        let lock = Lock::take(&path).map_err(StartError::Locked)?;
         let mut f = OpenOptions::new()
             .read(true)
             .append(true)
@@ -579,6 +587,7 @@ impl Writer {
             metrics,
             wrap: None,
             syslog: None,
+            lock,
         };
         writer.denials.per_minute = writer.settings.max_denials_per_minute;
         writer.check_disk();
@@ -634,6 +643,12 @@ impl Writer {
             w.metrics.audit_write_failures.inc();
             e
         };
+        if let Err(e) = self.lock.keep() {
+            return Err(fail(
+                self,
+                WriteError::file("lock", &file, io::Error::other(e)),
+            ));
+        }
         let mut f = match self.open_file() {
             Ok(f) => f,
             Err(e) => return Err(fail(self, WriteError::file("open", &file, e))),
@@ -1239,6 +1254,23 @@ impl AuditLog {
         let _ = self.send(Msg::Close).await;
     }
 
+    /// [`AuditLog::close`] for a thread outside the runtime (the shutdown watchdog, when
+    /// the runtime may be what hangs): waits at most `limit`; whether it was done.
+    pub fn close_within(&self, limit: Duration) -> bool {
+        let (ack, done) = oneshot::channel();
+        if self.tx.try_send(Msg::Close(ack)).is_err() {
+            return false;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        // A thread of its own: the writer may be the one that hangs (a stuck fsync).
+        let waiter = std::thread::Builder::new()
+            .name("audit-close".into())
+            .spawn(move || {
+                let _ = tx.send(done.blocking_recv());
+            });
+        waiter.is_ok() && matches!(rx.recv_timeout(limit), Ok(Ok(Ok(()))))
+    }
+
     /// Asks the writer to start a new file on its next write (after logrotate moved it).
     pub async fn reopen(&self) {
         let _ = self.tx.send(Msg::Reopen).await;
@@ -1316,6 +1348,43 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let (w, first) = Writer::open(settings(dir), Chain::keyed(KEY), metrics.clone()).unwrap();
         (w, first, metrics)
+    }
+
+    /// F4: one writer per audit file. A second writer of the same file does not start
+    /// (naming the lock file and saying another process holds it); a writer whose lock
+    /// file was removed and taken by another writes nothing more; the first one's chain
+    /// still verifies.
+    #[test]
+    fn one_writer_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _, _) = open(dir.path());
+        w.write_batch(vec![record("bob", "r1")], false).unwrap();
+        let second = Writer::open(
+            settings(dir.path()),
+            Chain::keyed(KEY),
+            Arc::new(Metrics::default()),
+        );
+        let e = second.err().expect("a second writer started");
+        assert!(matches!(e, StartError::Locked(_)), "{e}");
+        assert_eq!(e.config_key(), "audit.file");
+        let e = e.to_string();
+        assert!(
+            e.contains(".audit.jsonl.lock") && e.contains("another process"),
+            "{e}"
+        );
+        w.write_batch(vec![record("bob", "r2")], false).unwrap();
+        std::fs::remove_file(super::super::lock::lock_path(&w.settings.file)).unwrap();
+        let other = Lock::take(&w.settings.file).unwrap();
+        let e = w
+            .write_batch(vec![record("bob", "r3")], false)
+            .expect_err("written without the lock")
+            .to_string();
+        assert!(e.contains("cannot lock the audit file"), "{e}");
+        drop(other);
+        // The lock file is free again: the writer takes it and goes on.
+        w.write_batch(vec![record("bob", "r4")], false).unwrap();
+        let r = check(&w.settings.file);
+        assert_eq!((r.records, r.broken), (3, None));
     }
 
     fn check(path: &Path) -> Report {
@@ -1517,6 +1586,7 @@ mod tests {
         std::fs::rename(&path, dir.path().join("old.jsonl")).unwrap();
         let (w, _, _) = open(dir.path());
         assert_eq!(w.seq, 2, "the sidecar's position was not taken");
+        drop(w); // its lock: one writer per file
         let side = sidecar(&path);
         let text = std::fs::read_to_string(&side).unwrap();
         std::fs::write(&side, text.replacen("2 ", "1 ", 1)).unwrap();
