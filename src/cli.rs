@@ -1544,7 +1544,7 @@ fn print_report(
     );
     println!("repairs: {}", r.repairs);
     println!(
-        "access events: {} pulls, {} logins, {} failed logins, {} dropped by a full queue",
+        "access events: {} pulls, {} logins, {} failed logins, {} dropped",
         r.pulls, r.logins, r.failed_logins, r.dropped
     );
     if r.chain_heads > 0 {

@@ -2,9 +2,9 @@
 //! unauthenticated connections, TLS handshake (with a deadline), one HTTP/1.1 or HTTP/2
 //! connection per socket chosen by ALPN, a watchdog for idle connections and slow request
 //! heads, and a graceful drain on shutdown (stop accepting, let in-flight requests finish
-//! up to `limits.shutdown_grace`, then close what is left). Once a shutdown starts, a
-//! watchdog thread ends the process `shutdown_grace` + [`SHUTDOWN_MARGIN`] later whatever
-//! hangs (a stuck write, a blocked thread the runtime would wait for at exit).
+//! up to `limits.shutdown_grace`, then close what is left). From the first SIGTERM or
+//! SIGINT, a watchdog thread ends the process `shutdown_grace` + [`SHUTDOWN_MARGIN`] later
+//! whatever hangs (a stuck write, a blocked thread the runtime would wait for at exit).
 //!
 //! Idleness is counted in requests, never in bytes (see [`ConnActivity`]): a connection
 //! with no request open for `idle_timeout` is closed, whatever PINGs or other protocol
@@ -227,6 +227,7 @@ impl Server {
                 state.clone(),
             ));
         }
+        shutdown_watchdog(limits.shutdown_grace, state.audit_log.clone());
         match config_path {
             Some(path) => tokio::spawn(crate::reload::watch(path, config, state.clone())),
             None => tokio::spawn(reopen_on_hangup(state.clone())),
@@ -347,7 +348,6 @@ impl Server {
         }
         drop(listener);
         drop(stop_rx);
-        shutdown_watchdog(limits.shutdown_grace, state.audit_log.clone());
         tracing::info!(grace = ?limits.shutdown_grace, "shutting down: draining connections");
         let _ = stop_tx.send(true);
         if tokio::time::timeout(limits.shutdown_grace, stop_tx.closed())
@@ -372,17 +372,31 @@ pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(10);
 /// How long the watchdog waits for the audit writer's last records before it exits.
 const WATCHDOG_FLUSH: Duration = Duration::from_secs(2);
 
-/// Ends the process `grace` + [`SHUTDOWN_MARGIN`] from now unless it has exited by then:
-/// a drain bounded by `grace` must not become an exit bounded by nothing (a file read
-/// that never returns, a write stuck on a dead disk: the runtime waits for its threads
-/// at exit). A thread of its own, outside the runtime that may be what hangs. It asks the
-/// audit writer for its last records (waiting at most [`WATCHDOG_FLUSH`]), says why in
-/// the log, and exits with [`crate::cli::EXIT_SHUTDOWN_HUNG`].
+/// Ends the process `grace` + [`SHUTDOWN_MARGIN`] after the first SIGTERM or SIGINT
+/// unless it has exited by then: a drain bounded by `grace` must not become an exit
+/// bounded by nothing (a file read that never returns, a write stuck on a dead disk: the
+/// runtime waits for its threads at exit, and a runtime thread that hangs can keep tokio
+/// from even delivering the signal). So the signal is seen by a thread of its own, outside
+/// the runtime (signal-hook, beside tokio's handler, which runs the graceful drain). Once
+/// the time is up it asks the audit writer for its last records (waiting at most
+/// [`WATCHDOG_FLUSH`]), says why in the log, and exits with
+/// [`crate::cli::EXIT_SHUTDOWN_HUNG`].
 fn shutdown_watchdog(grace: Duration, audit_log: Option<crate::audit::AuditLog>) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
     let limit = grace.saturating_add(SHUTDOWN_MARGIN);
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the shutdown watchdog: a hanging shutdown will not be ended");
+            return;
+        }
+    };
     let started = std::thread::Builder::new()
         .name("shutdown-watchdog".into())
         .spawn(move || {
+            if signals.forever().next().is_none() {
+                return;
+            }
             std::thread::sleep(limit);
             tracing::error!(
                 limit = ?limit,
