@@ -498,6 +498,9 @@ enum UserAction {
 
 pub const EXIT_CONFIG: u8 = 64;
 pub const EXIT_UNAVAILABLE: u8 = 69;
+/// A shutdown that did not finish in time (`server::SHUTDOWN_MARGIN`): the process was
+/// ended by its watchdog (EX_SOFTWARE).
+pub const EXIT_SHUTDOWN_HUNG: u8 = 70;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -1541,7 +1544,7 @@ fn print_report(
     );
     println!("repairs: {}", r.repairs);
     println!(
-        "access events: {} pulls, {} logins, {} failed logins, {} dropped by a full queue",
+        "access events: {} pulls, {} logins, {} failed logins, {} dropped",
         r.pulls, r.logins, r.failed_logins, r.dropped
     );
     if r.chain_heads > 0 {

@@ -751,11 +751,16 @@ fn access_refusal(ctx: &Ctx, target: audit::Target, error: &ProxyError) {
 
 /// Queues a login event (`audit.events: [login]`): a Basic credential check that failed,
 /// or the first that succeeded for the user from this address within
-/// `audit.login_window` — not every request a cached verification lets through. A
-/// bearer token is no credential check (its login was the token request's); throttled
-/// and malformed attempts never reach a check.
+/// `audit.login_window` — not every request a cached verification lets through; and a
+/// bearer token of the proxy's that was refused (forged, expired, its user changed),
+/// named by its user when the token names one. A valid bearer token is no login (its
+/// login was the token request's). Throttled and malformed attempts never reach a check.
+/// Failed ones are bounded per address by the throttle and across addresses by
+/// `audit.max_failed_logins_per_minute` (see `audit::access`).
 fn login_event(ctx: &Ctx, result: &Result<Identity, AuthError>) {
-    let (Some(log), Some(settings)) = (&ctx.state.audit_log, &ctx.snap.audit) else {
+    let (Some(log), Some(settings), Some(auth)) =
+        (&ctx.state.audit_log, &ctx.snap.audit, &ctx.snap.auth)
+    else {
         return;
     };
     if !settings.records(audit::Kind::Login) {
@@ -765,23 +770,31 @@ fn login_event(ctx: &Ctx, result: &Result<Identity, AuthError>) {
     let (Some(value), None) = (values.next(), values.next()) else {
         return;
     };
-    let Ok(creds) = crate::auth::basic::parse(value.as_bytes()) else {
-        return;
+    let (user, ok, refused) = match auth.bearer_subject(value.as_bytes()) {
+        Some(subject) => match result {
+            Err(AuthError::Invalid(why)) => {
+                (subject.unwrap_or_else(|| "-".to_owned()), false, *why)
+            }
+            _ => return,
+        },
+        None => {
+            let Ok(creds) = crate::auth::basic::parse(value.as_bytes()) else {
+                return;
+            };
+            let ok = match result {
+                Ok(Identity::User { .. } | Identity::Token { .. }) => true,
+                Err(AuthError::Invalid(_)) => false,
+                _ => return,
+            };
+            if ok && !log.first_login(&creds.user, ctx.client) {
+                return;
+            }
+            (creds.user, ok, "invalid username or password")
+        }
     };
-    let ok = match result {
-        Ok(Identity::User { .. } | Identity::Token { .. }) => true,
-        Err(AuthError::Invalid(_)) => false,
-        _ => return,
-    };
-    if ok && !log.first_login(&creds.user, ctx.client) {
-        return;
-    }
     let mut r = audit_record(ctx, audit::Target::Login);
     r.phase = Phase::Access;
-    r.user = crate::log::shown_user(&creds.user)
-        .chars()
-        .take(256)
-        .collect();
+    r.user = crate::log::shown_user(&user).into_owned();
     r.reference = String::new();
     r.duration_ms = Some(0);
     if ok {
@@ -790,7 +803,7 @@ fn login_event(ctx: &Ctx, result: &Result<Identity, AuthError>) {
     } else {
         r.decision = audit::Decision::Denied;
         r.outcome = Some(Outcome::Failed);
-        r.reason = "invalid username or password".into();
+        r.reason = refused.into();
     }
     log.event(r);
 }

@@ -247,6 +247,10 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
             check(a.min_free_bytes != b.min_free_bytes, "audit.min_free_bytes");
             check(a.queue != b.queue, "audit.queue");
             check(a.login_window != b.login_window, "audit.login_window");
+            check(
+                a.max_failed_logins_per_minute != b.max_failed_logins_per_minute,
+                "audit.max_failed_logins_per_minute",
+            );
             check(a.syslog != b.syslog, "audit.syslog");
         }
         _ => check(true, "audit"),

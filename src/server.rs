@@ -2,7 +2,9 @@
 //! unauthenticated connections, TLS handshake (with a deadline), one HTTP/1.1 or HTTP/2
 //! connection per socket chosen by ALPN, a watchdog for idle connections and slow request
 //! heads, and a graceful drain on shutdown (stop accepting, let in-flight requests finish
-//! up to `limits.shutdown_grace`, then close what is left).
+//! up to `limits.shutdown_grace`, then close what is left). From the first SIGTERM or
+//! SIGINT, a watchdog thread ends the process `shutdown_grace` + [`SHUTDOWN_MARGIN`] later
+//! whatever hangs (a stuck write, a blocked thread the runtime would wait for at exit).
 //!
 //! Idleness is counted in requests, never in bytes (see [`ConnActivity`]): a connection
 //! with no request open for `idle_timeout` is closed, whatever PINGs or other protocol
@@ -225,6 +227,7 @@ impl Server {
                 state.clone(),
             ));
         }
+        shutdown_watchdog(limits.shutdown_grace, state.audit_log.clone());
         match config_path {
             Some(path) => tokio::spawn(crate::reload::watch(path, config, state.clone())),
             None => tokio::spawn(reopen_on_hangup(state.clone())),
@@ -360,6 +363,55 @@ impl Server {
         }
         // What the last interval saw of the access tokens' use.
         flush_token_usage(&state).await;
+    }
+}
+
+/// How long after `limits.shutdown_grace` a shutdown may still take (the last audit
+/// records and checkpoint, the access tokens' last use) before the watchdog ends it.
+pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(10);
+/// How long the watchdog waits for the audit writer's last records before it exits.
+const WATCHDOG_FLUSH: Duration = Duration::from_secs(2);
+
+/// Ends the process `grace` + [`SHUTDOWN_MARGIN`] after the first SIGTERM or SIGINT
+/// unless it has exited by then: a drain bounded by `grace` must not become an exit
+/// bounded by nothing (a file read that never returns, a write stuck on a dead disk: the
+/// runtime waits for its threads at exit, and a runtime thread that hangs can keep tokio
+/// from even delivering the signal). So the signal is seen by a thread of its own, outside
+/// the runtime (signal-hook, beside tokio's handler, which runs the graceful drain). Once
+/// the time is up it asks the audit writer for its last records (waiting at most
+/// [`WATCHDOG_FLUSH`]), says why in the log, and exits with
+/// [`crate::cli::EXIT_SHUTDOWN_HUNG`].
+fn shutdown_watchdog(grace: Duration, audit_log: Option<crate::audit::AuditLog>) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let limit = grace.saturating_add(SHUTDOWN_MARGIN);
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the shutdown watchdog: a hanging shutdown will not be ended");
+            return;
+        }
+    };
+    let started = std::thread::Builder::new()
+        .name("shutdown-watchdog".into())
+        .spawn(move || {
+            if signals.forever().next().is_none() {
+                return;
+            }
+            std::thread::sleep(limit);
+            tracing::error!(
+                limit = ?limit,
+                "shutdown did not finish within limits.shutdown_grace + {} s: something hangs (see the log above); exiting now",
+                SHUTDOWN_MARGIN.as_secs()
+            );
+            if let Some(log) = audit_log {
+                if !log.close_within(WATCHDOG_FLUSH) {
+                    tracing::error!("the audit writer did not write its last records in time (pending summaries and the last checkpoint may be missing)");
+                }
+            }
+            std::process::exit(i32::from(crate::cli::EXIT_SHUTDOWN_HUNG));
+        });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "cannot start the shutdown watchdog: a hanging shutdown will not be ended");
     }
 }
 

@@ -4,10 +4,12 @@
 //! chain across lines and files, under a key the log's writers need not read, with
 //! periodic checkpoints logged outside the file).
 //!
-//! `record` and `verify` are pure; `writer` owns the file; `key` makes and reads the key.
+//! `record` and `verify` are pure; `writer` owns the file (one writer per file: `lock`);
+//! `key` makes and reads the key.
 
 pub mod access;
 pub mod key;
+pub mod lock;
 pub mod query;
 pub mod record;
 pub mod syslog;

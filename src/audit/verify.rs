@@ -43,7 +43,8 @@ pub struct Report {
     pub pulls: u64,
     pub logins: u64,
     pub failed_logins: u64,
-    /// Access events dropped by a full queue, as the writer's summaries count them.
+    /// Access events not written (a full queue, a failed write, failed logins over
+    /// their budget), as the writer's summaries count them.
     pub dropped: u64,
     /// Starts at which the files and the sidecar disagreed (`chain_head` records).
     pub chain_heads: u64,

@@ -34,8 +34,9 @@
 //! key) is also kept in `.<name>.last`, rewritten after every batch, so a restart after
 //! a rotation continues the chain from where it really ended.
 
-use super::access::{AccessQueue, Logins, Offer};
+use super::access::{AccessQueue, Logins, Offer, PerMinute};
 use super::key::{self, KeyError};
+use super::lock::Lock;
 use super::record::{
     line_hash, now_rfc3339, Chain, Entry, Event, Phase, Position, Record, GENESIS,
 };
@@ -74,6 +75,9 @@ pub struct AuditSettings {
     pub queue: usize,
     /// A successful login of a user from an address is recorded once in this long.
     pub login_window: Duration,
+    /// Failed logins recorded per minute across all addresses; the rest are counted
+    /// into a `dropped_summary` (`audit.max_failed_logins_per_minute`).
+    pub max_failed_logins_per_minute: u32,
     /// Also send every record to this syslog collector (`audit.syslog`).
     pub syslog: Option<super::syslog::SyslogSettings>,
 }
@@ -85,6 +89,9 @@ pub enum StartError {
     Key(#[from] KeyError),
     #[error("{0}")]
     File(String),
+    /// Another process holds the audit file's lock (see `lock`).
+    #[error("{0}")]
+    Locked(String),
     #[error("{0}")]
     Syslog(String),
 }
@@ -94,7 +101,7 @@ impl StartError {
     pub fn config_key(&self) -> &'static str {
         match self {
             StartError::Key(_) => "audit.key_file",
-            StartError::File(_) => "audit.file",
+            StartError::File(_) | StartError::Locked(_) => "audit.file",
             StartError::Syslog(_) => "audit.syslog",
         }
     }
@@ -224,6 +231,8 @@ struct Writer {
     wrap: Option<Wrap>,
     /// The syslog sink, if configured: records once their batch is on disk.
     syslog: Option<super::syslog::Syslog>,
+    /// The audit file's lock, held as long as the writer lives (see `lock`).
+    lock: Lock,
 }
 
 /// The default instance id: the host name (uname's nodename), as replicas usually run
@@ -526,6 +535,8 @@ impl Writer {
         let path = settings.file.clone();
         let shown = path.display().to_string();
         let err = |what: String| StartError::File(format!("{shown}: {what}"));
+        // Before anything is read or cut: another writer may be appending.
+        let lock = Lock::take(&path).map_err(StartError::Locked)?;
         let mut f = OpenOptions::new()
             .read(true)
             .append(true)
@@ -576,6 +587,7 @@ impl Writer {
             metrics,
             wrap: None,
             syslog: None,
+            lock,
         };
         writer.denials.per_minute = writer.settings.max_denials_per_minute;
         writer.check_disk();
@@ -631,6 +643,12 @@ impl Writer {
             w.metrics.audit_write_failures.inc();
             e
         };
+        if let Err(e) = self.lock.keep() {
+            return Err(fail(
+                self,
+                WriteError::file("lock", &file, io::Error::other(e)),
+            ));
+        }
         let mut f = match self.open_file() {
             Ok(f) => f,
             Err(e) => return Err(fail(self, WriteError::file("open", &file, e))),
@@ -926,8 +944,7 @@ struct Denials {
 }
 
 struct Bucket {
-    tokens: f64,
-    at: Instant,
+    rate: PerMinute,
     /// Denials counted but not yet in any record on disk.
     dropped: u64,
     /// The window's first suppressed denial (the start of the window), and its last.
@@ -953,28 +970,17 @@ enum Admit {
 const SUMMARY_WINDOW: Duration = Duration::from_secs(60);
 
 impl Denials {
-    fn refill(&self, b: &mut Bucket, now: Instant) {
-        let cap = f64::from(self.per_minute);
-        let gained = now.saturating_duration_since(b.at).as_secs_f64() * cap / 60.0;
-        b.tokens = (b.tokens + gained).min(cap);
-        b.at = now;
-    }
-
     /// What becomes of `user`'s denial at `now` (record time `time`).
     fn admit(&mut self, user: &str, now: Instant, time: &str) -> Admit {
-        let cap = f64::from(self.per_minute);
         let per_minute = self.per_minute;
         let mut b = self.users.remove(user).unwrap_or(Bucket {
-            tokens: cap,
-            at: now,
+            rate: PerMinute::full(per_minute, now),
             dropped: 0,
             first: None,
             last: None,
             announced: false,
         });
-        self.refill(&mut b, now);
-        let admit = if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        let admit = if b.rate.take(per_minute, now) {
             Admit::Write
         } else {
             b.first.get_or_insert_with(|| (now, time.to_owned()));
@@ -1023,7 +1029,7 @@ impl Denials {
             let Some(mut b) = self.users.remove(&user) else {
                 continue;
             };
-            self.refill(&mut b, now);
+            let full = b.rate.is_full(per_minute, now);
             let ripe = b
                 .first
                 .as_ref()
@@ -1047,7 +1053,7 @@ impl Denials {
                 e.last = Some(last.clone());
                 out.push(e);
             }
-            if b.dropped > 0 || b.first.is_some() || b.tokens < f64::from(per_minute) {
+            if b.dropped > 0 || b.first.is_some() || !full {
                 self.users.insert(user, b);
             }
         }
@@ -1056,7 +1062,7 @@ impl Denials {
 
     /// `summaries` (from [`Denials::due`]) are on disk: their counts end their windows.
     fn settle(&mut self, summaries: &[Entry]) {
-        let cap = f64::from(self.per_minute);
+        let per_minute = self.per_minute;
         for s in summaries {
             let Entry::Event(e) = s else { continue };
             let (Some(user), Some(count)) = (&e.user, e.count) else {
@@ -1067,7 +1073,7 @@ impl Denials {
             };
             b.dropped = b.dropped.saturating_sub(count);
             (b.first, b.last, b.announced) = (None, None, false);
-            if b.dropped == 0 && b.tokens >= cap {
+            if b.dropped == 0 && b.rate.was_full(per_minute) {
                 self.users.remove(user);
             }
         }
@@ -1098,7 +1104,10 @@ impl AuditLog {
         tracing::info!(file = %writer.settings.file.display(), position = %writer.position(), "audit chain continues from here");
         let (tx, mut rx) = mpsc::channel::<Msg>(1024);
         let weak = tx.downgrade();
-        let access = Arc::new(AccessQueue::new(writer.settings.queue));
+        let access = Arc::new(AccessQueue::new(
+            writer.settings.queue,
+            writer.settings.max_failed_logins_per_minute,
+        ));
         let logins = Arc::new(Logins::new(writer.settings.login_window));
         let metrics = writer.metrics.clone();
         let queue = access.clone();
@@ -1150,7 +1159,7 @@ impl AuditLog {
                     let kinds: Vec<_> = events.iter().map(|r| r.target.kind()).collect();
                     let dropped = queue.summaries();
                     entries.extend(events.into_iter().map(Entry::Request));
-                    entries.extend(dropped.iter().cloned().map(Entry::Event));
+                    entries.extend(dropped.events.iter().cloned().map(Entry::Event));
                     if !entries.is_empty() {
                         let n = entries.len();
                         let result = writer.write_batch(entries, false);
@@ -1203,7 +1212,7 @@ impl AuditLog {
     /// Deletes never come here: [`AuditLog::write`].
     pub fn event(&self, record: Record) {
         let kind = record.target.kind();
-        match self.access.offer(record) {
+        match self.access.offer(record, Instant::now()) {
             Offer::QueuedFirst => {
                 // A full channel means the writer is busy and takes the queue next anyway.
                 let _ = self.tx.try_send(Msg::Wake);
@@ -1245,6 +1254,23 @@ impl AuditLog {
         let _ = self.send(Msg::Close).await;
     }
 
+    /// [`AuditLog::close`] for a thread outside the runtime (the shutdown watchdog, when
+    /// the runtime may be what hangs): waits at most `limit`; whether it was done.
+    pub fn close_within(&self, limit: Duration) -> bool {
+        let (ack, done) = oneshot::channel();
+        if self.tx.try_send(Msg::Close(ack)).is_err() {
+            return false;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        // A thread of its own: the writer may be the one that hangs (a stuck fsync).
+        let waiter = std::thread::Builder::new()
+            .name("audit-close".into())
+            .spawn(move || {
+                let _ = tx.send(done.blocking_recv());
+            });
+        waiter.is_ok() && matches!(rx.recv_timeout(limit), Ok(Ok(Ok(()))))
+    }
+
     /// Asks the writer to start a new file on its next write (after logrotate moved it).
     pub async fn reopen(&self) {
         let _ = self.tx.send(Msg::Reopen).await;
@@ -1273,6 +1299,7 @@ mod tests {
             min_free_bytes: 0,
             queue: 16,
             login_window: Duration::from_secs(60),
+            max_failed_logins_per_minute: 600,
             syslog: None,
         }
     }
@@ -1321,6 +1348,43 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let (w, first) = Writer::open(settings(dir), Chain::keyed(KEY), metrics.clone()).unwrap();
         (w, first, metrics)
+    }
+
+    /// F4: one writer per audit file. A second writer of the same file does not start
+    /// (naming the lock file and saying another process holds it); a writer whose lock
+    /// file was removed and taken by another writes nothing more; the first one's chain
+    /// still verifies.
+    #[test]
+    fn one_writer_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _, _) = open(dir.path());
+        w.write_batch(vec![record("bob", "r1")], false).unwrap();
+        let second = Writer::open(
+            settings(dir.path()),
+            Chain::keyed(KEY),
+            Arc::new(Metrics::default()),
+        );
+        let e = second.err().expect("a second writer started");
+        assert!(matches!(e, StartError::Locked(_)), "{e}");
+        assert_eq!(e.config_key(), "audit.file");
+        let e = e.to_string();
+        assert!(
+            e.contains(".audit.jsonl.lock") && e.contains("another process"),
+            "{e}"
+        );
+        w.write_batch(vec![record("bob", "r2")], false).unwrap();
+        std::fs::remove_file(super::super::lock::lock_path(&w.settings.file)).unwrap();
+        let other = Lock::take(&w.settings.file).unwrap();
+        let e = w
+            .write_batch(vec![record("bob", "r3")], false)
+            .expect_err("written without the lock")
+            .to_string();
+        assert!(e.contains("cannot lock the audit file"), "{e}");
+        drop(other);
+        // The lock file is free again: the writer takes it and goes on.
+        w.write_batch(vec![record("bob", "r4")], false).unwrap();
+        let r = check(&w.settings.file);
+        assert_eq!((r.records, r.broken), (3, None));
     }
 
     fn check(path: &Path) -> Report {
@@ -1522,6 +1586,7 @@ mod tests {
         std::fs::rename(&path, dir.path().join("old.jsonl")).unwrap();
         let (w, _, _) = open(dir.path());
         assert_eq!(w.seq, 2, "the sidecar's position was not taken");
+        drop(w); // its lock: one writer per file
         let side = sidecar(&path);
         let text = std::fs::read_to_string(&side).unwrap();
         std::fs::write(&side, text.replacen("2 ", "1 ", 1)).unwrap();

@@ -358,6 +358,23 @@ impl Authenticator {
         self.tokens.is_some()
     }
 
+    /// Whether `value` (an `Authorization` header's) is a bearer token this
+    /// authenticator checks, and whom it names if it is one of its own (expired or not;
+    /// `Some(None)`: forged or malformed). `None`: no bearer token, or no tokens issued
+    /// (then it is malformed Basic credentials). For the audit of refused tokens.
+    pub fn bearer_subject(&self, value: &[u8]) -> Option<Option<String>> {
+        let (Some(key), Some(t)) = (&self.tokens, token::bearer(value)) else {
+            return None;
+        };
+        let subject = std::str::from_utf8(t)
+            .ok()
+            .and_then(|t| token::subject(key, t));
+        Some(subject.map(|s| match s {
+            token::Subject::User { name, .. } => name,
+            token::Subject::Anonymous => "anonymous".to_owned(),
+        }))
+    }
+
     /// A token for `id` (just identified), valid for [`token::LIFETIME`] from `now`
     /// (unix seconds). `None`: no tokens issued, or the user left the file meanwhile.
     pub fn issue_token(&self, id: &Identity, now: u64) -> Option<String> {
@@ -392,10 +409,17 @@ impl Authenticator {
         client: IpAddr,
     ) -> Result<Identity, AuthError> {
         const REFUSED: AuthError = AuthError::Invalid("invalid or expired token");
+        // A refused token is a failed login like a wrong password: counted by the
+        // throttle for (address, its user; "" when it names nobody), so one address's
+        // refused tokens are bounded as its wrong passwords are (and so are their audit
+        // records). It runs no argon2, so it evicts nothing (`Throttle::fail_now`).
         let refused = |reason: &str, user: &str| {
             self.metrics.auth_failures.inc();
             tracing::info!(user = %UserName(user), %client, reason, "token refused");
-            REFUSED
+            match self.throttle.fail_now(client, user, Instant::now()) {
+                Ok(()) => REFUSED,
+                Err(r) => self.refused(r, user, client),
+            }
         };
         let claims = std::str::from_utf8(value)
             .map_err(|_| token::TokenError::Malformed)

@@ -141,6 +141,22 @@ pub fn mint(key: &TokenKey, subject: &Subject, now: u64, lifetime: Duration) -> 
 /// still who it was (same hash, not disabled) is the caller's check, against the current
 /// user file.
 pub fn verify(key: &TokenKey, token: &str, now: u64) -> Result<Claims, TokenError> {
+    let claims = open(key, token)?;
+    if now >= claims.expires {
+        return Err(TokenError::Expired);
+    }
+    Ok(claims)
+}
+
+/// Whom a token of this key names, expired or not; `None` for anything else (a forged
+/// or malformed one names nobody). For the audit of a refused token: an expired token
+/// is still its user's.
+pub fn subject(key: &TokenKey, token: &str) -> Option<Subject> {
+    open(key, token).ok().map(|c| c.subject)
+}
+
+/// A token's form and MAC, and what it says; not its expiry.
+fn open(key: &TokenKey, token: &str) -> Result<Claims, TokenError> {
     if token.len() > MAX_TOKEN {
         return Err(TokenError::Malformed);
     }
@@ -154,9 +170,6 @@ pub fn verify(key: &TokenKey, token: &str, now: u64) -> Result<Claims, TokenErro
         .decode(payload)
         .map_err(|_| TokenError::Malformed)?;
     let p: Payload = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
-    if now >= p.exp {
-        return Err(TokenError::Expired);
-    }
     let subject = match (p.sub, p.fp) {
         (Some(name), Some(fingerprint)) => Subject::User { name, fingerprint },
         (None, None) => Subject::Anonymous,
@@ -283,6 +296,25 @@ mod tests {
             URL_SAFE_NO_PAD.encode(br#"{"sub":"bob","exp":9999999999,"fp":"00"}"#)
         );
         assert_eq!(verify(&key, &forged, NOW), Err(TokenError::Signature));
+    }
+
+    /// F5: the audit of a refused token names its user when the token is this key's,
+    /// expired or not; a forged, foreign or malformed one names nobody.
+    #[test]
+    fn a_subject_is_read_only_from_this_keys_tokens_expired_or_not() {
+        let key = TokenKey::new(&[7; 32]);
+        let t = mint(&key, &alice(&key), NOW, LIFETIME);
+        assert_eq!(verify(&key, &t, NOW + 301), Err(TokenError::Expired));
+        assert_eq!(subject(&key, &t), Some(alice(&key)));
+        assert_eq!(subject(&TokenKey::new(&[8; 32]), &t), None);
+        let (_, mac) = t.rsplit_once('.').unwrap();
+        let forged = format!(
+            "rgb1.{}.{mac}",
+            URL_SAFE_NO_PAD.encode(br#"{"sub":"bob","exp":9999999999,"fp":"00"}"#)
+        );
+        assert_eq!(subject(&key, &forged), None);
+        assert_eq!(subject(&key, "garbage"), None);
+        assert_eq!(subject(&key, &"a".repeat(100_000)), None);
     }
 
     #[test]

@@ -226,6 +226,7 @@ pub(super) struct RawAudit {
     pub(super) events: Option<Vec<String>>,
     pub(super) queue: Option<usize>,
     pub(super) login_window: Option<String>,
+    pub(super) max_failed_logins_per_minute: Option<u32>,
     pub(super) syslog: Option<RawSyslog>,
 }
 

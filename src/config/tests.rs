@@ -540,6 +540,26 @@ fn audit_events_name_known_kinds_and_deletes_are_always_on() {
     assert!(e.contains("audit.queue"), "{e}");
 }
 
+/// `audit.max_failed_logins_per_minute`: 600 by default, at least 1, named when wrong.
+#[test]
+fn audit_failed_login_budget_is_checked_naming_its_key() {
+    let base = format!("{MIN}audit:\n  file: a.jsonl\n  key_file: k\n");
+    let a = Config::from_yaml(&base).unwrap().audit.unwrap();
+    assert_eq!(a.settings.max_failed_logins_per_minute, 600);
+    let a = Config::from_yaml(&format!("{base}  max_failed_logins_per_minute: 5\n"))
+        .unwrap()
+        .audit
+        .unwrap();
+    assert_eq!(a.settings.max_failed_logins_per_minute, 5);
+    for bad in ["0", "2000000", "-1", "lots"] {
+        let e = err(&format!("{base}  max_failed_logins_per_minute: {bad}\n"));
+        assert!(
+            e.contains("audit.max_failed_logins_per_minute"),
+            "{bad}: {e}"
+        );
+    }
+}
+
 /// `audit.syslog`: HOST:PORT, a known facility, TLS keys only with `tls: true`.
 #[test]
 fn audit_syslog_is_checked_naming_its_keys() {

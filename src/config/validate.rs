@@ -741,6 +741,17 @@ impl TryFrom<RawAudit> for Audit {
                     a.login_window.as_deref(),
                     Duration::from_secs(3600),
                 )?,
+                max_failed_logins_per_minute: ranged(
+                    "audit.max_failed_logins_per_minute",
+                    a.max_failed_logins_per_minute,
+                    600,
+                    1..=1_000_000,
+                )
+                .map_err(|e| {
+                    e.because(
+                        " (failed logins over it are counted in a dropped_summary, never lost)",
+                    )
+                })?,
                 syslog: a.syslog.map(syslog_settings).transpose()?,
             },
             manifest_pushes: a.manifest_pushes,

@@ -16,7 +16,8 @@
 //! `chain` (kill -9, tampering, rotation, `audit verify`), `output` (stdout and
 //! `audit show`), `flows` (manifest pushes, the seed's flow, blobs, upstream failures,
 //! forwarded addresses) and `hardening` (rate-limited denials, a low or full disk, a client
-//! that leaves; against the fake upstream).
+//! that leaves; against the fake upstream), `attacks` (the audit under attack: a flood
+//! of failed logins, refused bearer tokens, a second writer, a shutdown that hangs).
 #[path = "../common/mod.rs"]
 mod common;
 use common::curl::*;
@@ -32,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod attacks;
 mod chain;
 mod deletes;
 mod events;
