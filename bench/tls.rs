@@ -6,7 +6,9 @@
 //!    the proxy builds (`tls::server_options`, tickets sent as the proxy sends them), for
 //!    an RSA-2048 and an ECDSA P-256 leaf (each under an ECDSA P-256 CA, as the
 //!    self-signed mode makes them). Server and client time are measured apart: the
-//!    server's is what the proxy pays per new client connection.
+//!    server's is what the proxy pays per new client connection. With aws-lc-rs also a
+//!    client offering X25519MLKEM768 first, as Go >= 1.24 does (rustls follows the
+//!    client's group order, so such clients get the post-quantum hybrid from it).
 //! 2. Bulk throughput: 256 MiB server -> client in 16 KiB records (a blob pull) per TLS
 //!    1.3 cipher suite: the server's seal (encrypt) and the client's open (decrypt) rates.
 //!
@@ -249,6 +251,14 @@ fn bulk(sc: &Arc<ServerConfig>, cc: &Arc<ClientConfig>, mib: usize) -> (f64, f64
     (rate(s.server), rate(s.client))
 }
 
+fn aes128(p: &CryptoProvider) -> SupportedCipherSuite {
+    p.cipher_suites
+        .iter()
+        .copied()
+        .find(|s| suite_name(*s) == "AES_128_GCM_SHA256")
+        .unwrap()
+}
+
 fn suite_name(s: SupportedCipherSuite) -> String {
     format!("{:?}", s.suite()).replace("TLS13_", "")
 }
@@ -261,26 +271,37 @@ fn main() {
     let certs = certs();
 
     // Handshakes: per (provider, key), the best run's means; runs interleave the cases.
-    let mut best = vec![(f64::INFINITY, f64::INFINITY, String::new()); provs.len() * certs.len()];
-    let configs: Vec<_> = provs
+    #[allow(unused_mut)] // pushed to with the aws-lc-rs feature only
+    let mut configs: Vec<_> = provs
         .iter()
-        .flat_map(|(_, p)| {
-            let aes128 = p
-                .cipher_suites
-                .iter()
-                .copied()
-                .find(|s| suite_name(*s) == "AES_128_GCM_SHA256")
-                .unwrap();
-            certs
-                .iter()
-                .map(move |c| (server_config(p, aes128, c), client_config(p, c)))
+        .flat_map(|(pname, p)| {
+            certs.iter().map(move |c| {
+                let sc = server_config(p, aes128(p), c);
+                (*pname, c.name, sc, client_config(p, c))
+            })
         })
         .collect();
-    for (sc, cc) in &configs {
+    // What a Go >= 1.24 client gets from the aws-lc-rs build: it offers X25519MLKEM768
+    // first, and rustls follows the client's group order (ring has no ML-KEM: X25519).
+    #[cfg(feature = "aws-lc-rs")]
+    {
+        use rustls::crypto::aws_lc_rs::{default_provider, kx_group};
+        let p = default_provider();
+        let mut go_like = p.clone();
+        go_like.kx_groups = vec![kx_group::X25519MLKEM768, kx_group::X25519];
+        configs.push((
+            "aws-lc-rs",
+            certs[1].name,
+            server_config(&p, aes128(&p), &certs[1]),
+            client_config(&go_like, &certs[1]),
+        ));
+    }
+    let mut best = vec![(f64::INFINITY, f64::INFINITY, String::new()); configs.len()];
+    for (_, _, sc, cc) in &configs {
         handshakes(sc, cc, 5); // warm-up
     }
     for _ in 0..runs {
-        for (i, (sc, cc)) in configs.iter().enumerate() {
+        for (i, (_, _, sc, cc)) in configs.iter().enumerate() {
             let (server, client, group) = handshakes(sc, cc, n);
             let b = &mut best[i];
             *b = (b.0.min(server), b.1.min(client), group);
@@ -291,16 +312,14 @@ fn main() {
          best of {runs} runs x {n} handshakes)"
     );
     println!(
-        "  {:<10} {:<12} {:<8} {:>10} {:>14} {:>10}",
+        "  {:<10} {:<12} {:<15} {:>10} {:>14} {:>10}",
         "provider", "leaf key", "kx", "server µs", "server hs/s/core", "client µs"
     );
-    for (i, (server, client, group)) in best.iter().enumerate() {
-        let (pname, _) = &provs[i / certs.len()];
-        let cert = &certs[i % certs.len()];
+    for ((pname, key, _, _), (server, client, group)) in configs.iter().zip(&best) {
         println!(
-            "  {:<10} {:<12} {:<8} {:>10.0} {:>14.0} {:>10.0}",
+            "  {:<10} {:<12} {:<15} {:>10.0} {:>14.0} {:>10.0}",
             pname,
-            cert.name,
+            key,
             group,
             server,
             1e6 / server,
