@@ -42,7 +42,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// The server's provider: AES-128-GCM preferred over AES-256-GCM (as Go's and caddy's
 /// servers do on CPUs with AES instructions). Both are strong; AES-128 is about a third
 /// cheaper per byte, which is what bounds a single blob stream through the proxy.
-pub fn server_provider() -> Arc<CryptoProvider> {
+fn server_provider() -> Arc<CryptoProvider> {
     Arc::new(prefer_aes_128(default_provider()))
 }
 
