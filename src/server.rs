@@ -239,7 +239,7 @@ impl Server {
         ));
         // Each connection holds a receiver; `closed()` resolves when the last is gone.
         let (stop_tx, stop_rx) = watch::channel(false);
-        tracing::info!(addr = %state.local_addr, tls, upstream = %state.snapshot.load().upstream.origin, "listening");
+        tracing::info!(addr = %state.local_addr, tls, tls_provider = crate::tls::PROVIDER_NAME, upstream = %state.snapshot.load().upstream.origin, "listening");
         let snap = state.snapshot.load_full();
         tokio::spawn(async move {
             if let Some(auth) = &snap.auth {

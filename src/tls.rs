@@ -1,9 +1,10 @@
 //! TLS material: the server's rustls config (from PEM files, or a self-signed CA and leaf
 //! made at start for the quick start) and the upstream client's trust roots.
 //!
-//! TLS 1.2 and 1.3 only, ALPN `h2` and `http/1.1`, the `ring` provider. Every failure
-//! names the config key and the file: a missing, unreadable, empty or mismatched
-//! certificate or key stops start-up.
+//! TLS 1.2 and 1.3 only, ALPN `h2` and `http/1.1`. The crypto provider is chosen at
+//! compile time, in one place ([`default_provider`]): `ring`, or AWS-LC with the
+//! `aws-lc-rs` cargo feature. Every failure names the config key and the file: a
+//! missing, unreadable, empty or mismatched certificate or key stops start-up.
 
 use crate::config::{ConfigError, Tls};
 use rustls::crypto::CryptoProvider;
@@ -13,15 +14,41 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
 use std::sync::Arc;
 
+/// The name of the provider this build uses (`ring` or `aws-lc-rs`), for logs and benches.
+pub const PROVIDER_NAME: &str = if cfg!(feature = "aws-lc-rs") {
+    "aws-lc-rs"
+} else {
+    "ring"
+};
+
+/// The one place the crypto provider is chosen: the server, the upstream client and
+/// the syslog client all start from it (the self-signed mode's rcgen follows the same
+/// cargo feature).
+pub fn default_provider() -> CryptoProvider {
+    #[cfg(feature = "aws-lc-rs")]
+    {
+        rustls::crypto::aws_lc_rs::default_provider()
+    }
+    #[cfg(not(feature = "aws-lc-rs"))]
+    {
+        rustls::crypto::ring::default_provider()
+    }
+}
+
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(default_provider())
 }
 
 /// The server's provider: AES-128-GCM preferred over AES-256-GCM (as Go's and caddy's
 /// servers do on CPUs with AES instructions). Both are strong; AES-128 is about a third
 /// cheaper per byte, which is what bounds a single blob stream through the proxy.
 fn server_provider() -> Arc<CryptoProvider> {
-    let mut p = rustls::crypto::ring::default_provider();
+    Arc::new(prefer_aes_128(default_provider()))
+}
+
+/// `p` with its cipher suites in the server's order: TLS 1.3 first, then AES-128-GCM,
+/// CHACHA20-POLY1305, AES-256-GCM.
+pub fn prefer_aes_128(mut p: CryptoProvider) -> CryptoProvider {
     let rank = |s: &rustls::SupportedCipherSuite| {
         let name = format!("{:?}", s.suite());
         if name.contains("AES_128_GCM") {
@@ -35,7 +62,7 @@ fn server_provider() -> Arc<CryptoProvider> {
     // Stable: TLS 1.3 suites stay before TLS 1.2 ones within each rank.
     p.cipher_suites
         .sort_by_key(|s| (s.tls13().is_none(), rank(s)));
-    Arc::new(p)
+    p
 }
 
 fn read(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
@@ -81,7 +108,23 @@ pub struct SelfSigned {
 
 /// Makes a throw-away CA and a leaf for `names`, signed by it. The CA key is dropped at
 /// once: nothing else can ever be signed with it.
+///
+/// Both keys are ECDSA P-256: a full handshake signs once with the leaf key, and with a
+/// P-256 leaf the server's whole TLS 1.3 handshake costs about 1/7 of what it costs with
+/// an RSA-2048 one (115 vs 788 µs, bench/tls.rs; bench/RESULTS.md "TLS handshakes and
+/// providers"). Every registry client (Go, OpenSSL, curl) accepts P-256.
 pub fn make_self_signed(names: &[String]) -> Result<SelfSigned, rcgen::Error> {
+    make_self_signed_with(names, rcgen::KeyPair::generate_for(SELF_SIGNED_ALG)?)
+}
+
+/// The self-signed mode's key type.
+pub const SELF_SIGNED_ALG: &rcgen::SignatureAlgorithm = &rcgen::PKCS_ECDSA_P256_SHA256;
+
+/// [`make_self_signed`] with the leaf key given (the benches' RSA leaf).
+pub fn make_self_signed_with(
+    names: &[String],
+    leaf_key: rcgen::KeyPair,
+) -> Result<SelfSigned, rcgen::Error> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose,
@@ -94,7 +137,7 @@ pub fn make_self_signed(names: &[String]) -> Result<SelfSigned, rcgen::Error> {
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca.not_before = now - rcgen_days(1);
     ca.not_after = now + rcgen_days(365);
-    let ca_key = KeyPair::generate()?;
+    let ca_key = KeyPair::generate_for(SELF_SIGNED_ALG)?;
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, ca_key);
 
@@ -108,7 +151,6 @@ pub fn make_self_signed(names: &[String]) -> Result<SelfSigned, rcgen::Error> {
     leaf.use_authority_key_identifier_extension = true;
     leaf.not_before = now - rcgen_days(1);
     leaf.not_after = now + rcgen_days(365);
-    let leaf_key = KeyPair::generate()?;
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
     Ok(SelfSigned {
         ca_pem: ca_cert.pem(),
@@ -173,10 +215,16 @@ pub fn server_config(tls: &Tls) -> Result<Option<Arc<ServerConfig>>, ConfigError
                 format!("{what} do not form a usable certificate and key: {e}"),
             )
         })?;
+    server_options(&mut config);
+    Ok(Some(Arc::new(config)))
+}
+
+/// What the proxy sets on every server config past the provider and the certificate:
+/// ALPN and the server's cipher order (the benches build theirs with it too).
+pub fn server_options(config: &mut ServerConfig) {
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // Our order (server_provider), not the client's: curl and OpenSSL list AES-256 first.
     config.ignore_client_order = true;
-    Ok(Some(Arc::new(config)))
 }
 
 /// The upstream client's TLS config for an `https://` upstream: the CA file if given,
@@ -250,7 +298,7 @@ mod tests {
             .all(|s| s.tls13().is_some()));
         assert_eq!(
             p.cipher_suites.len(),
-            rustls::crypto::ring::default_provider().cipher_suites.len()
+            default_provider().cipher_suites.len()
         );
     }
 
@@ -259,5 +307,23 @@ mod tests {
         let made = make_self_signed(&["localhost".into(), "127.0.0.1".into()]).unwrap();
         assert!(made.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert_eq!(made.chain.len(), 2);
+    }
+
+    #[test]
+    fn the_self_signed_leaf_key_is_ecdsa_p256() {
+        let made = make_self_signed(&["localhost".into()]).unwrap();
+        let key = default_provider()
+            .key_provider
+            .load_private_key(made.key)
+            .unwrap();
+        assert_eq!(key.algorithm(), rustls::SignatureAlgorithm::ECDSA);
+        let scheme = key.choose_scheme(&[
+            rustls::SignatureScheme::ECDSA_NISTP384_SHA384,
+            rustls::SignatureScheme::ECDSA_NISTP256_SHA256,
+        ]);
+        assert_eq!(
+            scheme.map(|s| s.scheme()),
+            Some(rustls::SignatureScheme::ECDSA_NISTP256_SHA256)
+        );
     }
 }

@@ -30,7 +30,7 @@ pub fn roots(ca: &Path) -> rustls::RootCertStore {
 
 pub fn tls_config(ca: &Path, alpn: &[&[u8]]) -> rustls::ClientConfig {
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        registry_guard::tls::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
