@@ -387,13 +387,44 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Runs `f` on the watched files on a blocking thread: stamping reads every watched file,
+/// and a file whose read never returns (a FIFO put in its place, a hung network mount)
+/// must hold one blocking thread, never a worker of the runtime (with both workers stuck
+/// the proxy stops serving, and SIGTERM is not even seen). Until such a read returns,
+/// this watch waits (no reload, no SIGHUP reopen) and says nothing more.
+async fn off_workers<T>(
+    files: &mut Watched,
+    f: impl FnOnce(&mut Watched) -> T + Send + 'static,
+) -> T
+where
+    T: Default + Send + 'static,
+{
+    let mut taken = std::mem::take(files);
+    match tokio::task::spawn_blocking(move || {
+        let out = f(&mut taken);
+        (taken, out)
+    })
+    .await
+    {
+        Ok((back, out)) => {
+            *files = back;
+            out
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "stamping the watched files failed: file changes are no longer seen (SIGHUP still reloads)");
+            T::default()
+        }
+    }
+}
+
 /// Reloads on SIGHUP and whenever a watched file changes (polled every [`POLL`]). On
 /// SIGHUP the audit writer also starts a new file (after logrotate moved it).
 pub async fn watch(config: PathBuf, running: Config, state: Arc<State>) {
     use tokio::signal::unix::{signal, SignalKind};
     let running = Arc::new(running);
     let mut files = Watched::default();
-    files.rewatch(watched_files(&config, &running));
+    let paths = watched_files(&config, &running);
+    off_workers(&mut files, move |f| f.rewatch(paths)).await;
     let mut hup = signal(SignalKind::hangup()).ok();
     loop {
         let forced = tokio::select! {
@@ -406,7 +437,7 @@ pub async fn watch(config: PathBuf, running: Config, state: Arc<State>) {
                 tracing::info!("SIGHUP: the audit log starts a new file at its next record");
             }
         }
-        let mut changed = files.changed();
+        let mut changed = off_workers(&mut files, Watched::changed).await;
         if !forced && changed.is_empty() {
             continue;
         }
@@ -415,7 +446,7 @@ pub async fn watch(config: PathBuf, running: Config, state: Arc<State>) {
         // reported as a broken configuration.
         for _ in 0..10 {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let more = files.changed();
+            let more = off_workers(&mut files, Watched::changed).await;
             if more.is_empty() {
                 break;
             }
@@ -458,7 +489,8 @@ pub async fn watch(config: PathBuf, running: Config, state: Arc<State>) {
                 for key in restart_needed(&running, &cfg) {
                     tracing::warn!(config = %config.display(), key, "needs a restart: {key} (the running value stays in force)");
                 }
-                files.rewatch(watched_files(&config, &cfg));
+                let paths = watched_files(&config, &cfg);
+                off_workers(&mut files, move |f| f.rewatch(paths)).await;
             }
             Ok(Err(e)) => {
                 state.metrics.config_reload_error.inc();

@@ -272,6 +272,10 @@ async fn a_hanging_shutdown_is_ended_by_the_watchdog() {
             .ok()
     })
     .expect("the proxy never opened its config FIFO to read");
+    // The hung read holds a blocking thread, not a runtime worker: the proxy still
+    // serves, and sees SIGTERM (its drain starts; only the exit then hangs).
+    assert_eq!(delete_blob(&proxy, "alice:pw", "alice/app", 2).status, 202);
+    assert_eq!(delete_blob(&proxy, "alice:pw", "alice/app", 3).status, 202);
     let status = proxy.terminate(Duration::from_secs(60));
     drop(writer);
     let status = status.unwrap_or_else(|| {
@@ -284,6 +288,11 @@ async fn a_hanging_shutdown_is_ended_by_the_watchdog() {
     assert!(
         proxy.logs().contains("shutdown did not finish within"),
         "{}",
+        proxy.logs()
+    );
+    assert!(
+        proxy.logs().contains("shutting down: draining connections"),
+        "SIGTERM was seen: {}",
         proxy.logs()
     );
     let (code, report) = verify(&[&audit]);
