@@ -79,7 +79,7 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
 }
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in connection_named(headers) {
         headers.remove(name);
     }
@@ -122,12 +122,6 @@ pub fn forwarded_request(
         out.insert(X_FORWARDED_HOST, h);
     }
     out
-}
-
-/// Rewrites the client's request headers, in place, into the upstream request's
-/// ([`forwarded_request`] with nothing more dropped).
-pub fn forward_request(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
-    *headers = forwarded_request(headers, ctx, &[]);
 }
 
 /// Rewrites the upstream's response headers, in place, into the client response's.
@@ -223,7 +217,7 @@ mod tests {
         ] {
             h.append(k, HeaderValue::from_static(v));
         }
-        forward_request(&mut h, &ctx());
+        let h = forwarded_request(&h, &ctx(), &[]);
         for gone in [
             "connection",
             "x-secret",
@@ -255,10 +249,9 @@ mod tests {
 
     #[test]
     fn ipv4_mapped_peers_are_logged_as_ipv4() {
-        let mut h = HeaderMap::new();
         let mut c = ctx();
         c.client_ip = "::ffff:127.0.0.1".parse().unwrap();
-        forward_request(&mut h, &c);
+        let h = forwarded_request(&HeaderMap::new(), &c, &[]);
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     }
 
